@@ -1,0 +1,249 @@
+//! Allocation-free encoding into a caller-owned buffer: the interposer calls this from inside
+//! malloc, so nothing here may allocate, lock or panic on a buffer with room.
+//!
+//! Every method writes one record at `buf[pos..]` and returns the position after it. The caller
+//! guarantees room: [`MAX_SMALL_RECORD`] bytes for acquire, release and the other fixed-size
+//! records, [`Encoder::stack_len_bound`] for a stack, and the `*_len_bound` of the records that
+//! carry strings.
+
+use crate::varint::{self, zigzag, MAX_VARINT};
+use crate::{tag, Api, Kind};
+
+/// Room one fixed-size record (everything but stacks, modules, image starts, exec and notices)
+/// needs at most.
+pub const MAX_SMALL_RECORD: usize = 2 + 7 * MAX_VARINT;
+/// Deepest native stack a record carries.
+pub const MAX_FRAMES: usize = 256;
+
+/// A loadable segment of a module, as the encoder takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentRef {
+    /// Virtual address in the module file (add the module's base for the runtime address).
+    pub vaddr: u64,
+    pub memsz: u64,
+    /// Offset of the segment in the file.
+    pub offset: u64,
+    /// ELF `p_flags` (PF_X = 1, PF_W = 2, PF_R = 4).
+    pub flags: u32,
+}
+
+/// Delta state of one batch. `Encoder::default()` is the state right after a batch record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Encoder {
+    last_seq: u64,
+    last_id: u64,
+}
+
+/// Writes `tag`, a length and the payload `body` writes. Small records (payload < 128 bytes)
+/// reserve one length byte; others reserve three and write a padded varint, which any LEB128
+/// reader accepts, so the payload never has to be moved.
+#[inline(always)]
+fn record(buf: &mut [u8], pos: usize, tag: u8, small: bool, body: impl FnOnce(&mut [u8], usize) -> usize) -> usize {
+    buf[pos] = tag;
+    let start = pos + if small { 2 } else { 4 };
+    let end = body(buf, start);
+    let len = end - start;
+    if small {
+        debug_assert!(len < 0x80);
+        buf[pos + 1] = len as u8;
+    } else {
+        debug_assert!(len < 1 << 21);
+        buf[pos + 1] = (len as u8 & 0x7f) | 0x80;
+        buf[pos + 2] = ((len >> 7) as u8 & 0x7f) | 0x80;
+        buf[pos + 3] = (len >> 14) as u8 & 0x7f;
+    }
+    end
+}
+
+#[inline(always)]
+fn bytes(buf: &mut [u8], pos: usize, b: &[u8]) -> usize {
+    let pos = varint::put(buf, pos, b.len() as u64);
+    buf[pos..pos + b.len()].copy_from_slice(b);
+    pos + b.len()
+}
+
+impl Encoder {
+    /// Starts a batch of events from thread `tid` and resets the delta state.
+    pub fn batch(&mut self, buf: &mut [u8], pos: usize, tid: u32) -> usize {
+        *self = Encoder::default();
+        record(buf, pos, tag::BATCH, true, |b, p| varint::put(b, p, u64::from(tid)))
+    }
+
+    #[inline(always)]
+    fn seq(&mut self, buf: &mut [u8], pos: usize, seq: u64) -> usize {
+        let d = seq.wrapping_sub(self.last_seq) as i64;
+        self.last_seq = seq;
+        varint::put(buf, pos, zigzag(d))
+    }
+
+    #[inline(always)]
+    fn id(&mut self, buf: &mut [u8], pos: usize, id: u64) -> usize {
+        let d = id.wrapping_sub(self.last_id) as i64;
+        self.last_id = id;
+        varint::put(buf, pos, zigzag(d))
+    }
+
+    /// `kind` resource `id` of `size` bytes (0 where size means nothing) was acquired through
+    /// `api`, with the native stack interned as `stack`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn acquire(
+        &mut self,
+        buf: &mut [u8],
+        pos: usize,
+        seq: u64,
+        kind: Kind,
+        api: Api,
+        id: u64,
+        size: u64,
+        stack: u32,
+    ) -> usize {
+        record(buf, pos, tag::ACQUIRE, true, |b, p| {
+            let p = self.seq(b, p, seq);
+            b[p] = kind.0;
+            b[p + 1] = api.0;
+            let p = self.id(b, p + 2, id);
+            let p = varint::put(b, p, size);
+            varint::put(b, p, u64::from(stack))
+        })
+    }
+
+    /// `kind` resource `id` was released through `api`.
+    #[inline]
+    pub fn release(&mut self, buf: &mut [u8], pos: usize, seq: u64, kind: Kind, api: Api, id: u64) -> usize {
+        record(buf, pos, tag::RELEASE, true, |b, p| {
+            let p = self.seq(b, p, seq);
+            b[p] = kind.0;
+            b[p + 1] = api.0;
+            self.id(b, p + 2, id)
+        })
+    }
+
+    /// Room [`Encoder::stack`] needs for `frames` return addresses.
+    pub const fn stack_len_bound(frames: usize) -> usize {
+        4 + 2 * MAX_VARINT + frames * MAX_VARINT
+    }
+
+    /// A distinct stack, innermost frame first; frames after the first are deltas.
+    pub fn stack(&mut self, buf: &mut [u8], pos: usize, id: u32, frames: &[u64]) -> usize {
+        record(buf, pos, tag::STACK, false, |b, p| {
+            let mut p = varint::put(b, p, u64::from(id));
+            p = varint::put(b, p, frames.len() as u64);
+            let mut prev = 0u64;
+            for &f in frames {
+                p = varint::put(b, p, zigzag(f.wrapping_sub(prev) as i64));
+                prev = f;
+            }
+            p
+        })
+    }
+
+    /// Room [`Encoder::module`] needs.
+    pub const fn module_len_bound(path: usize, build_id: usize, segments: usize) -> usize {
+        4 + 6 * MAX_VARINT + path + build_id + segments * 4 * MAX_VARINT
+    }
+
+    /// Module `id` is mapped at `base` (the ELF load bias) from `path`.
+    pub fn module(
+        &mut self,
+        buf: &mut [u8],
+        pos: usize,
+        id: u32,
+        base: u64,
+        path: &[u8],
+        build_id: &[u8],
+        segments: &[SegmentRef],
+    ) -> usize {
+        record(buf, pos, tag::MODULE, false, |b, p| {
+            let mut p = varint::put(b, p, u64::from(id));
+            p = varint::put(b, p, base);
+            p = bytes(b, p, path);
+            p = bytes(b, p, build_id);
+            p = varint::put(b, p, segments.len() as u64);
+            for s in segments {
+                p = varint::put(b, p, s.vaddr);
+                p = varint::put(b, p, s.memsz);
+                p = varint::put(b, p, s.offset);
+                p = varint::put(b, p, u64::from(s.flags));
+            }
+            p
+        })
+    }
+
+    /// Module `id` was unmapped; events before `seq` may still refer to it.
+    pub fn module_unload(&mut self, buf: &mut [u8], pos: usize, seq: u64, id: u32) -> usize {
+        record(buf, pos, tag::MODULE_UNLOAD, true, |b, p| {
+            let p = varint::put(b, p, seq);
+            varint::put(b, p, u64::from(id))
+        })
+    }
+
+    /// Room [`Encoder::image_start`] needs.
+    pub fn image_start_len_bound(exe: &[u8], argv: &[&[u8]]) -> usize {
+        4 + 7 * MAX_VARINT + exe.len() + argv.iter().map(|a| a.len() + MAX_VARINT).sum::<usize>()
+    }
+
+    /// A process image started: `root` for the process residue launched, `exec` when an
+    /// earlier image of the same process exec'd into this one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn image_start(
+        &mut self,
+        buf: &mut [u8],
+        pos: usize,
+        pid: u32,
+        ppid: u32,
+        root: bool,
+        exec: bool,
+        time_ns: u64,
+        exe: &[u8],
+        argv: &[&[u8]],
+    ) -> usize {
+        record(buf, pos, tag::IMAGE_START, false, |b, p| {
+            let mut p = varint::put(b, p, u64::from(pid));
+            p = varint::put(b, p, u64::from(ppid));
+            p = varint::put(b, p, u64::from(root) | u64::from(exec) << 1);
+            p = varint::put(b, p, time_ns);
+            p = bytes(b, p, exe);
+            p = varint::put(b, p, argv.len() as u64);
+            for a in argv {
+                p = bytes(b, p, a);
+            }
+            p
+        })
+    }
+
+    /// The process forked `child`, which is not followed.
+    pub fn fork(&mut self, buf: &mut [u8], pos: usize, seq: u64, child: u32) -> usize {
+        record(buf, pos, tag::FORK, true, |b, p| {
+            let p = varint::put(b, p, seq);
+            varint::put(b, p, u64::from(child))
+        })
+    }
+
+    /// The image is about to exec `path`. Room: `path.len() + 4 + 2 * MAX_VARINT`.
+    pub fn exec(&mut self, buf: &mut [u8], pos: usize, seq: u64, path: &[u8]) -> usize {
+        record(buf, pos, tag::EXEC, false, |b, p| {
+            let p = varint::put(b, p, seq);
+            bytes(b, p, path)
+        })
+    }
+
+    /// The image ends cleanly; nothing it recorded is missing.
+    pub fn image_exit(&mut self, buf: &mut [u8], pos: usize, seq: u64) -> usize {
+        record(buf, pos, tag::IMAGE_EXIT, true, |b, p| varint::put(b, p, seq))
+    }
+
+    /// A one-line message for the report. Room: `text.len() + 4 + MAX_VARINT`.
+    pub fn notice(&mut self, buf: &mut [u8], pos: usize, text: &[u8]) -> usize {
+        record(buf, pos, tag::NOTICE, false, |b, p| bytes(b, p, text))
+    }
+
+    /// How process `pid` ended: `code` from exit, or the `signal` that killed it (0: none).
+    pub fn process_end(&mut self, buf: &mut [u8], pos: usize, pid: u32, code: i32, signal: u32) -> usize {
+        record(buf, pos, tag::PROCESS_END, true, |b, p| {
+            let p = varint::put(b, p, u64::from(pid));
+            let p = varint::put(b, p, zigzag(i64::from(code)));
+            varint::put(b, p, u64::from(signal))
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! The one definition of residue's event stream, shared by the interposer (which encodes it
+//! without allocating) and the collector (which decodes it, live from a pipe or from a file).
+//!
+//! # Layout
+//! A stream is a 12-byte [header](HEADER_LEN) followed by records. Every record is
+//! `tag: u8, len: varint, payload: [u8; len]`, so a reader can skip a record it does not know
+//! (a newer interposer) and can tell a truncated record from a corrupt one.
+//!
+//! Integers are LEB128 varints; deltas are zigzag-encoded. Acquire and release records are
+//! delta-encoded against the previous event of the same [`Record::Batch`]: each batch holds
+//! one thread's events, so consecutive sequence numbers and addresses are close together.
+//!
+//! The event model is generic over [`Kind`]: heap blocks, file descriptors, `FILE*` streams,
+//! directory streams, mappings, user-declared handles and (later) Windows `HANDLE`s are all
+//! `acquire(kind, id, size, stack)` and `release(kind, id)`. A new kind or API is a new
+//! number, not a new record.
+
+mod decode;
+mod encode;
+mod names;
+mod varint;
+
+pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, Segment, MAX_RECORD_LEN};
+pub use encode::{Encoder, SegmentRef, MAX_FRAMES, MAX_SMALL_RECORD};
+pub use names::{Api, Kind};
+
+/// First eight bytes of every stream and trace file.
+pub const MAGIC: [u8; 8] = *b"RESIDUE\0";
+/// The format version this build writes, and the newest it reads.
+pub const VERSION: u16 = 1;
+/// Magic, version (u16 little-endian), reserved flags (u16).
+pub const HEADER_LEN: usize = 12;
+
+/// The stream header written once, by the first process image, before any record.
+pub fn header() -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// Record tags. Stable: a tag is never reused for a different payload.
+pub mod tag {
+    /// A process image started (process start, or a new image after exec).
+    pub const IMAGE_START: u8 = 0x01;
+    /// The events that follow belong to one thread; delta state resets.
+    pub const BATCH: u8 = 0x02;
+    /// A module (executable or shared library) is mapped.
+    pub const MODULE: u8 = 0x03;
+    /// A module was unmapped (dlclose).
+    pub const MODULE_UNLOAD: u8 = 0x04;
+    /// A distinct native stack, sent once and referenced by id afterwards.
+    pub const STACK: u8 = 0x05;
+    /// A resource was acquired.
+    pub const ACQUIRE: u8 = 0x06;
+    /// A resource was released.
+    pub const RELEASE: u8 = 0x07;
+    /// The process forked a child that is not followed.
+    pub const FORK: u8 = 0x08;
+    /// The image is about to be replaced by exec.
+    pub const EXEC: u8 = 0x09;
+    /// The image finished cleanly: everything it recorded is in the stream.
+    pub const IMAGE_EXIT: u8 = 0x0a;
+    /// A one-line message from the interposer for the report.
+    pub const NOTICE: u8 = 0x0b;
+    /// Written by the collector, never the interposer: how the process ended (appended to a
+    /// saved trace so that `residue report` knows the exit status).
+    pub const PROCESS_END: u8 = 0x0c;
+}
+
+#[cfg(test)]
+mod tests;

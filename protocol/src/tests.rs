@@ -1,0 +1,143 @@
+use crate::*;
+
+fn sample() -> (Vec<u8>, Vec<Record>) {
+    let mut buf = vec![0u8; 1 << 16];
+    buf[..HEADER_LEN].copy_from_slice(&header());
+    let mut pos = HEADER_LEN;
+    let mut e = Encoder::default();
+    let argv: [&[u8]; 2] = [b"python3", b"app.py"];
+    pos = e.image_start(&mut buf, pos, 42, 1, true, false, 7, b"/usr/bin/python3", &argv);
+    let seg = [SegmentRef { vaddr: 0, memsz: 4096, offset: 0, flags: 5 }];
+    pos = e.module(&mut buf, pos, 3, 0x7f00_0000_0000, b"/lib/libfoo.so", &[0xab, 0xcd], &seg);
+    pos = e.batch(&mut buf, pos, 1234);
+    pos = e.stack(&mut buf, pos, 9, &[0x7f00_0000_1234, 0x5555_0000_0010, 0x7f00_0000_0042]);
+    pos = e.acquire(&mut buf, pos, 100, Kind::HEAP, Api::STRDUP, 0x5555_1000, 6, 9);
+    pos = e.release(&mut buf, pos, 99, Kind::FD, Api::CLOSE, 3);
+    pos = e.acquire(&mut buf, pos, 1 << 40, Kind(200), Api(250), u64::MAX, u64::MAX, u32::MAX);
+    pos = e.module_unload(&mut buf, pos, 5, 3);
+    pos = e.fork(&mut buf, pos, 6, 77);
+    pos = e.exec(&mut buf, pos, 7, b"/bin/true");
+    pos = e.notice(&mut buf, pos, "unicode ✓".as_bytes());
+    pos = e.image_exit(&mut buf, pos, 8);
+    pos = e.process_end(&mut buf, pos, 42, -3, 9);
+    buf.truncate(pos);
+    let expected = vec![
+        Record::Header { version: VERSION },
+        Record::ImageStart {
+            pid: 42,
+            ppid: 1,
+            root: true,
+            exec: false,
+            time_ns: 7,
+            exe: "/usr/bin/python3".into(),
+            argv: vec!["python3".into(), "app.py".into()],
+        },
+        Record::Module {
+            id: 3,
+            base: 0x7f00_0000_0000,
+            path: "/lib/libfoo.so".into(),
+            build_id: vec![0xab, 0xcd],
+            segments: vec![Segment { vaddr: 0, memsz: 4096, offset: 0, flags: 5 }],
+        },
+        Record::Batch { tid: 1234 },
+        Record::Stack { id: 9, frames: vec![0x7f00_0000_1234, 0x5555_0000_0010, 0x7f00_0000_0042] },
+        Record::Acquire { seq: 100, kind: Kind::HEAP, api: Api::STRDUP, id: 0x5555_1000, size: 6, stack: 9 },
+        Record::Release { seq: 99, kind: Kind::FD, api: Api::CLOSE, id: 3 },
+        Record::Acquire { seq: 1 << 40, kind: Kind(200), api: Api(250), id: u64::MAX, size: u64::MAX, stack: u32::MAX },
+        Record::ModuleUnload { seq: 5, id: 3 },
+        Record::Fork { seq: 6, child: 77 },
+        Record::Exec { seq: 7, path: "/bin/true".into() },
+        Record::Notice { text: "unicode ✓".into() },
+        Record::ImageExit { seq: 8 },
+        Record::ProcessEnd { pid: 42, code: -3, signal: 9 },
+    ];
+    (buf, expected)
+}
+
+fn decode_all(buf: &[u8]) -> Result<(Vec<Record>, usize), DecodeError> {
+    let mut d = Decoder::new();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some((r, n)) = d.next(&buf[pos..])? {
+        out.push(r);
+        pos += n;
+    }
+    Ok((out, pos))
+}
+
+#[test]
+fn round_trip() {
+    let (buf, expected) = sample();
+    let (got, used) = decode_all(&buf).unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(used, buf.len());
+}
+
+#[test]
+fn every_prefix_is_incomplete_not_corrupt() {
+    let (buf, expected) = sample();
+    for cut in 0..buf.len() {
+        let (got, used) = decode_all(&buf[..cut]).unwrap_or_else(|e| panic!("prefix {cut}: {e}"));
+        assert!(got.len() < expected.len());
+        assert!(used <= cut);
+    }
+}
+
+#[test]
+fn foreign_file_and_newer_version_are_named() {
+    let e = decode_all(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0").unwrap_err();
+    assert_eq!(e.kind, DecodeErrorKind::NotATrace);
+    assert!(e.to_string().starts_with("not a residue trace"));
+    let mut h = header();
+    h[8] = 99;
+    let e = decode_all(&h).unwrap_err();
+    assert_eq!(e.kind, DecodeErrorKind::NewerVersion(99));
+}
+
+#[test]
+fn unknown_tags_are_skipped() {
+    let mut buf = header().to_vec();
+    buf.extend_from_slice(&[0x7e, 3, 1, 2, 3]);
+    let (got, _) = decode_all(&buf).unwrap();
+    assert_eq!(got[1], Record::Unknown { tag: 0x7e });
+}
+
+/// Mutated streams never panic, and decoding stays bounded (the harness would abort on a
+/// runaway allocation). The collector's fuzz target exercises the same entry point longer.
+#[test]
+fn mutations_never_panic() {
+    let (buf, _) = sample();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..20_000 {
+        let mut m = buf.clone();
+        for _ in 0..1 + rand() % 4 {
+            let i = (rand() as usize % (m.len() - HEADER_LEN)) + HEADER_LEN;
+            m[i] = rand() as u8;
+        }
+        let _ = decode_all(&m);
+    }
+}
+
+#[test]
+fn varints_at_the_edges() {
+    use crate::varint::*;
+    let mut b = [0u8; 10];
+    for v in [0, 1, 127, 128, u64::from(u32::MAX), u64::MAX] {
+        let n = put(&mut b, 0, v);
+        let mut p = 0;
+        assert_eq!(get(&b[..n], &mut p), Some(v));
+        assert_eq!(p, n);
+    }
+    // An eleventh continuation byte is rejected, not wrapped.
+    let mut p = 0;
+    assert_eq!(get(&[0xff; 11], &mut p), None);
+    for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+        assert_eq!(unzigzag(zigzag(v)), v);
+    }
+}
