@@ -1,0 +1,1 @@
+//! Native stack capture (stub; see ARCHITECTURE.md).
