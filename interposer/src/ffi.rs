@@ -1,0 +1,99 @@
+//! glibc entry points the hooks forward to, and the "next" definitions of hooked symbols.
+//!
+//! Allocator hooks forward to glibc's exported `__libc_*` functions rather than to a pointer
+//! looked up with `dlsym(RTLD_NEXT, "malloc")`: dlsym itself calls calloc, so a lazily resolved
+//! allocator recurses before it has anything to recurse into. Non-allocator hooks (fork, exec,
+//! dlopen...) do use `dlsym(RTLD_NEXT, ...)`, resolved in the constructor and, if a hook runs
+//! before it, on first use (the calloc inside dlsym then passes straight through).
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+extern "C" {
+    pub fn __libc_malloc(size: usize) -> *mut c_void;
+    pub fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    pub fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    pub fn __libc_free(p: *mut c_void);
+    pub fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+    pub fn __libc_valloc(size: usize) -> *mut c_void;
+    pub fn __libc_pvalloc(size: usize) -> *mut c_void;
+}
+
+/// A lazily resolved `dlsym(RTLD_NEXT, name)`.
+pub struct Next {
+    name: &'static CStr,
+    addr: AtomicUsize,
+}
+
+impl Next {
+    pub const fn new(name: &'static CStr) -> Self {
+        Next { name, addr: AtomicUsize::new(0) }
+    }
+
+    /// The next definition's address, or 0 if there is none.
+    pub fn get(&self) -> usize {
+        let a = self.addr.load(Ordering::Acquire);
+        if a != 0 {
+            return a;
+        }
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name is always valid to call; a
+        // race between two threads resolving the same name stores the same value twice.
+        let a = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
+        self.addr.store(a, Ordering::Release);
+        a
+    }
+}
+
+pub type ForkFn = unsafe extern "C" fn() -> libc::pid_t;
+pub type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+pub type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
+pub type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+pub type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
+pub type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+pub type PthreadExitFn = unsafe extern "C" fn(*mut c_void) -> !;
+
+/// Resolves `next` as a function of type `F`. Aborting is the only sound answer when libc has
+/// no definition of a function the host is calling: it linked against one.
+///
+/// # Safety
+/// `F` must be the function-pointer type of the symbol `next` names.
+pub unsafe fn resolve<F: Copy>(next: &Next) -> F {
+    let a = next.get();
+    if a == 0 {
+        std::process::abort();
+    }
+    debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
+    // SAFETY: the caller guarantees F is the symbol's function-pointer type; a is non-null.
+    unsafe { std::mem::transmute_copy(&a) }
+}
+
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+pub fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// `getenv` as a byte slice; the environment outlives the constructor that reads it.
+pub fn getenv(name: &CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv with a NUL-terminated name; the result is NULL or a NUL-terminated
+    // string in the environment block, which we only read during initialization.
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        if p.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(p).to_bytes())
+        }
+    }
+}
+
+pub fn parse_u64(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0')))
+}

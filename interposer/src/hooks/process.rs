@@ -1,0 +1,106 @@
+//! fork, the exec family and pthread_exit.
+//!
+//! exec replaces the image: everything recorded is flushed first, and the stream descriptor
+//! (which is not close-on-exec) carries on into the new image, whose interposer sees
+//! `RESIDUE_PID` equal to its pid and continues the stream. The execl* variants are variadic
+//! and cannot be defined in stable Rust: through them the new image is still tracked, but what
+//! the old image had not yet flushed is lost (its heap is gone anyway).
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use crate::ffi::{resolve, ExecvFn, ExecveFn, FexecveFn, ForkFn, Next, PthreadExitFn};
+use crate::lifecycle;
+
+static NEXT_FORK: Next = Next::new(c"fork");
+static NEXT_EXECVE: Next = Next::new(c"execve");
+static NEXT_EXECV: Next = Next::new(c"execv");
+static NEXT_EXECVP: Next = Next::new(c"execvp");
+static NEXT_EXECVPE: Next = Next::new(c"execvpe");
+static NEXT_FEXECVE: Next = Next::new(c"fexecve");
+static NEXT_PTHREAD_EXIT: Next = Next::new(c"pthread_exit");
+
+/// # Safety
+/// As C's fork.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // SAFETY: NEXT_FORK names fork, whose type ForkFn is.
+    let real: ForkFn = unsafe { resolve(&NEXT_FORK) };
+    // SAFETY: fork has no arguments; the child's side is handled by our atfork handler.
+    let pid = unsafe { real() };
+    if pid > 0 {
+        lifecycle::forked(pid as u32);
+    }
+    pid
+}
+
+/// Runs `call` (the real exec) between the flush and, if it returns, the resume.
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn exec_with(path: *const c_char, call: impl FnOnce() -> c_int) -> c_int {
+    let name: &[u8] = if path.is_null() {
+        b""
+    } else {
+        // SAFETY: the caller guarantees a NUL-terminated path.
+        unsafe { CStr::from_ptr(path) }.to_bytes()
+    };
+    let prepared = lifecycle::before_exec(name);
+    let r = call();
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    lifecycle::exec_failed(prepared);
+    // SAFETY: restoring the exec's errno for the caller.
+    unsafe { *libc::__errno_location() = errno };
+    r
+}
+
+/// # Safety
+/// As C's execve.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: NEXT_EXECVE names execve, of type ExecveFn; arguments forwarded unchanged.
+    unsafe { exec_with(path, || resolve::<ExecveFn>(&NEXT_EXECVE)(path, argv, envp)) }
+}
+
+/// # Safety
+/// As C's execv.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: NEXT_EXECV names execv, of type ExecvFn; arguments forwarded unchanged.
+    unsafe { exec_with(path, || resolve::<ExecvFn>(&NEXT_EXECV)(path, argv)) }
+}
+
+/// # Safety
+/// As C's execvp.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: NEXT_EXECVP names execvp, of type ExecvFn; arguments forwarded unchanged.
+    unsafe { exec_with(file, || resolve::<ExecvFn>(&NEXT_EXECVP)(file, argv)) }
+}
+
+/// # Safety
+/// As C's execvpe.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: NEXT_EXECVPE names execvpe, of type ExecveFn; arguments forwarded unchanged.
+    unsafe { exec_with(file, || resolve::<ExecveFn>(&NEXT_EXECVPE)(file, argv, envp)) }
+}
+
+/// # Safety
+/// As C's fexecve.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: NEXT_FEXECVE names fexecve, of type FexecveFn; arguments forwarded unchanged.
+    unsafe { exec_with(std::ptr::null(), || resolve::<FexecveFn>(&NEXT_FEXECVE)(fd, argv, envp)) }
+}
+
+/// When the main thread calls pthread_exit, the process lives on until its last thread ends;
+/// the writer thread must then step aside (see `lifecycle::only_writer_left`).
+///
+/// # Safety
+/// As C's pthread_exit.
+#[no_mangle]
+pub unsafe extern "C" fn pthread_exit(retval: *mut c_void) -> ! {
+    lifecycle::main_thread_exiting();
+    // SAFETY: NEXT_PTHREAD_EXIT names pthread_exit, of type PthreadExitFn.
+    unsafe { resolve::<PthreadExitFn>(&NEXT_PTHREAD_EXIT)(retval) }
+}

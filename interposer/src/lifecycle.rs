@@ -1,0 +1,187 @@
+//! The image's life: start (constructor), fork, exec, the main thread's pthread_exit, and exit
+//! (destructor). This is where the environment contract of ARCHITECTURE.md is implemented.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use residue_protocol::{Encoder, MAX_SMALL_RECORD};
+
+use crate::ffi::{self, getenv, parse_u64};
+use crate::state::{self, next_seq, thread, Guard, ACTIVE, EXECUTING, FINISHED, PASSIVE};
+use crate::{modules, stacks, transport};
+
+/// This image's pid: a hook running under another pid is in a vfork child sharing our memory.
+static OWN_PID: AtomicU32 = AtomicU32::new(0);
+static MAIN_EXITED: AtomicBool = AtomicBool::new(false);
+
+// glibc calls .init_array entries with (argc, argv, envp), after the libraries we depend on
+// (libc) are initialized; being preloaded, we run before the program and its libraries.
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = init;
+
+// .fini_array entries run from _dl_fini, after atexit handlers (CPython's finalization, C++
+// static destructors of the program): the frees made there are recorded. Libraries initialized
+// after us are finalized before us.
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;
+
+extern "C" fn init(argc: c_int, argv: *const *const c_char, _envp: *const *const c_char) {
+    // Nothing here may unwind into the loader.
+    if std::panic::catch_unwind(|| start(argc, argv)).is_err() {
+        state::set_state(PASSIVE);
+    }
+}
+
+fn start(argc: c_int, argv: *const *const c_char) {
+    let Some(fd) = getenv(c"RESIDUE_FD").and_then(parse_u64) else {
+        // Preloaded outside `residue run`: stay out of the way.
+        state::set_state(PASSIVE);
+        return;
+    };
+    let fd = fd as i32;
+    let pid = ffi::getpid();
+    OWN_PID.store(pid, Ordering::Relaxed);
+    let root = match getenv(c"RESIDUE_PID").and_then(parse_u64) {
+        None => {
+            let v = format!("{pid}\0");
+            // SAFETY: both strings are NUL-terminated; we are in the constructor, before the
+            // program runs, so no other thread reads the environment concurrently.
+            unsafe { libc::setenv(c"RESIDUE_PID".as_ptr(), v.as_ptr().cast(), 1) };
+            true
+        }
+        Some(p) if p == u64::from(pid) => false,
+        // A child of the traced process: not followed (yet); the parent's stream records the
+        // fork, and this image writes nothing.
+        Some(_) => {
+            state::set_state(PASSIVE);
+            return;
+        }
+    };
+    // SAFETY: F_GETFD on any integer is safe; it fails with EBADF if fd is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        state::set_state(PASSIVE);
+        return;
+    }
+    // Internal errors must not print into the host's stderr or unwind into it: a panic in a
+    // hook is caught there and turns the interposer passive.
+    std::panic::set_hook(Box::new(|_| {}));
+    let depth = getenv(c"RESIDUE_DEPTH").and_then(parse_u64).unwrap_or(64) as usize;
+    stacks::configure(depth, modules::range_of(init as *const () as u64));
+    if !transport::start(fd) {
+        state::set_state(PASSIVE);
+        return;
+    }
+    // SAFETY: the handler is an extern "C" fn with no arguments, as pthread_atfork requires.
+    unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+    if root {
+        transport::write_raw(&residue_protocol::header());
+    }
+    image_start(pid, root, argc, argv);
+    modules::rescan();
+    state::set_state(ACTIVE);
+}
+
+fn image_start(pid: u32, root: bool, argc: c_int, argv: *const *const c_char) {
+    let args: Vec<&[u8]> = (0..argc.max(0) as usize)
+        .map(|i| {
+            // SAFETY: glibc passes argc valid NUL-terminated strings in argv.
+            unsafe { CStr::from_ptr(*argv.add(i)) }.to_bytes()
+        })
+        .collect();
+    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.into_os_string().into_encoded_bytes()).unwrap_or_default();
+    // SAFETY: getppid cannot fail.
+    let ppid = unsafe { libc::getppid() } as u32;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let need = Encoder::image_start_len_bound(&exe, &args);
+    transport::emit(thread(), need, |enc, b, pos| enc.image_start(b, pos, pid, ppid, root, !root, now, &exe, &args));
+}
+
+extern "C" fn fini() {
+    if !state::transition(ACTIVE, FINISHED) {
+        return;
+    }
+    let _ = std::panic::catch_unwind(|| {
+        let _g = Guard::enter_any();
+        transport::flush_all(Some(next_seq()));
+    });
+}
+
+/// In a forked child: everything of ours there is a copy of the parent's (buffers, the writer
+/// that no longer exists), so the child never records. Runs before any other atfork child
+/// handler that might allocate.
+extern "C" fn atfork_child() {
+    state::go_passive();
+}
+
+/// A one-line message for the report.
+pub fn notice(text: &[u8]) {
+    let t = thread();
+    transport::emit(t, text.len() + MAX_SMALL_RECORD, |enc, b, pos| enc.notice(b, pos, text));
+}
+
+/// After a successful fork in the parent: record the child that is not followed.
+pub fn forked(child: u32) {
+    if let Some(g) = Guard::enter() {
+        let seq = next_seq();
+        transport::emit(g.thread(), MAX_SMALL_RECORD, |enc, b, pos| enc.fork(b, pos, seq, child));
+    }
+}
+
+/// Before exec: flush everything (the image is about to vanish) and stop recording. Returns
+/// whether it did, so that a failed exec can resume.
+pub fn before_exec(path: &[u8]) -> bool {
+    if ffi::getpid() != OWN_PID.load(Ordering::Relaxed) {
+        return false;
+    }
+    let Some(g) = Guard::enter() else { return false };
+    let seq = next_seq();
+    transport::emit(g.thread(), path.len() + 2 * MAX_SMALL_RECORD, |enc, b, pos| enc.exec(b, pos, seq, path));
+    if !state::transition(ACTIVE, EXECUTING) {
+        return false;
+    }
+    transport::flush_all(None);
+    true
+}
+
+/// exec returned: it failed, and this image goes on.
+pub fn exec_failed(prepared: bool) {
+    if prepared {
+        state::transition(EXECUTING, ACTIVE);
+    }
+}
+
+pub fn main_thread_exiting() {
+    if ffi::gettid() == ffi::getpid() {
+        MAIN_EXITED.store(true, Ordering::Release);
+    }
+}
+
+/// True once the main thread has called pthread_exit and no thread but the caller (the writer)
+/// is still running: glibc ends the process when the last thread ends, so the writer must not
+/// be that thread.
+pub fn only_writer_left() -> bool {
+    if !MAIN_EXITED.load(Ordering::Acquire) {
+        return false;
+    }
+    let me = ffi::gettid().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return false };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if name.to_str() == Some(me.as_str()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // The state letter follows the parenthesized command name, which may contain spaces.
+        let running = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next())
+            .is_some_and(|c| c != 'Z' && c != 'X');
+        if running {
+            return false;
+        }
+    }
+    true
+}

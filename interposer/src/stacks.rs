@@ -1,0 +1,126 @@
+//! Native stacks: captured behind one seam ([`capture`]), interned so that each distinct stack
+//! crosses the stream once, and recorded with the acquisition that needed them.
+//!
+//! The intern table is a fixed open-addressing table of 64-bit stack hashes in static memory
+//! (zero pages until touched): lock-free, no allocation. A thread that inserts a new hash owns
+//! sending its `Stack` record; another thread may reference the id before that record is
+//! flushed, which the collector allows (it resolves stack ids at report time). Two different
+//! stacks sharing a 64-bit hash would share an id: at a million distinct stacks the odds are
+//! about 1 in 30 billion. When the table is three quarters full, new stacks are sent without
+//! interning (correct, larger trace) and a notice says so.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use residue_protocol::{Api, Encoder, Kind, MAX_FRAMES, MAX_SMALL_RECORD};
+
+use crate::state::Thread;
+use crate::transport::emit;
+
+const TABLE_BITS: u32 = 20;
+const TABLE: usize = 1 << TABLE_BITS;
+const MAX_PROBES: usize = 64;
+/// Frames of our own (hook, recording, unwinder) that may precede the first frame we report.
+const OWN_FRAMES: usize = 16;
+
+static KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
+static IDS: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+static FULL_NOTICE: AtomicBool = AtomicBool::new(false);
+
+static DEPTH: AtomicUsize = AtomicUsize::new(64);
+/// Bumped when a module is unloaded: the same addresses may then belong to another module, so
+/// stacks captured afterwards must not share ids with earlier ones.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// The interposer's own text, whose frames are cut from the top of every stack.
+static SELF_START: AtomicU64 = AtomicU64::new(0);
+static SELF_END: AtomicU64 = AtomicU64::new(0);
+
+pub fn configure(depth: usize, self_range: (u64, u64)) {
+    DEPTH.store(depth.clamp(1, MAX_FRAMES), Ordering::Relaxed);
+    SELF_START.store(self_range.0, Ordering::Relaxed);
+    SELF_END.store(self_range.1, Ordering::Relaxed);
+}
+
+pub fn module_unloaded() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+    residue_unwind::invalidate();
+}
+
+/// The seam: return addresses of the current thread, innermost first.
+#[inline(always)]
+fn capture(out: &mut [u64]) -> usize {
+    residue_unwind::capture(out)
+}
+
+fn hash(frames: &[u64]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ frames.len() as u64 ^ GENERATION.load(Ordering::Relaxed).rotate_left(32);
+    for &f in frames {
+        h = (h.rotate_left(5) ^ f).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    (h ^ (h >> 29)) | 1
+}
+
+/// The stack's id, and whether this call is the first to see it (and so must send it).
+fn intern(frames: &[u64]) -> (u32, bool) {
+    let h = hash(frames);
+    let mut i = (h as usize ^ (h >> TABLE_BITS) as usize) & (TABLE - 1);
+    for _ in 0..MAX_PROBES {
+        let k = KEYS[i].load(Ordering::Acquire);
+        let k = if k == 0 {
+            match KEYS[i].compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                    IDS[i].store(id, Ordering::Release);
+                    return (id, true);
+                }
+                Err(now) => now,
+            }
+        } else {
+            k
+        };
+        if k == h {
+            // The inserting thread publishes the id right after its key.
+            let mut spins = 0;
+            loop {
+                let id = IDS[i].load(Ordering::Acquire);
+                if id != 0 {
+                    return (id, false);
+                }
+                crate::sync::backoff(&mut spins);
+            }
+        }
+        i = (i + 1) & (TABLE - 1);
+    }
+    if !FULL_NOTICE.swap(true, Ordering::Relaxed) {
+        crate::lifecycle::notice(
+            b"the stack table is full: further distinct stacks are sent uninterned (larger trace)",
+        );
+    }
+    (NEXT_ID.fetch_add(1, Ordering::Relaxed), true)
+}
+
+/// Records that `kind` resource `id` was acquired: captures and interns the stack, then encodes
+/// the stack (if new) and the acquisition into this thread's batch.
+#[inline(never)]
+pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) {
+    let mut buf = [0u64; MAX_FRAMES + OWN_FRAMES];
+    let depth = DEPTH.load(Ordering::Relaxed);
+    let n = capture(&mut buf[..depth + OWN_FRAMES]);
+    let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
+    let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
+    let frames = &buf[skip..n.min(skip + depth)];
+    let (stack, new) = intern(frames);
+    let need = MAX_SMALL_RECORD + if new { Encoder::stack_len_bound(frames.len()) } else { 0 };
+    emit(t, need, |enc, b, mut pos| {
+        if new {
+            pos = enc.stack(b, pos, stack, frames);
+        }
+        enc.acquire(b, pos, seq, kind, api, id, size, stack)
+    });
+}
+
+/// Records that `kind` resource `id` was released. Releases need no stack.
+#[inline]
+pub fn released(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64) {
+    emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.release(b, pos, seq, kind, api, id));
+}

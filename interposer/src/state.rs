@@ -1,0 +1,136 @@
+//! Global and per-thread state. Everything here is reachable from inside malloc, so it is
+//! atomics and const-initialized thread-locals without destructors: such a `thread_local!`
+//! compiles to plain TLS access, never allocates, and is never torn down before the thread's
+//! last free.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use crate::transport::Slot;
+
+/// Not yet initialized: every hook passes straight through.
+pub const UNINIT: u8 = 0;
+/// Recording.
+pub const ACTIVE: u8 = 1;
+/// Not recording, for good: a child we do not follow, a process not launched by residue, a
+/// collector that went away, or an internal error.
+pub const PASSIVE: u8 = 2;
+/// The image is exiting: the final flush has begun or is done.
+pub const FINISHED: u8 = 3;
+/// An exec is under way: its flush has run; recording resumes if exec fails.
+pub const EXECUTING: u8 = 4;
+
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static SEQ: AtomicU64 = AtomicU64::new(1);
+
+#[inline(always)]
+pub fn state() -> u8 {
+    STATE.load(Ordering::Acquire)
+}
+
+pub fn set_state(s: u8) {
+    STATE.store(s, Ordering::Release);
+}
+
+/// Moves from `from` to `to`; false if the state was something else.
+pub fn transition(from: u8, to: u8) -> bool {
+    STATE.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+}
+
+/// Stop recording for good, unless the image is already finishing.
+pub fn go_passive() {
+    let _ = transition(ACTIVE, PASSIVE);
+    let _ = transition(EXECUTING, PASSIVE);
+}
+
+/// The next global sequence number: the order of acquisitions and releases across threads.
+#[inline(always)]
+pub fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Per-thread state. `busy` is the re-entrancy guard: set while a hook records (so the
+/// interposer's own allocations, and those of anything it calls, are never recorded) and
+/// permanently on the writer thread.
+pub struct Thread {
+    pub busy: Cell<bool>,
+    pub tid: Cell<u32>,
+    pub slot: Cell<*mut Slot>,
+    /// The slot is shared with other threads (every slot was taken).
+    pub shared: Cell<bool>,
+    pub writer: Cell<bool>,
+}
+
+thread_local! {
+    static THREAD: Thread = const {
+        Thread {
+            busy: Cell::new(false),
+            tid: Cell::new(0),
+            slot: Cell::new(ptr::null_mut()),
+            shared: Cell::new(false),
+            writer: Cell::new(false),
+        }
+    };
+}
+
+/// This thread's state. The reference is valid for the life of the thread: the thread-local
+/// has no destructor, so it is never torn down.
+#[inline(always)]
+pub fn thread() -> &'static Thread {
+    // SAFETY: THREAD has no destructor (all fields are Cells of Copy types), so its storage
+    // lives as long as the thread and is only touched from this thread; `Thread` is !Sync, so
+    // the reference cannot leave the thread either.
+    THREAD.with(|t| unsafe { &*(t as *const Thread) })
+}
+
+impl Thread {
+    pub fn tid(&self) -> u32 {
+        let t = self.tid.get();
+        if t != 0 {
+            return t;
+        }
+        let t = crate::ffi::gettid();
+        self.tid.set(t);
+        t
+    }
+}
+
+/// Entered a hook that may record: released on drop.
+pub struct Guard(&'static Thread);
+
+impl Guard {
+    /// `Some` when this call should be recorded: the interposer is active and this thread is
+    /// not already inside a hook.
+    #[inline(always)]
+    pub fn enter() -> Option<Guard> {
+        if state() != ACTIVE {
+            return None;
+        }
+        let t = thread();
+        if t.busy.replace(true) {
+            return None;
+        }
+        Some(Guard(t))
+    }
+
+    /// Like `enter`, but regardless of the state (for exit and exec paths).
+    pub fn enter_any() -> Option<Guard> {
+        let t = thread();
+        if t.busy.replace(true) {
+            return None;
+        }
+        Some(Guard(t))
+    }
+
+    pub fn thread(&self) -> &'static Thread {
+        self.0
+    }
+}
+
+impl Drop for Guard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+    }
+}

@@ -1,0 +1,477 @@
+//! From hooks to the collector: per-thread batches, a bounded crossbeam channel, one writer
+//! thread.
+//!
+//! Each thread encodes its events into a 64 KiB [`Chunk`] held in its [`Slot`]. A full chunk is
+//! handed to the writer through a bounded channel: when the collector is slow, the channel
+//! fills and the sending thread waits (backpressure; nothing is dropped). The writer also
+//! *steals* partly filled chunks from idle threads every tick, and from every thread at exec and
+//! exit, which is why a slot has a lock: the owner takes it (uncontended) around each event, the
+//! writer around a steal. No lock is ever held while sending or writing.
+//!
+//! Writes never raise SIGPIPE in the host: the writer thread blocks the signal, and a direct
+//! write from another thread (when there is no writer any more) blocks it for the call and
+//! consumes a SIGPIPE it caused. A write error means the collector is gone: the interposer goes
+//! passive and the host runs on untracked.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use residue_protocol::{Encoder, MAX_SMALL_RECORD};
+
+use crate::state::{self, thread, Thread};
+use crate::{modules, sync::SpinLock};
+
+/// Bytes of events in one chunk.
+pub const CHUNK_DATA: usize = 64 * 1024 - 64;
+/// Chunks in flight between the threads and the writer: 4 MiB at most.
+const CHANNEL_DEPTH: usize = 64;
+/// Free chunks kept for reuse.
+const POOL_DEPTH: usize = 128;
+/// Threads with a slot of their own; beyond that, threads share slots (correct, slower).
+const SLOTS: usize = 1024;
+/// How often the writer flushes idle threads' chunks.
+const TICK: Duration = Duration::from_millis(100);
+
+#[repr(C)]
+pub struct Chunk {
+    len: usize,
+    enc: Encoder,
+    data: [u8; CHUNK_DATA],
+}
+
+struct ChunkPtr(NonNull<Chunk>);
+// SAFETY: a chunk is owned by exactly one party at a time (a slot, the channel, the writer or
+// the pool); the pointer moves between threads, the memory is never shared.
+unsafe impl Send for ChunkPtr {}
+
+enum Msg {
+    Chunk(ChunkPtr),
+    /// Steal every slot, write everything, then set the flag.
+    Sync(&'static AtomicBool),
+    /// As `Sync`, then write the image-exit record and stop.
+    Finish(u64, &'static AtomicBool),
+}
+
+struct Channel {
+    tx: Sender<Msg>,
+    pool_tx: Sender<ChunkPtr>,
+    pool_rx: Receiver<ChunkPtr>,
+}
+
+static CHANNEL: OnceLock<Channel> = OnceLock::new();
+static WRITER_ALIVE: AtomicBool = AtomicBool::new(false);
+static OUT_FD: AtomicI32 = AtomicI32::new(-1);
+static DEAD: AtomicBool = AtomicBool::new(false);
+static WRITE_LOCK: SpinLock = SpinLock::new();
+
+/// One thread's current chunk. `lock` is held by the owner while it encodes an event and by
+/// the writer while it steals the chunk.
+pub struct Slot {
+    lock: SpinLock,
+    in_use: AtomicBool,
+    chunk: AtomicPtr<Chunk>,
+    tid: AtomicU32,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: Slot = Slot {
+    lock: SpinLock::new(),
+    in_use: AtomicBool::new(false),
+    chunk: AtomicPtr::new(ptr::null_mut()),
+    tid: AtomicU32::new(0),
+};
+static SLOT_TABLE: [Slot; SLOTS] = [EMPTY_SLOT; SLOTS];
+
+/// The pthread key whose destructor flushes a thread's chunk when the thread ends.
+static THREAD_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+
+fn new_chunk(tid: u32) -> Option<NonNull<Chunk>> {
+    let recycled = CHANNEL.get().and_then(|c| c.pool_rx.try_recv().ok()).map(|p| p.0);
+    let p = recycled.or_else(|| {
+        // SAFETY: Chunk has a non-zero size; all-zero bytes are a valid Chunk (len 0, default
+        // encoder, zero data). Allocated in place: a 64 KiB value never touches the stack,
+        // which may be small on the host's threads.
+        NonNull::new(unsafe { alloc_zeroed(Layout::new::<Chunk>()) }.cast::<Chunk>())
+    })?;
+    // SAFETY: p is a chunk we own exclusively (fresh, or taken from the pool).
+    let c = unsafe { &mut *p.as_ptr() };
+    c.len = 0;
+    c.len = c.enc.batch(&mut c.data, 0, tid);
+    Some(p)
+}
+
+fn recycle(p: NonNull<Chunk>) {
+    if let Some(ch) = CHANNEL.get() {
+        if let Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) = ch.pool_tx.try_send(ChunkPtr(p)) {
+            // SAFETY: allocated by new_chunk with this layout, and owned by us.
+            unsafe { dealloc(p.0.as_ptr().cast(), Layout::new::<Chunk>()) };
+        }
+    }
+}
+
+/// Bytes of events in a chunk beyond its batch header (a chunk with only a header is empty).
+fn has_events(c: &Chunk) -> bool {
+    let mut e = Encoder::default();
+    let mut hdr = [0u8; MAX_SMALL_RECORD];
+    c.len > e.batch(&mut hdr, 0, 0) + 4
+}
+
+/// Sets up the channel and starts the writer thread. Called once, from the constructor.
+pub fn start(fd: i32) -> bool {
+    OUT_FD.store(fd, Ordering::Relaxed);
+    let (tx, rx) = bounded(CHANNEL_DEPTH);
+    let (pool_tx, pool_rx) = bounded(POOL_DEPTH);
+    if CHANNEL.set(Channel { tx, pool_tx, pool_rx }).is_err() {
+        return false;
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: key is a valid out-pointer; thread_exit has the destructor signature.
+    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
+        THREAD_KEY.store(key, Ordering::Relaxed);
+    }
+    WRITER_ALIVE.store(true, Ordering::Release);
+    let spawned =
+        std::thread::Builder::new().name("residue-writer".into()).stack_size(256 * 1024).spawn(move || writer(rx));
+    if spawned.is_err() {
+        WRITER_ALIVE.store(false, Ordering::Release);
+    }
+    true
+}
+
+/// Writes raw bytes (the stream header) before any chunk.
+pub fn write_raw(bytes: &[u8]) {
+    write_out(bytes);
+}
+
+/// Encodes one record into this thread's chunk; `need` bounds its size. `f` gets the batch's
+/// encoder, the chunk's bytes and the position to write at, and returns the new position.
+#[inline]
+pub fn emit(t: &Thread, need: usize, f: impl FnOnce(&mut Encoder, &mut [u8], usize) -> usize) {
+    if need > CHUNK_DATA / 2 {
+        return;
+    }
+    let Some(slot) = slot_of(t) else { return };
+    let mut f = Some(f);
+    loop {
+        slot.lock.lock();
+        let c = slot.chunk.load(Ordering::Relaxed);
+        if let Some(mut p) = NonNull::new(c) {
+            // SAFETY: the slot's lock is held, so the chunk it holds is ours until we unlock.
+            let chunk = unsafe { p.as_mut() };
+            if chunk.len + need <= CHUNK_DATA {
+                if let Some(f) = f.take() {
+                    chunk.len = f(&mut chunk.enc, &mut chunk.data, chunk.len);
+                }
+                slot.lock.unlock();
+                return;
+            }
+            slot.chunk.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+        slot.lock.unlock();
+        if let Some(full) = NonNull::new(c) {
+            send(full);
+        }
+        let Some(fresh) = new_chunk(t.tid()) else { return };
+        slot.lock.lock();
+        let installed =
+            slot.chunk.compare_exchange(ptr::null_mut(), fresh.as_ptr(), Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        slot.lock.unlock();
+        if !installed {
+            // A thread sharing this slot installed one first.
+            recycle(fresh);
+        }
+    }
+}
+
+/// This thread's slot, claimed on first use.
+fn slot_of(t: &Thread) -> Option<&'static Slot> {
+    let s = t.slot.get();
+    if !s.is_null() {
+        // SAFETY: slots live in a static table.
+        return Some(unsafe { &*s });
+    }
+    let tid = t.tid();
+    let start = tid as usize % SLOTS;
+    let mut chosen = None;
+    for i in 0..SLOTS {
+        let slot = &SLOT_TABLE[(start + i) % SLOTS];
+        if slot.in_use.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            chosen = Some(slot);
+            break;
+        }
+    }
+    let slot = chosen.unwrap_or_else(|| {
+        t.shared.set(true);
+        &SLOT_TABLE[start]
+    });
+    slot.tid.store(tid, Ordering::Relaxed);
+    t.slot.set(slot as *const Slot as *mut Slot);
+    let key = THREAD_KEY.load(Ordering::Relaxed);
+    if key != u32::MAX {
+        // SAFETY: key was created by pthread_key_create; the value is only used as a flag by
+        // thread_exit (non-null makes glibc call it).
+        unsafe { libc::pthread_setspecific(key, slot as *const Slot as *const libc::c_void) };
+    }
+    Some(slot)
+}
+
+/// pthread key destructor: the thread is ending; flush its chunk and give its slot back. An
+/// allocation in a later destructor claims a slot again (glibc repeats key destructors).
+unsafe extern "C" fn thread_exit(_value: *mut libc::c_void) {
+    let t = thread();
+    let was_busy = t.busy.replace(true);
+    let s = t.slot.replace(ptr::null_mut());
+    if !s.is_null() {
+        // SAFETY: slots live in a static table.
+        let slot = unsafe { &*s };
+        slot.lock.lock();
+        let c = slot.chunk.swap(ptr::null_mut(), Ordering::Relaxed);
+        slot.lock.unlock();
+        if let Some(c) = NonNull::new(c) {
+            send(c);
+        }
+        if !t.shared.get() {
+            slot.in_use.store(false, Ordering::Release);
+        }
+    }
+    t.busy.set(was_busy);
+}
+
+/// Hands a full chunk to the writer, waiting while the channel is full (backpressure).
+fn send(c: NonNull<Chunk>) {
+    if thread().writer.get() || !WRITER_ALIVE.load(Ordering::Acquire) {
+        write_chunk(c);
+        return;
+    }
+    if let Err(Msg::Chunk(c)) = send_msg(Msg::Chunk(ChunkPtr(c))) {
+        write_chunk(c.0);
+    }
+}
+
+/// Queues `msg` for the writer, waiting while the channel is full; gives the message back if
+/// the writer is gone. Polls rather than blocking inside crossbeam: its blocking path needs
+/// `thread::current()`, which is gone once a thread's TLS is torn down (thread exit, exit()).
+fn send_msg(mut msg: Msg) -> Result<(), Msg> {
+    let Some(ch) = CHANNEL.get() else { return Err(msg) };
+    let mut spins = 0u32;
+    loop {
+        match ch.tx.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(m)) if WRITER_ALIVE.load(Ordering::Acquire) => {
+                msg = m;
+                crate::sync::backoff(&mut spins);
+            }
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => return Err(m),
+        }
+    }
+}
+
+fn write_chunk(c: NonNull<Chunk>) {
+    // SAFETY: we own c.
+    let chunk = unsafe { c.as_ref() };
+    if has_events(chunk) {
+        write_out(&chunk.data[..chunk.len]);
+    }
+    recycle(c);
+}
+
+/// Takes every slot's chunk that holds events and writes it.
+fn steal_all() {
+    for slot in &SLOT_TABLE {
+        if !slot.in_use.load(Ordering::Acquire) && slot.chunk.load(Ordering::Relaxed).is_null() {
+            continue;
+        }
+        slot.lock.lock();
+        let c = slot.chunk.load(Ordering::Relaxed);
+        // SAFETY: the slot's lock is held, so the chunk cannot be written or taken meanwhile.
+        let take = !c.is_null() && has_events(unsafe { &*c });
+        if take {
+            slot.chunk.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+        slot.lock.unlock();
+        if let (true, Some(c)) = (take, NonNull::new(c)) {
+            write_chunk(c);
+        }
+    }
+}
+
+/// Blocks SIGPIPE for the calling thread for the rest of its life (the writer thread).
+fn block_sigpipe() {
+    // SAFETY: sigset_t is plain data initialized by sigemptyset; pthread_sigmask only affects
+    // this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, ptr::null_mut());
+    }
+}
+
+/// Writes all of `bytes` to the collector. On any error other than EINTR the collector is gone:
+/// go passive and drop everything from now on. Never raises SIGPIPE in the calling thread.
+fn write_out(bytes: &[u8]) {
+    if DEAD.load(Ordering::Acquire) {
+        return;
+    }
+    let fd = OUT_FD.load(Ordering::Relaxed);
+    let on_writer = thread().writer.get();
+    WRITE_LOCK.lock();
+    // SAFETY: sigset_t values are plain data initialized by sigemptyset/pthread_sigmask before
+    // use; masking only affects the calling thread and is restored below.
+    let (old, was_pending) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        if !on_writer {
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        }
+        libc::sigpending(&mut pending);
+        (old, libc::sigismember(&pending, libc::SIGPIPE) == 1)
+    };
+    let mut rest = bytes;
+    let mut broke = false;
+    while !rest.is_empty() {
+        // SAFETY: rest is a valid readable slice; fd is the descriptor the collector gave us.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n > 0 {
+            rest = &rest[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        } else {
+            broke = true;
+            break;
+        }
+    }
+    if broke {
+        DEAD.store(true, Ordering::Release);
+        state::go_passive();
+    }
+    if !on_writer {
+        // SAFETY: as above; a SIGPIPE that our own write raised (it was not pending before) is
+        // consumed with a zero-timeout sigtimedwait before the old mask is restored.
+        unsafe {
+            if broke && !was_pending {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGPIPE);
+                let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                libc::sigtimedwait(&set, ptr::null_mut(), &zero);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+        }
+    }
+    WRITE_LOCK.unlock();
+}
+
+/// Writes the image-exit record, once: after it the collector knows the image's stream is whole.
+fn image_exit_record(seq: u64) {
+    static WRITTEN: AtomicBool = AtomicBool::new(false);
+    if WRITTEN.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let mut buf = [0u8; MAX_SMALL_RECORD];
+    let n = Encoder::default().image_exit(&mut buf, 0, seq);
+    write_out(&buf[..n]);
+}
+
+/// Does what a message asks; true when the writer should stop.
+fn handle(m: Msg) -> bool {
+    match m {
+        Msg::Chunk(c) => {
+            write_chunk(c.0);
+            false
+        }
+        Msg::Sync(done) => {
+            steal_all();
+            done.store(true, Ordering::Release);
+            false
+        }
+        Msg::Finish(seq, done) => {
+            steal_all();
+            image_exit_record(seq);
+            done.store(true, Ordering::Release);
+            true
+        }
+    }
+}
+
+fn writer(rx: Receiver<Msg>) {
+    let t = thread();
+    t.busy.set(true);
+    t.writer.set(true);
+    block_sigpipe();
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(m) => {
+                if handle(m) {
+                    WRITER_ALIVE.store(false, Ordering::Release);
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                modules::rescan_if_changed();
+                steal_all();
+                if crate::lifecycle::only_writer_left() {
+                    // The main thread called pthread_exit and every other thread has ended:
+                    // glibc exits the process when the last thread ends, and we would be it.
+                    // Step aside; the exit path then flushes directly.
+                    WRITER_ALIVE.store(false, Ordering::Release);
+                    while let Ok(m) = rx.try_recv() {
+                        handle(m);
+                    }
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Waits until every event recorded so far, by every thread, is written. With `exit_seq`, the
+/// image-exit record follows and the writer stops.
+pub fn flush_all(exit_seq: Option<u64>) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    // Our own chunk first, so it precedes whatever the writer steals.
+    let t = thread();
+    if let Some(slot) = NonNull::new(t.slot.get()) {
+        // SAFETY: slots live in a static table.
+        let slot = unsafe { slot.as_ref() };
+        slot.lock.lock();
+        let c = slot.chunk.swap(ptr::null_mut(), Ordering::Relaxed);
+        slot.lock.unlock();
+        if let Some(c) = NonNull::new(c) {
+            send(c);
+        }
+    }
+    if WRITER_ALIVE.load(Ordering::Acquire) && !t.writer.get() {
+        DONE.store(false, Ordering::Release);
+        let msg = match exit_seq {
+            Some(seq) => Msg::Finish(seq, &DONE),
+            None => Msg::Sync(&DONE),
+        };
+        if send_msg(msg).is_ok() {
+            let mut spins = 0;
+            while WRITER_ALIVE.load(Ordering::Acquire) {
+                if DONE.load(Ordering::Acquire) {
+                    return;
+                }
+                crate::sync::backoff(&mut spins);
+            }
+            if DONE.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+    // No writer (it stepped aside, or we are it): do its work here. Stealing twice is harmless
+    // and the exit record is written once.
+    steal_all();
+    if let Some(seq) = exit_seq {
+        image_exit_record(seq);
+    }
+}
