@@ -81,6 +81,11 @@ pub enum Record {
     Notice {
         text: String,
     },
+    /// What the resource acquired with `seq` is (path, socket peer, pipe).
+    Describe {
+        seq: u64,
+        text: String,
+    },
     /// How the process ended (written by the collector into saved traces).
     ProcessEnd {
         pid: u32,
@@ -330,6 +335,10 @@ impl Decoder {
             },
             tag::IMAGE_EXIT => Record::ImageExit { seq: p.u64("bad sequence number in an exit record")? },
             tag::NOTICE => Record::Notice { text: p.string("bad text in a notice record")? },
+            tag::DESCRIBE => Record::Describe {
+                seq: p.u64("bad sequence number in a describe record")?,
+                text: p.string("bad text in a describe record")?,
+            },
             tag::PROCESS_END => {
                 let pid = p.u32("bad pid in a process-end record")?;
                 let code = i32::try_from(unzigzag(p.u64("bad exit code in a process-end record")?))

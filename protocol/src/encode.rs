@@ -246,4 +246,13 @@ impl Encoder {
             varint::put(b, p, u64::from(signal))
         })
     }
+
+    /// Describes the resource whose acquisition carried `seq` (a path, a socket's peer).
+    /// Room: `text.len() + 4 + 2 * MAX_VARINT`.
+    pub fn describe(&mut self, buf: &mut [u8], pos: usize, seq: u64, text: &[u8]) -> usize {
+        record(buf, pos, tag::DESCRIBE, false, |b, p| {
+            let p = varint::put(b, p, seq);
+            bytes(b, p, text)
+        })
+    }
 }

@@ -66,6 +66,8 @@ pub mod tag {
     /// Written by the collector, never the interposer: how the process ended (appended to a
     /// saved trace so that `residue report` knows the exit status).
     pub const PROCESS_END: u8 = 0x0c;
+    /// What the resource acquired with a given seq is: a file path, a socket's peer, a pipe.
+    pub const DESCRIBE: u8 = 0x0d;
 }
 
 #[cfg(test)]

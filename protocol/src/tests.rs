@@ -20,6 +20,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     pos = e.notice(&mut buf, pos, "unicode ✓".as_bytes());
     pos = e.image_exit(&mut buf, pos, 8);
     pos = e.process_end(&mut buf, pos, 42, -3, 9);
+    pos = e.describe(&mut buf, pos, 100, b"/tmp/x");
     buf.truncate(pos);
     let expected = vec![
         Record::Header { version: VERSION },
@@ -50,6 +51,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
         Record::Notice { text: "unicode ✓".into() },
         Record::ImageExit { seq: 8 },
         Record::ProcessEnd { pid: 42, code: -3, signal: 9 },
+        Record::Describe { seq: 100, text: "/tmp/x".into() },
     ];
     (buf, expected)
 }
