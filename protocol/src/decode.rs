@@ -81,6 +81,13 @@ pub enum Record {
     Notice {
         text: String,
     },
+    /// A Python code object (function `name` of `filename`, starting at `first_line`).
+    Code {
+        id: u32,
+        first_line: u32,
+        filename: String,
+        name: String,
+    },
     /// What the resource acquired with `seq` is (path, socket peer, pipe).
     Describe {
         seq: u64,
@@ -335,6 +342,12 @@ impl Decoder {
             },
             tag::IMAGE_EXIT => Record::ImageExit { seq: p.u64("bad sequence number in an exit record")? },
             tag::NOTICE => Record::Notice { text: p.string("bad text in a notice record")? },
+            tag::CODE => Record::Code {
+                id: p.u32("bad code id")?,
+                first_line: p.u32("bad first line in a code record")?,
+                filename: p.string("bad file name in a code record")?,
+                name: p.string("bad function name in a code record")?,
+            },
             tag::DESCRIBE => Record::Describe {
                 seq: p.u64("bad sequence number in a describe record")?,
                 text: p.string("bad text in a describe record")?,

@@ -255,4 +255,27 @@ impl Encoder {
             bytes(b, p, text)
         })
     }
+
+    /// Room [`Encoder::code`] needs.
+    pub const fn code_len_bound(filename: usize, name: usize) -> usize {
+        4 + 4 * MAX_VARINT + filename + name
+    }
+
+    /// Python code object `id`: function `name` defined at `filename:first_line`.
+    pub fn code(
+        &mut self,
+        buf: &mut [u8],
+        pos: usize,
+        id: u32,
+        first_line: u32,
+        filename: &[u8],
+        name: &[u8],
+    ) -> usize {
+        record(buf, pos, tag::CODE, false, |b, p| {
+            let p = varint::put(b, p, u64::from(id));
+            let p = varint::put(b, p, u64::from(first_line));
+            let p = bytes(b, p, filename);
+            bytes(b, p, name)
+        })
+    }
 }

@@ -17,6 +17,7 @@
 
 mod decode;
 mod encode;
+pub mod frame;
 mod names;
 mod varint;
 
@@ -68,6 +69,8 @@ pub mod tag {
     pub const PROCESS_END: u8 = 0x0c;
     /// What the resource acquired with a given seq is: a file path, a socket's peer, a pipe.
     pub const DESCRIBE: u8 = 0x0d;
+    /// A Python code object, sent once; Python frames in stacks refer to it by id.
+    pub const CODE: u8 = 0x0e;
 }
 
 #[cfg(test)]

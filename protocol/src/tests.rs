@@ -21,6 +21,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     pos = e.image_exit(&mut buf, pos, 8);
     pos = e.process_end(&mut buf, pos, 42, -3, 9);
     pos = e.describe(&mut buf, pos, 100, b"/tmp/x");
+    pos = e.code(&mut buf, pos, 5, 12, b"app.py", b"Foo.bar");
     buf.truncate(pos);
     let expected = vec![
         Record::Header { version: VERSION },
@@ -52,6 +53,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
         Record::ImageExit { seq: 8 },
         Record::ProcessEnd { pid: 42, code: -3, signal: 9 },
         Record::Describe { seq: 100, text: "/tmp/x".into() },
+        Record::Code { id: 5, first_line: 12, filename: "app.py".into(), name: "Foo.bar".into() },
     ];
     (buf, expected)
 }
@@ -142,4 +144,16 @@ fn varints_at_the_edges() {
     for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
         assert_eq!(unzigzag(zigzag(v)), v);
     }
+}
+
+#[test]
+fn frame_tags_round_trip() {
+    use crate::frame::{classify, foreign, python, Frame, MAX_CODE_ID};
+    assert_eq!(classify(0x7fff_ffff_f000), Frame::Native(0x7fff_ffff_f000));
+    assert_eq!(
+        classify(python(MAX_CODE_ID, u32::MAX, true)),
+        Frame::Python { code: MAX_CODE_ID, line: u32::MAX, entry: true }
+    );
+    assert_eq!(classify(python(7, 42, false)), Frame::Python { code: 7, line: 42, entry: false });
+    assert_eq!(classify(foreign(0x7f00_1234_5678)), Frame::Foreign(0x7f00_1234_5678));
 }
