@@ -15,6 +15,7 @@ mod ffi;
 mod hooks;
 mod lifecycle;
 mod modules;
+mod python;
 mod stacks;
 mod state;
 mod sync;

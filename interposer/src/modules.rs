@@ -170,6 +170,8 @@ pub fn rescan() -> bool {
     }
     LAST_COUNTS.store(counts, Ordering::Relaxed);
     RESCAN.unlock();
+    // A CPython runtime may have arrived (the executable, or libpython dlopen'd by a host).
+    crate::python::detect();
     if unloaded {
         crate::stacks::module_unloaded();
     }

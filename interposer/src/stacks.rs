@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 
 use residue_protocol::{Api, Encoder, Kind, MAX_FRAMES, MAX_SMALL_RECORD};
 
+use crate::python;
 use crate::state::Thread;
 use crate::transport::emit;
 
@@ -103,12 +104,19 @@ fn intern(frames: &[u64]) -> (u32, bool) {
 /// the stack (if new) and the acquisition into this thread's batch.
 #[inline(never)]
 pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) {
-    let mut buf = [0u64; MAX_FRAMES + OWN_FRAMES];
+    let mut buf = [0u64; OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES + 1];
     let depth = DEPTH.load(Ordering::Relaxed);
     let n = capture(&mut buf[..depth + OWN_FRAMES]);
     let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
     let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
-    let frames = &buf[skip..n.min(skip + depth)];
+    let mut end = n.min(skip + depth);
+    end += python::frames(t, &mut buf[end..end + python::MAX_PY_FRAMES]);
+    let foreign = t.foreign.get();
+    if foreign != 0 {
+        buf[end] = residue_protocol::frame::foreign(foreign);
+        end += 1;
+    }
+    let frames = &buf[skip..end];
     let (stack, new) = intern(frames);
     let need = MAX_SMALL_RECORD + if new { Encoder::stack_len_bound(frames.len()) } else { 0 };
     emit(t, need, |enc, b, mut pos| {

@@ -60,6 +60,8 @@ pub struct Thread {
     /// The slot is shared with other threads (every slot was taken).
     pub shared: Cell<bool>,
     pub writer: Cell<bool>,
+    /// The function a ctypes/cffi call (libffi's `ffi_call`) is calling, 0 outside one.
+    pub foreign: Cell<u64>,
 }
 
 thread_local! {
@@ -70,6 +72,7 @@ thread_local! {
             slot: Cell::new(ptr::null_mut()),
             shared: Cell::new(false),
             writer: Cell::new(false),
+            foreign: Cell::new(0),
         }
     };
 }

@@ -3,4 +3,5 @@
 
 mod alloc;
 mod dl;
+mod foreign;
 mod process;

@@ -1,0 +1,371 @@
+//! Python frames for acquisitions made while a CPython thread runs: read from the interpreter's
+//! own structures at record time, so the script needs no change, no import and no profile hook;
+//! the cost is paid only when an acquisition is recorded.
+//!
+//! The thread's state comes from `PyGILState_GetThisThreadState()`, which answers without the
+//! GIL (ctypes releases it around foreign calls). Its frame chain belongs to this thread, which
+//! is inside our hook, so it cannot change while we walk it. Lines come from CPython's own
+//! `PyCode_Addr2Line`, cached per (code object, instruction): the line table walk happens once
+//! per call site. Code objects are interned: each is sent once as a `Code` record.
+//!
+//! Layouts are per version (3.11 read from its headers; 3.12 from CPython's source). Before the
+//! first walk is trusted, it is replayed with `process_vm_readv`, which fails instead of
+//! faulting, and every code object's type is checked; an unknown version or a failed check
+//! turns Python frames off with a one-line notice, never a crash.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use residue_protocol::{frame, Encoder};
+
+use crate::state::Thread;
+use crate::transport::emit;
+
+/// Field offsets of one CPython version.
+struct Layout {
+    version: (u8, u8),
+    tstate_cframe: usize,
+    cframe_current: usize,
+    frame_code: usize,
+    frame_previous: usize,
+    frame_prev_instr: usize,
+    /// 3.11 marks the frame a new evaluation loop entered; 3.12 pushes a shim frame owned by
+    /// the C stack below it instead.
+    frame_is_entry: Option<usize>,
+    frame_owner: Option<usize>,
+    code_filename: usize,
+    code_qualname: usize,
+    code_firstlineno: usize,
+    code_adaptive: usize,
+    ascii_state: usize,
+    ascii_length: usize,
+    ascii_size: usize,
+    compact_size: usize,
+}
+
+const PY311: Layout = Layout {
+    version: (3, 11),
+    tstate_cframe: 56,
+    cframe_current: 8,
+    frame_code: 32,
+    frame_previous: 48,
+    frame_prev_instr: 56,
+    frame_is_entry: Some(68),
+    frame_owner: None,
+    code_filename: 112,
+    code_qualname: 128,
+    code_firstlineno: 72,
+    code_adaptive: 184,
+    ascii_state: 32,
+    ascii_length: 16,
+    ascii_size: 48,
+    compact_size: 72,
+};
+
+const PY312: Layout = Layout {
+    version: (3, 12),
+    tstate_cframe: 56,
+    cframe_current: 0,
+    frame_code: 0,
+    frame_previous: 8,
+    frame_prev_instr: 56,
+    frame_is_entry: None,
+    frame_owner: Some(70),
+    code_filename: 112,
+    code_qualname: 128,
+    code_firstlineno: 68,
+    code_adaptive: 192,
+    ascii_state: 32,
+    ascii_length: 16,
+    ascii_size: 40,
+    compact_size: 56,
+};
+
+/// 3.12's `FRAME_OWNED_BY_CSTACK`: the shim frame an evaluation loop pushes under its first frame.
+const OWNED_BY_CSTACK: u8 = 3;
+/// Deepest Python stack recorded.
+pub const MAX_PY_FRAMES: usize = 128;
+
+const OFF: u8 = 0;
+const UNCHECKED: u8 = 1;
+const ON: u8 = 2;
+static STATUS: AtomicU8 = AtomicU8::new(OFF);
+static LAYOUT: AtomicUsize = AtomicUsize::new(0);
+static GET_TSTATE: AtomicUsize = AtomicUsize::new(0);
+static ADDR2LINE: AtomicUsize = AtomicUsize::new(0);
+static IS_INITIALIZED: AtomicUsize = AtomicUsize::new(0);
+static CODE_TYPE: AtomicU64 = AtomicU64::new(0);
+static UNICODE_TYPE: AtomicU64 = AtomicU64::new(0);
+
+type GetTstate = unsafe extern "C" fn() -> *mut c_void;
+type Addr2Line = unsafe extern "C" fn(*mut c_void, i32) -> i32;
+type IsInitialized = unsafe extern "C" fn() -> i32;
+
+fn sym(name: &std::ffi::CStr) -> usize {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name; called outside allocation hooks.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
+}
+
+/// Looks for a CPython runtime among the loaded modules (at start and after each dlopen).
+pub fn detect() {
+    if STATUS.load(Ordering::Acquire) != OFF || LAYOUT.load(Ordering::Relaxed) == usize::MAX {
+        return;
+    }
+    let version = sym(c"Py_Version");
+    if version == 0 {
+        return;
+    }
+    // SAFETY: Py_Version is a `const unsigned long` in every CPython since 3.11.
+    let hex = unsafe { *(version as *const u64) };
+    let (major, minor) = ((hex >> 24) as u8, (hex >> 16) as u8);
+    let layout: &'static Layout = match (major, minor) {
+        (3, 11) => &PY311,
+        (3, 12) => &PY312,
+        _ => {
+            LAYOUT.store(usize::MAX, Ordering::Relaxed);
+            crate::lifecycle::notice(
+                format!(
+                    "Python {major}.{minor} is not one residue reads frames of (3.11, 3.12): stacks are native only"
+                )
+                .as_bytes(),
+            );
+            return;
+        }
+    };
+    let (get, a2l, init) = (sym(c"PyGILState_GetThisThreadState"), sym(c"PyCode_Addr2Line"), sym(c"Py_IsInitialized"));
+    let (code_type, unicode_type) = (sym(c"PyCode_Type"), sym(c"PyUnicode_Type"));
+    if [get, a2l, init, code_type, unicode_type].contains(&0) {
+        return;
+    }
+    GET_TSTATE.store(get, Ordering::Relaxed);
+    ADDR2LINE.store(a2l, Ordering::Relaxed);
+    IS_INITIALIZED.store(init, Ordering::Relaxed);
+    CODE_TYPE.store(code_type as u64, Ordering::Relaxed);
+    UNICODE_TYPE.store(unicode_type as u64, Ordering::Relaxed);
+    LAYOUT.store(layout as *const Layout as usize, Ordering::Relaxed);
+    STATUS.store(UNCHECKED, Ordering::Release);
+}
+
+fn layout() -> &'static Layout {
+    // SAFETY: set by detect() to a static Layout before STATUS leaves OFF.
+    unsafe { &*(LAYOUT.load(Ordering::Relaxed) as *const Layout) }
+}
+
+/// Reads a word. `checked` uses process_vm_readv, which reports a bad address instead of
+/// faulting; it is only used until the layout has proven itself once.
+#[inline(always)]
+fn word(addr: u64, checked: bool) -> Option<u64> {
+    if addr < 4096 || addr % 8 != 0 {
+        return None;
+    }
+    if !checked {
+        // SAFETY: the layout was validated on a first walk, and every pointer followed here is
+        // a field of a live object of this thread's frame chain.
+        return Some(unsafe { *(addr as *const u64) });
+    }
+    let mut v = 0u64;
+    let local = libc::iovec { iov_base: (&mut v as *mut u64).cast(), iov_len: 8 };
+    let remote = libc::iovec { iov_base: addr as *mut c_void, iov_len: 8 };
+    // SAFETY: reads 8 bytes of our own address space into `v`; an unmapped address fails with
+    // EFAULT rather than faulting.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (n == 8).then_some(v)
+}
+
+fn byte(addr: u64, checked: bool) -> Option<u8> {
+    let w = word(addr & !7, checked)?;
+    Some((w >> ((addr & 7) * 8)) as u8)
+}
+
+/// Appends this thread's Python frames (innermost first) to `out`; returns how many.
+pub fn frames(t: &Thread, out: &mut [u64]) -> usize {
+    let status = STATUS.load(Ordering::Acquire);
+    if status == OFF {
+        return 0;
+    }
+    let checked = status == UNCHECKED;
+    // SAFETY: the function pointers were resolved from the CPython runtime by detect(); both
+    // functions only read runtime state and are callable without the GIL.
+    let tstate = unsafe {
+        let init: IsInitialized = std::mem::transmute(IS_INITIALIZED.load(Ordering::Relaxed));
+        if init() == 0 {
+            // Not yet running, or finalizing: thread states may be gone.
+            return 0;
+        }
+        let get: GetTstate = std::mem::transmute(GET_TSTATE.load(Ordering::Relaxed));
+        get() as u64
+    };
+    if tstate == 0 {
+        return 0;
+    }
+    match walk(t, tstate, out, checked) {
+        Some(n) => {
+            if checked && n > 0 {
+                STATUS.store(ON, Ordering::Release);
+            }
+            n
+        }
+        None => {
+            if checked {
+                STATUS.store(OFF, Ordering::Release);
+                let (ma, mi) = layout().version;
+                crate::lifecycle::notice(
+                    format!("Python {ma}.{mi}'s frames did not have the expected layout: stacks are native only")
+                        .as_bytes(),
+                );
+            }
+            0
+        }
+    }
+}
+
+fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize> {
+    let l = layout();
+    let code_type = CODE_TYPE.load(Ordering::Relaxed);
+    let cframe = word(tstate + l.tstate_cframe as u64, checked)?;
+    if cframe == 0 {
+        return Some(0);
+    }
+    let mut f = word(cframe + l.cframe_current as u64, checked)?;
+    let mut n = 0;
+    while f != 0 && n < out.len().min(MAX_PY_FRAMES) {
+        if let Some(owner) = l.frame_owner {
+            if byte(f + owner as u64, checked)? == OWNED_BY_CSTACK {
+                // The shim under an evaluation loop's first frame: that frame was the entry.
+                if n > 0 {
+                    out[n - 1] |= frame::python(0, 0, true);
+                }
+                f = word(f + l.frame_previous as u64, checked)?;
+                continue;
+            }
+        }
+        let code = word(f + l.frame_code as u64, checked)?;
+        if word(code + 8, checked)? != code_type {
+            return None;
+        }
+        let entry = match l.frame_is_entry {
+            Some(off) => byte(f + off as u64, checked)? != 0,
+            None => false,
+        };
+        let instr = word(f + l.frame_prev_instr as u64, checked)?;
+        let offset = instr.wrapping_sub(code + l.code_adaptive as u64) as i64;
+        let id = code_id(t, code, checked)?;
+        let line = line_of(code, offset);
+        out[n] = frame::python(id, line, entry);
+        n += 1;
+        f = word(f + l.frame_previous as u64, checked)?;
+    }
+    Some(n)
+}
+
+const TABLE: usize = 1 << 16;
+static CODE_KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
+static CODE_IDS: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
+static NEXT_CODE: AtomicU32 = AtomicU32::new(1);
+static LINE_KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
+static LINES: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
+
+fn mix(a: u64, b: u64) -> u64 {
+    let h = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h ^ (h >> 31)) | 1
+}
+
+/// The line `offset` (bytes into the code) is on: cached, else asked of CPython.
+fn line_of(code: u64, offset: i64) -> u32 {
+    let key = mix(code, offset as u64);
+    let i = key as usize % TABLE;
+    if LINE_KEYS[i].load(Ordering::Acquire) == key {
+        let line = LINES[i].load(Ordering::Acquire);
+        if line != 0 {
+            return line - 1;
+        }
+    }
+    // SAFETY: ADDR2LINE is CPython's PyCode_Addr2Line and `code` a live code object of this
+    // thread's frame chain; it only reads the code's line table.
+    let line = unsafe {
+        let f: Addr2Line = std::mem::transmute(ADDR2LINE.load(Ordering::Relaxed));
+        f(code as *mut c_void, offset.clamp(-1, i64::from(i32::MAX)) as i32)
+    };
+    let line = line.max(0) as u32;
+    // Last writer wins; a reader that sees a key with another key's line recomputes, because
+    // the line is cleared before the key changes.
+    LINES[i].store(0, Ordering::Release);
+    LINE_KEYS[i].store(key, Ordering::Release);
+    LINES[i].store(line + 1, Ordering::Release);
+    line
+}
+
+/// The interned id of a code object, sending its record the first time. A code object freed
+/// and replaced at the same address by another is told apart by its name and file objects.
+fn code_id(t: &Thread, code: u64, checked: bool) -> Option<u32> {
+    let l = layout();
+    let filename = word(code + l.code_filename as u64, checked)?;
+    let qualname = word(code + l.code_qualname as u64, checked)?;
+    let key = mix(code, filename ^ qualname.rotate_left(17));
+    let mut i = key as usize % TABLE;
+    for _ in 0..32 {
+        let k = CODE_KEYS[i].load(Ordering::Acquire);
+        if k == key {
+            let id = CODE_IDS[i].load(Ordering::Acquire);
+            if id != 0 {
+                return Some(id);
+            }
+        } else if k == 0 && CODE_KEYS[i].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let id = send_code(t, code, filename, qualname, checked)?;
+            CODE_IDS[i].store(id, Ordering::Release);
+            return Some(id);
+        }
+        i = (i + 1) % TABLE;
+    }
+    // Table full: send the code again under a fresh id (correct, larger trace).
+    send_code(t, code, filename, qualname, checked)
+}
+
+fn send_code(t: &Thread, code: u64, filename: u64, qualname: u64, checked: bool) -> Option<u32> {
+    let l = layout();
+    let first_line = (word(code + (l.code_firstlineno as u64 & !7), checked)? >> ((l.code_firstlineno % 8) * 8)) as u32;
+    let mut fbuf = [0u8; 512];
+    let mut nbuf = [0u8; 256];
+    let fname = string(filename, &mut fbuf, checked)?;
+    let name = string(qualname, &mut nbuf, checked)?;
+    let id = NEXT_CODE.fetch_add(1, Ordering::Relaxed).min(frame::MAX_CODE_ID);
+    let need = Encoder::code_len_bound(fname.len(), name.len());
+    emit(t, need, |enc, b, pos| enc.code(b, pos, id, first_line, fname, name));
+    Some(id)
+}
+
+/// The UTF-8 text of a `str` object, truncated to `buf`.
+fn string<'a>(s: u64, buf: &'a mut [u8], checked: bool) -> Option<&'a [u8]> {
+    let l = layout();
+    if word(s + 8, checked)? != UNICODE_TYPE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let len = word(s + l.ascii_length as u64, checked)? as usize;
+    let state = byte(s + l.ascii_state as u64, checked)?;
+    let (kind, compact, ascii) = ((state >> 2) & 7, state & 0x20 != 0, state & 0x40 != 0);
+    if !compact {
+        return Some(b"?");
+    }
+    let data = s + if ascii { l.ascii_size } else { l.compact_size } as u64;
+    let mut n = 0;
+    for i in 0..len {
+        let c = match kind {
+            1 => u32::from(byte(data + i as u64, checked)?),
+            2 => {
+                let a = data + 2 * i as u64;
+                u32::from(byte(a, checked)?) | u32::from(byte(a + 1, checked)?) << 8
+            }
+            4 => {
+                let a = data + 4 * i as u64;
+                (word(a & !7, checked)? >> ((a & 7) * 8)) as u32
+            }
+            _ => return Some(b"?"),
+        };
+        let ch = char::from_u32(c).unwrap_or('?');
+        if n + ch.len_utf8() > buf.len() {
+            break;
+        }
+        n += ch.encode_utf8(&mut buf[n..]).len();
+    }
+    Some(&buf[..n])
+}
