@@ -65,8 +65,12 @@ fn start(argc: c_int, argv: *const *const c_char) {
         return;
     }
     // Internal errors must not print into the host's stderr or unwind into it: a panic in a
-    // hook is caught there and turns the interposer passive.
-    std::panic::set_hook(Box::new(|_| {}));
+    // hook is caught there and turns the interposer passive. RESIDUE_DEBUG=1 prints them.
+    if getenv(c"RESIDUE_DEBUG").is_some_and(|v| v == b"1") {
+        std::panic::set_hook(Box::new(|info| eprintln!("residue: internal error, tracking stops: {info}")));
+    } else {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let depth = getenv(c"RESIDUE_DEPTH").and_then(parse_u64).unwrap_or(64) as usize;
     stacks::configure(depth, modules::range_of(init as *const () as u64));
     if !transport::start(fd) {

@@ -101,9 +101,10 @@ fn intern(frames: &[u64]) -> (u32, bool) {
 }
 
 /// Records that `kind` resource `id` was acquired: captures and interns the stack, then encodes
-/// the stack (if new) and the acquisition into this thread's batch.
+/// the stack (if new) and the acquisition into this thread's batch. Returns the stack's id, for
+/// further acquisitions made by the same call ([`acquired_with`]).
 #[inline(never)]
-pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) {
+pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
     let mut buf = [0u64; OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES + 1];
     let depth = DEPTH.load(Ordering::Relaxed);
     let n = capture(&mut buf[..depth + OWN_FRAMES]);
@@ -125,6 +126,15 @@ pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) 
         }
         enc.acquire(b, pos, seq, kind, api, id, size, stack)
     });
+    stack
+}
+
+/// Records an acquisition whose stack is already interned: a second resource acquired by the
+/// same call (fopen's descriptor beside its stream), or what is left of a mapping after a
+/// partial unmap (it keeps the stack of the mmap that made it).
+#[inline]
+pub fn acquired_with(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64, stack: u32) {
+    emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
 }
 
 /// Records that `kind` resource `id` was released. Releases need no stack.

@@ -142,6 +142,55 @@ pub fn start(fd: i32) -> bool {
     true
 }
 
+/// The descriptor the stream is written to (-1 before start).
+pub fn out_fd() -> i32 {
+    OUT_FD.load(Ordering::Relaxed)
+}
+
+/// Whether writing has stopped for good (the collector is gone, or the stream was lost).
+pub fn dead() -> bool {
+    DEAD.load(Ordering::Acquire)
+}
+
+/// The host is about to dup2/dup3 another descriptor onto the stream's number: move the stream
+/// to a free descriptor first, so that our bytes never reach the host's file and the host's
+/// never reach the collector. Done under the write lock, so no write is in flight on the old
+/// number; the host's dup2 then replaces that number atomically. The new number is published in
+/// `RESIDUE_FD` for a later exec of this image. Returns false if no descriptor was free: then
+/// nothing more is written (the trace ends incomplete rather than corrupting the host's file).
+pub fn relocate_out_fd() -> bool {
+    // Our own fcntl calls must not be recorded by the fcntl hook.
+    let _g = crate::state::Guard::enter_any();
+    WRITE_LOCK.lock();
+    let old = OUT_FD.load(Ordering::Relaxed);
+    // SAFETY: fcntl on an integer descriptor has no memory-safety preconditions.
+    let new = unsafe {
+        let cmd = if libc::fcntl(old, libc::F_GETFD) & libc::FD_CLOEXEC != 0 {
+            libc::F_DUPFD_CLOEXEC
+        } else {
+            libc::F_DUPFD
+        };
+        // High numbers first: hosts that dup2 onto fixed numbers use small ones. F_DUPFD fails
+        // with EINVAL at or above RLIMIT_NOFILE, hence the fallback.
+        match libc::fcntl(old, cmd, 900) {
+            n if n >= 0 => n,
+            _ => libc::fcntl(old, cmd, old + 1),
+        }
+    };
+    if new >= 0 {
+        OUT_FD.store(new, Ordering::Relaxed);
+        let v = format!("{new}\0");
+        // SAFETY: both strings are NUL-terminated. setenv is not safe against a concurrent
+        // getenv in another thread; this runs only when the host dup2s onto our descriptor.
+        unsafe { libc::setenv(c"RESIDUE_FD".as_ptr(), v.as_ptr().cast(), 1) };
+    } else {
+        DEAD.store(true, Ordering::Release);
+        state::go_passive();
+    }
+    WRITE_LOCK.unlock();
+    new >= 0
+}
+
 /// Writes raw bytes (the stream header) before any chunk.
 pub fn write_raw(bytes: &[u8]) {
     write_out(bytes);
