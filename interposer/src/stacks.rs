@@ -105,7 +105,9 @@ fn intern(frames: &[u64]) -> (u32, bool) {
 /// further acquisitions made by the same call ([`acquired_with`]).
 #[inline(never)]
 pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
-    let mut buf = [0u64; OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES + 1];
+    const _: () = assert!(OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES < crate::state::FRAME_BUF);
+    // SAFETY: recording runs under the thread's guard, and this is its only use of the buffer.
+    let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
     let n = capture(&mut buf[..depth + OWN_FRAMES]);
     let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));

@@ -3,7 +3,7 @@
 //! compiles to plain TLS access, never allocates, and is never torn down before the thread's
 //! last free.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -62,7 +62,14 @@ pub struct Thread {
     pub writer: Cell<bool>,
     /// The function a ctypes/cffi call (libffi's `ffi_call`) is calling, 0 outside one.
     pub foreign: Cell<u64>,
+    /// Scratch space for one stack: reused, so that recording does not clear kilobytes of stack
+    /// memory on every allocation.
+    frames: UnsafeCell<[u64; FRAME_BUF]>,
 }
+
+/// Frames the per-thread scratch buffer holds: our own frames, the deepest native stack, the
+/// deepest Python stack and a foreign call.
+pub const FRAME_BUF: usize = 16 + residue_protocol::MAX_FRAMES + 128 + 1;
 
 thread_local! {
     static THREAD: Thread = const {
@@ -73,6 +80,7 @@ thread_local! {
             shared: Cell::new(false),
             writer: Cell::new(false),
             foreign: Cell::new(0),
+            frames: UnsafeCell::new([0; FRAME_BUF]),
         }
     };
 }
@@ -88,6 +96,17 @@ pub fn thread() -> &'static Thread {
 }
 
 impl Thread {
+    /// The thread's stack scratch buffer.
+    ///
+    /// # Safety
+    /// Only while holding this thread's [`Guard`], and not twice at once: the guard keeps
+    /// every other hook on this thread (a signal handler's allocation included) from recording.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn frame_buf(&self) -> &mut [u64; FRAME_BUF] {
+        // SAFETY: the caller guarantees exclusive use (see above); the storage is this thread's.
+        unsafe { &mut *self.frames.get() }
+    }
+
     pub fn tid(&self) -> u32 {
         let t = self.tid.get();
         if t != 0 {
