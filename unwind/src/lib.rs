@@ -1,1 +1,112 @@
-//! Native stack capture (stub; see ARCHITECTURE.md).
+//! Native stack capture for the interposer: called on every allocation, so the hot path must
+//! cost about what a frame-pointer walk costs while staying as correct as a DWARF unwinder.
+//!
+//! How (see ARCHITECTURE.md and the field notes):
+//! - the starting registers (pc, rsp, rbp) come from inline asm in [`capture`] itself;
+//! - each frame's unwind step is a compact rule (CFA = rsp or rbp + offset, return address at
+//!   CFA-8, rbp at CFA+k or unchanged) looked up by return address in a global lock-free table
+//!   (module `cache`);
+//! - on a miss the rule is derived from the module's `.eh_frame` (found with glibc's lock-free
+//!   `_dl_find_object`, evaluated with gimli without allocating) and inserted (module `eh`);
+//! - whatever the compact form cannot express (signal trampolines, DWARF expressions, code no
+//!   loaded module describes) makes the whole capture fall back to libgcc's `_Unwind_Backtrace`
+//!   ([`capture_libgcc`]): slow but correct, and rare.
+//!
+//! Every stack read is bounded by the current thread's stack (fetched once per thread), so a
+//! bad rule or a corrupt stack ends the walk instead of faulting.
+//!
+//! What goes to libgcc (counted in [`stats`]`().fallbacks`): a stack through a signal frame;
+//! a frame whose CFA is not rsp/rbp + offset or whose rbp is restored other than from the
+//! stack (hand-written asm: ld.so's lazy-binding trampoline, some of libcrypto); a return
+//! address no loaded module's `.eh_frame_hdr` covers (JIT code); a capture while running on a
+//! stack other than the thread's own (sigaltstack, makecontext fibers); the very first capture
+//! of a thread if it re-enters itself from inside pthread_getattr_np. libgcc may take its own
+//! mutex and sort registered frames with malloc when a JIT registered any, so the caller's
+//! re-entrancy guard must cover `capture`.
+
+// The fast path is per architecture; elsewhere every capture is a libgcc walk (correct, slow).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod cache;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod eh;
+mod libgcc;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod stack;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod x86_64;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the slow paths, for diagnostics and tests. Only the slow paths count (relaxed,
+/// shared cache line), so the hot path stays free of shared writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Return addresses whose rule was not in the cache and had to be derived from `.eh_frame`.
+    pub misses: u64,
+    /// Captures that were handed to libgcc's unwinder as a whole.
+    pub fallbacks: u64,
+    /// Calls to [`invalidate`].
+    pub invalidations: u64,
+}
+
+static MISSES: AtomicU64 = AtomicU64::new(0);
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Snapshot of the slow-path counters since process start.
+pub fn stats() -> Stats {
+    Stats {
+        misses: MISSES.load(Ordering::Relaxed),
+        fallbacks: FALLBACKS.load(Ordering::Relaxed),
+        invalidations: INVALIDATIONS.load(Ordering::Relaxed),
+    }
+}
+
+/// Fills `out` with return addresses, innermost first, starting with `capture`'s own return
+/// address (which lies in its caller); returns how many were written.
+///
+/// Never allocates after the first call on a thread (that one asks pthread for the thread's
+/// stack bounds), takes no lock that the loader or malloc can hold, never faults: stack reads
+/// stay inside the thread's stack, and walks that leave it stop there.
+#[inline(never)]
+pub fn capture(out: &mut [u64]) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let regs = x86_64::Regs::here();
+        match x86_64::walk(out, regs) {
+            Some(n) => n,
+            None => {
+                // Skip libgcc::walk's own frame and ours (capture is never inlined, and this call
+                // is not a tail call: the counter update below runs after it).
+                let n = libgcc::walk(out, 2);
+                FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                std::hint::black_box(n)
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let n = libgcc::walk(out, 2);
+        FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        std::hint::black_box(n)
+    }
+}
+
+/// Forget cached unwind rules. The interposer calls this after dlclose: a rule cached for an
+/// address of the unloaded module must not be applied to whatever is mapped there next.
+/// Rules are plain values (no pointers into module memory are kept), so captures running
+/// concurrently stay memory-safe; at worst they re-derive a rule.
+pub fn invalidate() {
+    INVALIDATIONS.fetch_add(1, Ordering::Relaxed);
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    cache::invalidate();
+}
+
+/// The reference: the same walk via libgcc's `_Unwind_Backtrace` (slow but correct). Same
+/// contract as [`capture`]: the first address is `capture_libgcc`'s own return address.
+#[inline(never)]
+pub fn capture_libgcc(out: &mut [u64]) -> usize {
+    // Skip libgcc::walk's frame and ours; black_box keeps the call out of tail position so our
+    // frame exists to be skipped.
+    std::hint::black_box(libgcc::walk(out, 2))
+}

@@ -1,0 +1,259 @@
+//! x86-64: starting registers, the compact rule, and the walk.
+
+use crate::{cache, eh, stack};
+use gimli::{CfaRule, RegisterRule, X86_64};
+use std::sync::atomic::Ordering;
+
+/// Registers at a point inside [`crate::capture`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Regs {
+    pub pc: u64,
+    pub sp: u64,
+    pub fp: u64,
+}
+
+impl Regs {
+    /// Read rip, rsp and rbp. Always inlined into `capture`: the pc is then an address in
+    /// `capture`, whose unwind info (force-unwind-tables, on by default) describes the rsp/rbp
+    /// read by the same asm block, with no instruction in between that moves rsp.
+    #[inline(always)]
+    pub(crate) fn here() -> Regs {
+        let (pc, sp, fp): (u64, u64, u64);
+        // SAFETY: reads three registers into outputs; touches no memory and no flags, and the
+        // stack is left alone (`nostack`).
+        unsafe {
+            std::arch::asm!(
+                "lea {pc}, [rip]",
+                "mov {sp}, rsp",
+                "mov {fp}, rbp",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        Regs { pc, sp, fp }
+    }
+}
+
+// The compact rule, one u64, never 0 (bit 63 always set):
+//   bits  0..32  CFA offset (i32)
+//   bit  32      CFA base: 0 = rsp, 1 = rbp
+//   bits 33..35  kind: NORMAL, END (return address undefined: outermost frame), FALLBACK
+//   bit  35      rbp saved (else unchanged)
+//   bits 36..52  rbp's slot, offset from the CFA (i16)
+// The return address is always at CFA-8 (anything else is FALLBACK).
+const VALID: u64 = 1 << 63;
+const CFA_RBP: u64 = 1 << 32;
+const KIND_SHIFT: u32 = 33;
+const KIND_MASK: u64 = 3 << KIND_SHIFT;
+const KIND_NORMAL: u64 = 0;
+const KIND_END: u64 = 1 << KIND_SHIFT;
+const KIND_FALLBACK: u64 = 2 << KIND_SHIFT;
+const RBP_SAVED: u64 = 1 << 35;
+const RBP_SHIFT: u32 = 36;
+
+const RULE_END: u64 = VALID | KIND_END;
+
+/// The 15-bit form the cache stores inline, for NORMAL rules with 8-aligned offsets:
+///   bit 0 CFA base rbp, bits 1..9 CFA offset / 8, bit 9 rbp saved, bits 10..15 -(rbp slot) / 8.
+/// Covers frames up to 2 KiB with rbp saved in the top 256 bytes: nearly all compiled code.
+pub(crate) struct X86Packing;
+
+impl cache::Packing for X86Packing {
+    fn pack(rule: u64) -> Option<u64> {
+        if rule & KIND_MASK != KIND_NORMAL {
+            return None;
+        }
+        let off = rule as u32 as i32;
+        if off < 0 || off % 8 != 0 || off / 8 >= 256 {
+            return None;
+        }
+        let mut bits = u64::from(rule & CFA_RBP != 0) | (u64::from(off as u32 / 8) << 1);
+        if rule & RBP_SAVED != 0 {
+            let k = -i32::from((rule >> RBP_SHIFT) as u16 as i16);
+            if k < 0 || k % 8 != 0 || k / 8 >= 32 {
+                return None;
+            }
+            bits |= 1 << 9 | (u64::from(k as u32 / 8) << 10);
+        }
+        Some(bits)
+    }
+
+    #[inline(always)]
+    fn unpack(bits: u64) -> u64 {
+        let base = if bits & 1 != 0 { CFA_RBP } else { 0 };
+        let off = ((bits >> 1) & 0xff) * 8;
+        let rbp = if bits & (1 << 9) != 0 {
+            let k = (((bits >> 10) & 0x1f) as i64 * -8) as i16 as u16;
+            RBP_SAVED | (u64::from(k) << RBP_SHIFT)
+        } else {
+            0
+        };
+        VALID | KIND_NORMAL | base | rbp | off
+    }
+}
+const RULE_FALLBACK: u64 = VALID | KIND_FALLBACK;
+
+/// Translate a CFI row to the compact rule, or `RULE_FALLBACK` when it is not expressible.
+fn compact(row: &eh::Row, cie: &eh::Cie<'_>) -> u64 {
+    // Signal trampolines (`__restore_rt`, 'S' augmentation) restore every register from a
+    // ucontext and the interrupted pc is not a return address: libgcc's business.
+    if cie.is_signal_trampoline() {
+        return RULE_FALLBACK;
+    }
+    match row.register(cie.return_address_register()) {
+        // DWARF 3's outermost-frame mark (`_start`, the child side of `clone3`).
+        Some(RegisterRule::Undefined) => return RULE_END,
+        Some(RegisterRule::Offset(-8)) => {}
+        _ => return RULE_FALLBACK,
+    }
+    let (base, offset) = match *row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => (register, offset),
+        CfaRule::Expression(_) => return RULE_FALLBACK,
+    };
+    let base_bit = match base {
+        X86_64::RSP => 0,
+        X86_64::RBP => CFA_RBP,
+        _ => return RULE_FALLBACK,
+    };
+    let Ok(offset) = i32::try_from(offset) else { return RULE_FALLBACK };
+    // The caller's rsp is the CFA by definition on x86-64; an explicit rule saying otherwise is
+    // not something a compact rule can follow.
+    match row.register(X86_64::RSP) {
+        None | Some(RegisterRule::ValOffset(0)) => {}
+        _ => return RULE_FALLBACK,
+    }
+    let rbp = match row.register(X86_64::RBP) {
+        // libgcc treats an explicit undefined like same-value for every register but the
+        // return address; do the same so both walks agree.
+        None | Some(RegisterRule::SameValue) | Some(RegisterRule::Undefined) => 0,
+        Some(RegisterRule::Offset(k)) => match i16::try_from(k) {
+            Ok(k) => RBP_SAVED | (u64::from(k as u16) << RBP_SHIFT),
+            Err(_) => return RULE_FALLBACK,
+        },
+        _ => return RULE_FALLBACK,
+    };
+    VALID | KIND_NORMAL | base_bit | rbp | u64::from(offset as u32)
+}
+
+/// The rule for return address `key` (the rule in effect at `key - 1`, the call instruction),
+/// from the cache or derived and cached. `None`: no module or FDE, so libgcc decides.
+#[inline(always)]
+fn rule_for(key: u64) -> Option<u64> {
+    match cache::lookup::<X86Packing>(key) {
+        Some(rule) => Some(rule),
+        None => derive(key),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn derive(key: u64) -> Option<u64> {
+    crate::MISSES.fetch_add(1, Ordering::Relaxed);
+    let gen = cache::generation();
+    let rule = eh::with_row(key.wrapping_sub(1), compact).ok()?;
+    cache::insert::<X86Packing>(key, rule, gen);
+    Some(rule)
+}
+
+/// Read a stack word at `addr` if it lies in `[lo, hi)` and is aligned.
+#[inline(always)]
+fn read(addr: u64, lo: u64, hi: u64) -> Option<u64> {
+    if addr < lo || addr >= hi.wrapping_sub(7) || addr & 7 != 0 {
+        return None;
+    }
+    // SAFETY: `[lo, hi)` is a part of the current thread's stack at or above the live stack
+    // pointer of `capture` (mapped, readable), and the word is aligned and fully inside it.
+    Some(unsafe { std::ptr::read_volatile(addr as *const u64) })
+}
+
+/// Walk from `regs` (taken inside `capture`), writing return addresses. `None` means "hand the
+/// whole capture to libgcc": a rule could not be made compact, or this is not the thread's
+/// stack we know (a signal alternate stack, a fiber).
+#[inline(always)]
+pub(crate) fn walk(out: &mut [u64], regs: Regs) -> Option<usize> {
+    let (lo, hi) = stack::bounds()?;
+    let (lo, hi) = (lo as u64, hi as u64);
+    if regs.sp < lo || regs.sp >= hi {
+        return None;
+    }
+    // Nothing legitimate lies below our own stack pointer: bound reads from there up.
+    let lo = regs.sp;
+    let (mut sp, mut fp) = (regs.sp, regs.fp);
+    // Frame 0's pc is not a return address; key it as pc + 1 so the uniform "rule at key - 1"
+    // lookup lands on the pc itself.
+    let mut key = regs.pc + 1;
+    let mut n = 0;
+    while n < out.len() {
+        let rule = rule_for(key)?;
+        match rule & KIND_MASK {
+            KIND_NORMAL => {}
+            KIND_END => return Some(n),
+            _ => return None,
+        }
+        let base = if rule & CFA_RBP != 0 { fp } else { sp };
+        let cfa = base.wrapping_add(rule as u32 as i32 as i64 as u64);
+        // Leaving the stack (or a corrupt frame) ends the walk: frames past it are unreadable.
+        let Some(ra) = read(cfa.wrapping_sub(8), lo, hi) else { return Some(n) };
+        if ra == 0 {
+            return Some(n);
+        }
+        if rule & RBP_SAVED != 0 {
+            let k = (rule >> RBP_SHIFT) as u16 as i16 as i64 as u64;
+            let Some(v) = read(cfa.wrapping_add(k), lo, hi) else { return Some(n) };
+            fp = v;
+        }
+        out[n] = ra;
+        n += 1;
+        sp = cfa;
+        key = ra;
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_encoding_round_trips_negative_offsets() {
+        let rule = VALID | CFA_RBP | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT) | u64::from(16u32);
+        assert_eq!(rule & KIND_MASK, KIND_NORMAL);
+        assert_eq!((rule >> RBP_SHIFT) as u16 as i16, -16);
+        assert_eq!(rule as u32 as i32, 16);
+        assert_ne!(RULE_END & KIND_MASK, KIND_NORMAL);
+        assert_ne!(RULE_FALLBACK & KIND_MASK, RULE_END & KIND_MASK);
+    }
+
+    #[test]
+    fn packing_round_trips_or_declines() {
+        use cache::Packing;
+        let rbp_at = |k: i16| RBP_SAVED | (u64::from(k as u16) << RBP_SHIFT);
+        let fits = [
+            VALID | 8,
+            VALID | 2040,
+            VALID | CFA_RBP | 16 | rbp_at(-16),
+            VALID | 56 | rbp_at(-248),
+            VALID | CFA_RBP | 16 | rbp_at(0),
+        ];
+        for rule in fits {
+            let bits = X86Packing::pack(rule).unwrap_or_else(|| panic!("{rule:#x} should pack"));
+            assert!(bits < 1 << 15);
+            assert_eq!(X86Packing::unpack(bits), rule, "{rule:#x}");
+        }
+        let declines = [
+            VALID | 2048,
+            VALID | 12,
+            VALID | u64::from((-8i32) as u32),
+            VALID | 16 | rbp_at(-256),
+            VALID | 16 | rbp_at(-12),
+            VALID | 16 | rbp_at(8),
+            RULE_END,
+            RULE_FALLBACK,
+        ];
+        for rule in declines {
+            assert_eq!(X86Packing::pack(rule), None, "{rule:#x}");
+        }
+    }
+}
