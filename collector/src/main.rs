@@ -1,1 +1,365 @@
-fn main() {}
+//! `residue`: run a program under the interposer and report which native library left what
+//! behind, or report from a saved trace.
+
+mod error;
+mod launch;
+mod ledger;
+mod owner;
+mod report;
+mod stream;
+mod symbolize;
+#[cfg(test)]
+mod testutil;
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use residue_protocol::{DecodeErrorKind, Encoder, MAX_SMALL_RECORD};
+
+use crate::error::{Error, Result};
+use crate::report::text::Limits;
+use crate::report::ProcessInfo;
+
+#[derive(Parser)]
+#[command(
+    name = "residue",
+    version,
+    about = "Which native library left what behind: heap blocks unreleased at exit, per library and per stack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run CMD under the interposer and report what it left behind (on stderr).
+    #[command(override_usage = "residue run [OPTIONS] -- CMD [ARGS]...")]
+    Run {
+        /// Save the raw trace here (for `residue report`).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Also write the report as JSON here (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Deepest native stack to capture.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
+        depth: u32,
+        /// Show every library, stack and frame instead of the top ones.
+        #[arg(long)]
+        all: bool,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// Report from a trace saved by `residue run --output` (on stdout).
+    Report {
+        trace: PathBuf,
+        /// Also write the report as JSON here (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Show every library, stack and frame instead of the top ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print every record of a trace, one per line (for debugging residue itself).
+    #[command(hide = true)]
+    Dump { trace: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run { output, json, depth, all, cmd } => run(&cmd, output.as_deref(), json.as_deref(), depth, all),
+        Cmd::Report { trace, json, all } => report_file(&trace, json.as_deref(), all),
+        Cmd::Dump { trace } => dump(&trace),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(e.exit_code);
+        }
+    }
+}
+
+fn limits(all: bool) -> Limits {
+    if all {
+        Limits::ALL
+    } else {
+        Limits::COMPACT
+    }
+}
+
+/// Opens the `--output` file: created or truncated, never through a symlink (a planted link in
+/// /tmp must not redirect our write).
+fn open_output(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::new(format!("residue: {} is a symbolic link; name the trace file itself", path.display()))
+            } else {
+                Error::io(format!("residue: cannot create the trace file {}", path.display()), e)
+            }
+        })
+}
+
+fn run(argv: &[OsString], output: Option<&Path>, json: Option<&Path>, depth: u32, all: bool) -> Result<i32> {
+    let preload = launch::find_preload()?;
+    let check = launch::check_target(&argv[0]);
+    if let Some(reason) = check.reason() {
+        eprintln!("residue: warning: {reason}; it will run, but residue will likely see nothing");
+    }
+    let tee = output.map(open_output).transpose()?;
+    let mut trace_end = tee
+        .as_ref()
+        .map(File::try_clone)
+        .transpose()
+        .map_err(|e| Error::io("residue: cannot duplicate the trace file", e))?;
+    let fd_limit = launch::raise_fd_limit();
+
+    let mut launched = launch::spawn(&launch::Options { argv, preload: &preload, depth, fd_limit })?;
+    let pid = launched.child.id();
+    let root_exited = Arc::new(AtomicBool::new(false));
+    let reader = stream::spawn_live(launched.stream, tee, root_exited.clone())
+        .map_err(|e| Error::io("residue: cannot start the reader thread", e))?;
+    let (code, signal) = launch::wait(&mut launched.child);
+    root_exited.store(true, Ordering::Release);
+    let outcome =
+        reader.join().map_err(|_| Error::new("residue: the reader thread panicked; this is a bug in residue"))?;
+    let state = outcome.state;
+
+    let mut problems = Vec::new();
+    if let Some(e) = &state.error {
+        problems.push(e.to_string());
+    }
+    if let Some(e) = outcome.tee_error {
+        problems.push(format!("writing the trace file failed ({e}); it is incomplete, the report is not"));
+    }
+    if outcome.stopped_on_idle {
+        problems.push(
+            "the target exited but the stream stayed open (a descendant holds it) and went quiet; residue stopped reading after 1 s".into(),
+        );
+    }
+    if let (Some(f), true) = (trace_end.as_mut(), state.error.is_none() && state.ledger.header_seen) {
+        let mut buf = [0u8; MAX_SMALL_RECORD];
+        let n = Encoder::default().process_end(&mut buf, 0, pid, code.unwrap_or(0), signal.unwrap_or(0));
+        if let Err(e) = f.write_all(&buf[..n]) {
+            problems.push(format!("appending the exit status to the trace file failed ({e})"));
+        }
+    }
+
+    let info = ProcessInfo {
+        pid: Some(pid),
+        argv: argv.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        code,
+        signal,
+    };
+    let status = info.status().unwrap_or(1);
+    if !state.ledger.header_seen {
+        let why = check
+            .reason()
+            .unwrap_or_else(|| "it may be statically linked or set-user-ID, or it cleared LD_PRELOAD".to_owned());
+        let sentence = format!("residue: the target could not be tracked: no events arrived ({why})");
+        problems.push(sentence.trim_start_matches("residue: ").to_owned());
+        let r = report::build(&state.ledger, &info, problems);
+        eprintln!("{sentence}");
+        write_json(&r, json);
+        return Ok(status);
+    }
+    let r = report::build(&state.ledger, &info, problems);
+    out(&mut std::io::stderr(), &report::text::render(&r, limits(all)));
+    write_json(&r, json);
+    Ok(status)
+}
+
+/// After the target ran, a JSON file we cannot write is said, but the exit status stays the
+/// target's (scripts rely on it more than on the report file).
+fn write_json(r: &report::Report, json: Option<&Path>) {
+    if let Some(j) = json {
+        if let Err(e) = report::json::write(r, j) {
+            eprintln!("{e}");
+        }
+    }
+}
+
+/// Decodes a saved trace into a report. A truncated trace still gives the report of what was
+/// decoded (marked incomplete, with the decoder's sentence among its problems); anything else
+/// the decoder rejects is an error.
+fn load_trace(trace: &Path) -> Result<(report::Report, Option<String>)> {
+    let state =
+        stream::read_file(trace).map_err(|e| Error::io(format!("residue: cannot read {}", trace.display()), e))?;
+    let mut problems = Vec::new();
+    let mut truncated = None;
+    if let Some(e) = &state.error {
+        if e.kind != DecodeErrorKind::Truncated || !state.ledger.header_seen {
+            return Err(Error::new(format!("residue: {}: {e}", trace.display())));
+        }
+        problems.push(e.to_string());
+        truncated = Some(format!("residue: {}: {e}", trace.display()));
+    }
+    if !state.ledger.header_seen {
+        return Err(Error::new(format!(
+            "residue: {} is empty, so it is not a residue trace (the target may not have been tracked at all)",
+            trace.display()
+        )));
+    }
+    let info = match state.ledger.process_end {
+        Some((pid, code, signal)) => ProcessInfo {
+            pid: Some(pid),
+            argv: Vec::new(),
+            code: (signal == 0).then_some(code),
+            signal: (signal != 0).then_some(signal),
+        },
+        None => ProcessInfo::default(),
+    };
+    Ok((report::build(&state.ledger, &info, problems), truncated))
+}
+
+/// `residue report`: the report on stdout. A truncated trace still gets the report of what
+/// was decoded (marked incomplete), then the decoder's sentence on stderr and exit status 1,
+/// so scripts notice the damage.
+fn report_file(trace: &Path, json: Option<&Path>, all: bool) -> Result<i32> {
+    let (r, truncated) = load_trace(trace)?;
+    out(&mut std::io::stdout(), &report::text::render(&r, limits(all)));
+    if let Some(j) = json {
+        report::json::write(&r, j)?;
+    }
+    match truncated {
+        Some(sentence) => {
+            eprintln!("{sentence}");
+            Ok(1)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Writes the report; a closed pipe (`residue report t | head`) is not an error worth a panic.
+fn out(w: &mut dyn Write, text: &str) {
+    let _ = w.write_all(text.as_bytes()).and_then(|()| w.flush());
+}
+
+fn dump(trace: &Path) -> Result<i32> {
+    let data = std::fs::read(trace).map_err(|e| Error::io(format!("residue: cannot read {}", trace.display()), e))?;
+    let mut d = residue_protocol::Decoder::new();
+    let mut pos = 0;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let offset = d.offset();
+        match d.next(&data[pos..]) {
+            Ok(Some((r, n))) => {
+                pos += n;
+                if writeln!(out, "{offset}: {r:?}").is_err() {
+                    return Ok(0);
+                }
+            }
+            Ok(None) if pos == data.len() => return Ok(0),
+            Ok(None) => {
+                return Err(Error::new(format!("residue: {}", residue_protocol::DecodeError::truncated(offset))))
+            }
+            Err(e) => return Err(Error::new(format!("residue: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use residue_protocol::{header, Api, Kind, HEADER_LEN};
+
+    fn trace(with_exit: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 1 << 14];
+        buf[..HEADER_LEN].copy_from_slice(&header());
+        let mut e = Encoder::default();
+        let mut pos = HEADER_LEN;
+        let argv: [&[u8]; 1] = [b"host"];
+        pos = e.image_start(&mut buf, pos, 77, 1, true, false, 0, b"/opt/host", &argv);
+        pos = e.batch(&mut buf, pos, 77);
+        pos = e.acquire(&mut buf, pos, 1, Kind::HEAP, Api::STRDUP, 0x1000, 6, 5);
+        pos = e.acquire(&mut buf, pos, 2, Kind::HEAP, Api::MALLOC, 0x2000, 100, 5);
+        pos = e.release(&mut buf, pos, 3, Kind::HEAP, Api::FREE, 0x2000);
+        if with_exit {
+            pos = e.image_exit(&mut buf, pos, 4);
+            pos = e.process_end(&mut buf, pos, 77, 0, 6);
+        }
+        buf.truncate(pos);
+        buf
+    }
+
+    fn write_temp(name: &str, bytes: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("residue-main-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn complete_trace_reports_exit_signal_and_leak() {
+        let p = write_temp("complete", &trace(true));
+        let (r, truncated) = load_trace(&p).unwrap();
+        assert!(truncated.is_none());
+        assert!(r.process.complete);
+        assert_eq!((r.process.pid, r.process.exit_status, r.process.signal), (Some(77), Some(134), Some(6)));
+        assert_eq!(r.process.command, "host");
+        assert_eq!((r.totals.count, r.totals.bytes), (1, 6));
+        // Stack 5 never arrived: frames unknown, said so.
+        assert!(r.libraries.is_empty(), "only absolute module paths are libraries");
+        assert_eq!(r.unattributed[0].module, "[stack not in trace]");
+        assert!(r.unattributed[0].stacks[0].stack_missing);
+        assert!(r.problems.iter().any(|p| p.contains("never arrived")), "{:?}", r.problems);
+        let text = report::text::render(&r, Limits::COMPACT);
+        assert!(text.contains("trace complete") && text.contains("killed by signal 6"), "{text}");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn truncated_trace_gives_partial_report_and_the_sentence() {
+        let t = trace(true);
+        // Cut inside the release record, before ImageExit (3 bytes) and ProcessEnd (5 bytes).
+        let p = write_temp("truncated", &t[..t.len() - 9]);
+        let (r, truncated) = load_trace(&p).unwrap();
+        assert!(truncated.unwrap().contains("truncated"));
+        assert!(!r.process.complete);
+        assert_eq!(r.totals.count, 2, "the release was cut off");
+        assert!(r.problems.iter().any(|s| s.contains("truncated")), "{:?}", r.problems);
+        let text = report::text::render(&r, Limits::COMPACT);
+        assert!(text.contains("INCOMPLETE") && text.contains("truncated at byte"), "{text}");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn corrupt_and_foreign_files_are_one_sentence_errors() {
+        let mut t = trace(true);
+        t[HEADER_LEN] = 0; // tag 0 is never written
+        let p = write_temp("corrupt", &t);
+        let e = load_trace(&p).unwrap_err();
+        assert!(e.to_string().contains("is corrupt at byte"), "{e}");
+        assert_eq!(e.exit_code, 2);
+        let p2 = write_temp("foreign", b"\x7fELF not a trace at all");
+        let e = load_trace(&p2).unwrap_err();
+        assert!(e.to_string().contains("not a residue trace"), "{e}");
+        let p3 = write_temp("empty", b"");
+        assert!(load_trace(&p3).unwrap_err().to_string().contains("is empty"));
+        // Cut inside the header: nothing to report, an error.
+        let p4 = write_temp("cut-header", &header()[..6]);
+        let e = load_trace(&p4).unwrap_err();
+        assert!(e.to_string().contains("truncated") && e.exit_code == 2, "{e}");
+        std::fs::remove_file(p4).unwrap();
+        let e = load_trace(Path::new("/nonexistent/trace.residue")).unwrap_err();
+        assert!(e.to_string().starts_with("residue: cannot read /nonexistent/trace.residue"), "{e}");
+        for p in [p, p2, p3] {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+}

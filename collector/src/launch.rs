@@ -1,0 +1,294 @@
+//! Launching the target under the interposer: find `libresidue.so`, hand the child the write
+//! end of a pipe and the environment contract (ARCHITECTURE.md), keep the collector alive
+//! through Ctrl-C, forward termination requests, and wait for the exit status.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::error::{Error, Result};
+
+pub const PRELOAD_NAME: &str = "libresidue.so";
+/// The descriptor number the child gets the stream on: high, so it never collides with the
+/// descriptors a program opens itself (0-2 and the low numbers it expects to be free).
+pub const CHILD_FD: i32 = 1021;
+
+/// Locates `libresidue.so`: `RESIDUE_PRELOAD` if set, else next to the `residue` executable.
+pub fn find_preload() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RESIDUE_PRELOAD").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(&p);
+        return match std::fs::canonicalize(&path) {
+            Ok(abs) if abs.is_file() => Ok(abs),
+            _ => Err(Error::new(format!(
+                "residue: RESIDUE_PRELOAD names {}, which is not a readable file; point it at libresidue.so or unset it",
+                path.display()
+            ))),
+        };
+    }
+    let exe = std::env::current_exe().and_then(std::fs::canonicalize);
+    let dir = exe.as_ref().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    match dir {
+        Some(dir) if dir.join(PRELOAD_NAME).is_file() => Ok(dir.join(PRELOAD_NAME)),
+        Some(dir) => Err(Error::new(format!(
+            "residue: {PRELOAD_NAME} not found in {} (the directory of the residue executable); build it (cargo build -p residue-interposer) or set RESIDUE_PRELOAD to its path",
+            dir.display()
+        ))),
+        None => Err(Error::new(format!(
+            "residue: cannot locate the residue executable to find {PRELOAD_NAME} next to it; set RESIDUE_PRELOAD to its path"
+        ))),
+    }
+}
+
+/// What a cheap look at the target executable says about whether LD_PRELOAD can work.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TargetCheck {
+    pub path: Option<PathBuf>,
+    /// An ELF without PT_INTERP: statically linked, the dynamic loader never runs.
+    pub is_static: bool,
+    /// Set-user-ID or set-group-ID: the loader ignores LD_PRELOAD of non-system paths.
+    pub setid: bool,
+}
+
+impl TargetCheck {
+    /// Why the target cannot be tracked, if we know it up front.
+    pub fn reason(&self) -> Option<String> {
+        let p = self.path.as_ref()?.display();
+        if self.is_static {
+            Some(format!("{p} is statically linked, so LD_PRELOAD cannot hook it"))
+        } else if self.setid {
+            Some(format!("{p} is set-user-ID or set-group-ID, so the loader ignores LD_PRELOAD for it"))
+        } else {
+            None
+        }
+    }
+}
+
+/// Resolves `cmd` the way execvp does (PATH search unless it contains a slash).
+pub fn resolve(cmd: &OsStr) -> Option<PathBuf> {
+    if cmd.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(cmd));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+pub fn check_target(cmd: &OsStr) -> TargetCheck {
+    let Some(path) = resolve(cmd) else { return TargetCheck::default() };
+    let setid = path.metadata().is_ok_and(|m| m.permissions().mode() & 0o6000 != 0);
+    let is_static = elf_is_static(&path).unwrap_or(false);
+    TargetCheck { path: Some(path), is_static, setid }
+}
+
+/// `Some(true)` for an ELF executable with no PT_INTERP; `None` when it is not an ELF we can
+/// read (a script: its interpreter decides, and is normally dynamic).
+pub fn elf_is_static(path: &Path) -> Option<bool> {
+    let mut data = Vec::new();
+    File::open(path).ok()?.take(1 << 16).read_to_end(&mut data).ok()?;
+    if data.len() < 52 || data[..4] != *b"\x7fELF" || data[5] != 1 {
+        return None; // not ELF, or big-endian (not this machine's)
+    }
+    let rd = |o: usize, n: usize| -> Option<u64> {
+        let b = data.get(o..o + n)?;
+        Some(b.iter().rev().fold(0u64, |acc, &x| acc << 8 | u64::from(x)))
+    };
+    let (phoff, phentsize, phnum) = match data[4] {
+        2 => (rd(0x20, 8)?, rd(0x36, 2)?, rd(0x38, 2)?),
+        1 => (rd(0x1c, 4)?, rd(0x2a, 2)?, rd(0x2c, 2)?),
+        _ => return None,
+    };
+    for i in 0..phnum {
+        let ty = rd((phoff + i * phentsize) as usize, 4)?;
+        if ty == 3 {
+            return Some(false); // PT_INTERP
+        }
+    }
+    Some(true)
+}
+
+/// The child's pid, for the signal forwarder (0: none yet).
+static CHILD_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = CHILD_PID.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; pid is our own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn sigaction(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sigaction {
+    // SAFETY: a zeroed sigaction is a valid "default, no flags, empty mask" value.
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = handler;
+    new.sa_flags = libc::SA_RESTART;
+    // SAFETY: as above; `old` is filled in by the kernel.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to initialized sigaction structs; sig is a catchable signal.
+    unsafe {
+        libc::sigemptyset(&mut new.sa_mask);
+        libc::sigaction(sig, &new, &mut old);
+    }
+    old
+}
+
+/// Raises the collector's own descriptor limit (it keeps one descriptor per loaded module
+/// open until the report). Returns the original, which the child gets back.
+pub fn raise_fd_limit() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let raised = libc::rlimit { rlim_cur: lim.rlim_max.min(1 << 16), rlim_max: lim.rlim_max };
+    if raised.rlim_cur > lim.rlim_cur {
+        // SAFETY: raised is a valid rlimit within the hard limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    }
+    Some(lim)
+}
+
+/// A running target.
+pub struct Launched {
+    pub child: Child,
+    /// Read end of the event stream.
+    pub stream: OwnedFd,
+}
+
+pub struct Options<'a> {
+    pub argv: &'a [OsString],
+    pub preload: &'a Path,
+    pub depth: u32,
+    /// The descriptor limit the user had (restored in the child).
+    pub fd_limit: Option<libc::rlimit>,
+}
+
+/// Starts the target with the interposer preloaded and the stream on `CHILD_FD`.
+pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
+    if opts.preload.as_os_str().as_bytes().iter().any(|b| matches!(b, b':' | b' ' | b'\t')) {
+        return Err(Error::new(format!(
+            "residue: {} cannot be preloaded because LD_PRELOAD splits paths at colons and spaces; move it to a plain path and set RESIDUE_PRELOAD",
+            opts.preload.display()
+        )));
+    }
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid 2-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::io("residue: cannot create the event pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 just returned these two descriptors; we own them from here on.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A bigger pipe lets the target run ahead of the reader in bursts. Best effort: the limit
+    // for unprivileged users is /proc/sys/fs/pipe-max-size (1 MiB by default).
+    // SAFETY: fcntl on a descriptor we own; failure is harmless.
+    unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+
+    let child_fd = match opts.fd_limit {
+        Some(l) if l.rlim_cur != libc::RLIM_INFINITY && l.rlim_cur <= CHILD_FD as u64 => (l.rlim_cur as i32 - 1).max(3),
+        _ => CHILD_FD,
+    };
+    let mut preload = opts.preload.as_os_str().to_owned();
+    if let Some(theirs) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(theirs);
+    }
+    let mut cmd = Command::new(&opts.argv[0]);
+    cmd.args(&opts.argv[1..])
+        .env("RESIDUE_FD", child_fd.to_string())
+        .env("RESIDUE_DEPTH", opts.depth.to_string())
+        .env("LD_PRELOAD", preload)
+        // A RESIDUE_PID inherited from an outer residue would make our root think it is an
+        // unfollowed child and stay silent.
+        .env_remove("RESIDUE_PID");
+
+    // Ctrl-C and Ctrl-\ reach the target through the terminal's process group; the collector
+    // must outlive the target to report. The child gets the user's dispositions back.
+    let old_int = sigaction(libc::SIGINT, libc::SIG_IGN);
+    let old_quit = sigaction(libc::SIGQUIT, libc::SIG_IGN);
+    let wfd = write_end.as_raw_fd();
+    let fd_limit = opts.fd_limit;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (dup2, fcntl, sigaction, setrlimit) on plain data.
+    unsafe {
+        cmd.pre_exec(move || {
+            if wfd == child_fd {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(wfd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(wfd, child_fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::sigaction(libc::SIGINT, &old_int, std::ptr::null_mut());
+            libc::sigaction(libc::SIGQUIT, &old_quit, std::ptr::null_mut());
+            if let Some(l) = fd_limit {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+        let mut err = Error::io(format!("residue: cannot run {}", opts.argv[0].to_string_lossy()), e);
+        err.exit_code = code;
+        err
+    })?;
+    // Our copy of the write end must go, or the reader never sees end of stream.
+    drop(write_end);
+    CHILD_PID.store(child.id() as i32, Ordering::Relaxed);
+    sigaction(libc::SIGTERM, forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    sigaction(libc::SIGHUP, forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    Ok(Launched { child, stream: read_end })
+}
+
+/// Waits for the child: `(exit code, signal)`.
+pub fn wait(child: &mut Child) -> (Option<i32>, Option<u32>) {
+    loop {
+        match child.wait() {
+            Ok(st) => return (st.code(), st.signal().map(|s| s as u32)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return (None, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_and_static_executables() {
+        assert_eq!(elf_is_static(Path::new("/bin/true")), Some(false));
+        // A shell script is not an ELF: no verdict.
+        let dir = std::env::temp_dir().join(format!("residue-launch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("s.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert_eq!(elf_is_static(&script), None);
+        let src = dir.join("st.c");
+        std::fs::write(&src, "int main(void){return 0;}\n").unwrap();
+        let exe = dir.join("st");
+        let ok = Command::new("gcc").arg("-static").arg("-o").arg(&exe).arg(&src).status();
+        if ok.is_ok_and(|s| s.success()) {
+            assert_eq!(elf_is_static(&exe), Some(true));
+            assert!(check_target(exe.as_os_str()).reason().unwrap().contains("statically linked"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resolves_on_path() {
+        let p = resolve(OsStr::new("true")).expect("true on PATH");
+        assert!(p.is_absolute());
+        assert_eq!(resolve(OsStr::new("./x")), Some(PathBuf::from("./x")));
+        assert_eq!(resolve(OsStr::new("definitely-not-a-command-residue")), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! The owner rule: a leak belongs to the first frame, innermost first, outside the allocation
+//! machinery. `strdup` in libc called from libfoo is libfoo's leak; `operator new` in
+//! libstdc++ called from libbar is libbar's.
+
+use std::path::Path;
+
+/// Modules that allocate on someone else's behalf: the interposer itself, libc, the dynamic
+/// loader, libgcc_s (unwinding) and libstdc++ (operator new, containers).
+pub fn is_machinery(module: &str) -> bool {
+    let name = Path::new(module).file_name().and_then(|n| n.to_str()).unwrap_or(module);
+    const PREFIXES: [&str; 7] = ["libresidue", "libc.so", "libc-", "ld-linux", "ld64.so", "libgcc_s", "libstdc++"];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || name == "ld.so"
+}
+
+/// The interposer's own frames are never shown: they are the same in every stack.
+pub fn is_interposer(module: &str) -> bool {
+    Path::new(module).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libresidue"))
+}
+
+/// Index of the owner frame among a stack's frame modules (innermost first; `None` for an
+/// address in no known module, which is not machinery: JIT code or an unreported mapping).
+/// If every frame is machinery, the innermost frame owns it. `None` for an empty stack.
+pub fn owner_index(modules: &[Option<&str>]) -> Option<usize> {
+    if modules.is_empty() {
+        return None;
+    }
+    Some(modules.iter().position(|m| !m.is_some_and(is_machinery)).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_frame_outside_machinery_owns() {
+        let stack = [
+            Some("/work/target/debug/libresidue.so"),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            Some("/usr/lib/x86_64-linux-gnu/libstdc++.so.6"),
+            Some("/opt/app/libfoo.so"),
+            Some("/opt/app/host"),
+        ];
+        assert_eq!(owner_index(&stack), Some(3));
+    }
+
+    #[test]
+    fn all_machinery_falls_back_to_innermost() {
+        let stack = [
+            Some("/lib/x86_64-linux-gnu/libc.so.6"),
+            Some("/lib64/ld-linux-x86-64.so.2"),
+            Some("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+        ];
+        assert_eq!(owner_index(&stack), Some(0));
+        assert_eq!(owner_index(&[]), None);
+    }
+
+    #[test]
+    fn unknown_module_is_not_machinery() {
+        assert_eq!(owner_index(&[Some("/lib/x86_64-linux-gnu/libc.so.6"), None, Some("/a/b")]), Some(1));
+    }
+
+    #[test]
+    fn names_match_by_file_name_only() {
+        assert!(is_machinery("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(is_machinery("/lib/libc-2.31.so"));
+        assert!(!is_machinery("/usr/lib/libcurl.so.4"), "libc prefix must not swallow libcurl");
+        assert!(!is_machinery("/home/u/libc.so.6/libfoo.so"), "directory names do not count");
+        assert!(!is_machinery("/usr/lib/python3.11/lib-dynload/_ctypes.cpython-311-x86_64-linux-gnu.so"));
+        assert!(is_interposer("/x/libresidue.so"));
+    }
+}

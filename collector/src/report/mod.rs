@@ -1,0 +1,360 @@
+//! The report model: one structure built from the ledger and the symbolizer, rendered as text
+//! (for people, on stderr) and as JSON (for scripts). Both renderers read the same model so
+//! they can never disagree about what leaked.
+
+pub mod json;
+mod stack;
+pub mod text;
+
+use std::collections::{BTreeMap, HashMap};
+
+use residue_protocol::Kind;
+use serde::Serialize;
+
+use crate::ledger::Ledger;
+use crate::symbolize::{ModuleMap, Symbolizer};
+
+pub const SCHEMA: &str = "residue-report/1";
+/// Distinct resource descriptions kept per stack.
+pub const MAX_DESCRIPTIONS: usize = 100;
+
+/// What the launcher (or the saved trace) knows about the process itself.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    pub pid: Option<u32>,
+    pub argv: Vec<String>,
+    /// Exit code, if the process exited.
+    pub code: Option<i32>,
+    /// Signal that killed it, if one did.
+    pub signal: Option<u32>,
+}
+
+impl ProcessInfo {
+    /// The status a shell would report: the exit code, or 128 + the signal number.
+    pub fn status(&self) -> Option<i32> {
+        match (self.signal, self.code) {
+            (Some(s), _) if s != 0 => Some(128 + s as i32),
+            (_, c) => c,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Count {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Count {
+    fn add(&mut self, other: Count) {
+        self.count += other.count;
+        self.bytes += other.bytes;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Process {
+    pub pid: Option<u32>,
+    /// The command line, arguments separated by spaces (`argv` has them exactly).
+    pub command: String,
+    pub argv: Vec<String>,
+    /// Exit code, or 128 + signal; `null` when unknown (a trace saved without its end).
+    pub exit_status: Option<i32>,
+    pub signal: Option<u32>,
+    /// The final image ended cleanly: every event it produced is in the stream.
+    pub complete: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FrameOut {
+    /// `native`, `python` (a Python function), or `foreign` (the function a ctypes/cffi call
+    /// was calling).
+    pub kind: &'static str,
+    pub function: Option<String>,
+    pub module: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Runtime return address (hex); none for Python frames.
+    pub address: Option<String>,
+    /// Offset in the module (hex), for symbolizing elsewhere.
+    pub offset: Option<String>,
+    pub inlined: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StackOut {
+    pub kind: String,
+    pub api: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub stack_id: u32,
+    /// Innermost first; the interposer's own frames are left out.
+    pub frames: Vec<FrameOut>,
+    /// Index in `frames` of the frame that owns the leak (first outside the allocator).
+    pub owner_frame: Option<usize>,
+    /// What the resources are, where the interposer said (paths, socket peers); at most
+    /// `MAX_DESCRIPTIONS`, distinct.
+    pub descriptions: Vec<String>,
+    /// The stack record never arrived (the target died before flushing it).
+    pub stack_missing: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Library {
+    /// Absolute path of the owning module; `[unknown]` when no frame is in a known module,
+    /// `[stack not in trace]` when the stack record is missing.
+    pub module: String,
+    /// Per kind name (`heap`, `fd`, ...).
+    pub unreleased: BTreeMap<String, Count>,
+    pub stacks: Vec<StackOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenAtExit {
+    pub kind: String,
+    pub id: u64,
+    pub description: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageOut {
+    pub pid: u32,
+    pub ppid: u32,
+    /// The process residue launched (the first image).
+    pub root: bool,
+    pub exe: String,
+    pub argv: Vec<String>,
+    /// Started by exec from the image before it.
+    pub exec: bool,
+    /// Wrote its exit record (ended cleanly).
+    pub exited: bool,
+    /// What it exec'd into.
+    pub exec_path: Option<String>,
+    /// Exec'd into but never tracked (static, set-user-ID, LD_PRELOAD cleared).
+    pub untracked: bool,
+    /// Live resources dropped when it exec'd (its heap died with it; not leaks).
+    pub live_at_exec: Option<u64>,
+    pub acquires: u64,
+    pub releases: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub unreleased: BTreeMap<String, Count>,
+    pub count: u64,
+    pub bytes: u64,
+    pub libraries: usize,
+    pub stacks: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub process: Process,
+    /// False when the stream was empty: the target could not be tracked at all, and the empty
+    /// `libraries` means nothing.
+    pub tracked: bool,
+    pub libraries: Vec<Library>,
+    /// Leaks no library can be named for, same shape as `libraries` with `module` set to
+    /// `[unknown]` (the owner address is in no reported module: JIT code, a missing Module
+    /// record) or `[stack not in trace]` (the Stack record never arrived).
+    pub unattributed: Vec<Library>,
+    pub totals: Totals,
+    /// Releases of resources acquired before tracking started (or by an unhooked path).
+    pub released_origin_unseen: BTreeMap<String, u64>,
+    pub children_not_followed: Vec<u32>,
+    /// Left out of `libraries`: what the interposer's own threads allocated (its writer
+    /// thread's thread-local storage), which is residue's, not the target's.
+    pub interposer_own: Count,
+    /// Resources open when the final image exited whose acquisition was never seen (inherited
+    /// descriptors such as 0-2, or ones opened by a raw system call).
+    pub open_at_exit_origin_unseen: Vec<OpenAtExit>,
+    pub images: Vec<ImageOut>,
+    pub notices: Vec<String>,
+    /// Problems with the trace itself (truncation, corruption, missing stacks), one sentence each.
+    pub problems: Vec<String>,
+}
+
+fn kind_name(k: Kind) -> String {
+    k.to_string()
+}
+
+/// Shell-like rendering of a command line (quotes only where needed).
+pub fn command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Builds the report of the ledger's final image.
+pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> Report {
+    let tracked = ledger.header_seen;
+    let mut argv = info.argv.clone();
+    if argv.is_empty() {
+        if let Some(root) = ledger.images.first() {
+            argv = if root.argv.is_empty() { vec![root.exe.clone()] } else { root.argv.clone() };
+        }
+    }
+    let pid = info.pid.or_else(|| ledger.images.first().map(|i| i.pid).filter(|&p| p != 0));
+    let process = Process {
+        pid,
+        command: command_line(&argv),
+        argv,
+        exit_status: info.status(),
+        signal: info.signal.filter(|&s| s != 0),
+        complete: ledger.complete(),
+    };
+
+    let mut libraries: Vec<Library> = Vec::new();
+    let mut released_origin_unseen = BTreeMap::new();
+    let mut open_at_exit_origin_unseen = Vec::new();
+    let mut own = Count::default();
+    let mut totals = Totals::default();
+    if let Some(img) = ledger.final_image() {
+        for (k, n) in img.released_origin_unseen() {
+            released_origin_unseen.insert(kind_name(k), n);
+        }
+        // Aggregate live entries per (stack, kind, api): memory here is per distinct stack.
+        // What the image listed as open at exit describes live entries that had no description.
+        let mut exit_text: HashMap<u64, &str> = HashMap::new();
+        for (kind, id, text) in &img.open_at_exit {
+            match img.entries.get(&(*kind, *id)) {
+                Some(e) if e.live => {
+                    exit_text.insert(e.seq, text);
+                }
+                _ => open_at_exit_origin_unseen.push(OpenAtExit {
+                    kind: kind_name(*kind),
+                    id: *id,
+                    description: text.clone(),
+                }),
+            }
+        }
+        let mut groups: HashMap<(u32, Kind, residue_protocol::Api), (Count, Vec<String>)> = HashMap::new();
+        for (kind, _, e) in img.live() {
+            let g = groups.entry((e.stack, kind, e.api)).or_default();
+            g.0.add(Count { count: 1, bytes: e.size });
+            if let Some(d) = img.descriptions.get(&e.seq).map(String::as_str).or_else(|| exit_text.get(&e.seq).copied())
+            {
+                if g.1.len() < MAX_DESCRIPTIONS && !g.1.iter().any(|x| x == d) {
+                    g.1.push(d.to_owned());
+                }
+            }
+        }
+        let modules = ModuleMap::new(&img.modules);
+        let mut sym = Symbolizer::new();
+        let mut by_lib: HashMap<String, usize> = HashMap::new();
+        let mut missing = 0usize;
+        let mut interposer_own = Count::default();
+        for ((stack_id, kind, api), (count, mut descriptions)) in groups {
+            descriptions.sort();
+            let raw = img.stacks.get(&stack_id);
+            let stack_missing = raw.is_none();
+            missing += usize::from(stack_missing);
+            let raw: &[u64] = raw.map(|r| &r[..]).unwrap_or(&[]);
+            let (lib, frames, owner_frame) = match stack::resolve(img, &modules, &mut sym, raw) {
+                stack::Resolved::InterposerOwn => {
+                    interposer_own.add(count);
+                    continue;
+                }
+                stack::Resolved::Stack { library, frames, owner_frame } => {
+                    (if stack_missing { "[stack not in trace]".to_owned() } else { library }, frames, owner_frame)
+                }
+            };
+            let idx = *by_lib.entry(lib.clone()).or_insert_with(|| {
+                libraries.push(Library { module: lib, unreleased: BTreeMap::new(), stacks: Vec::new() });
+                libraries.len() - 1
+            });
+            let l = &mut libraries[idx];
+            l.unreleased.entry(kind_name(kind)).or_default().add(count);
+            totals.unreleased.entry(kind_name(kind)).or_default().add(count);
+            totals.count += count.count;
+            totals.bytes += count.bytes;
+            l.stacks.push(StackOut {
+                kind: kind_name(kind),
+                api: api.to_string(),
+                count: count.count,
+                bytes: count.bytes,
+                stack_id,
+                frames,
+                owner_frame,
+                descriptions,
+                stack_missing,
+            });
+        }
+        own = interposer_own;
+        if missing > 0 {
+            problems.push(format!(
+                "{missing} stack(s) referenced by unreleased resources never arrived in the trace; their frames are unknown"
+            ));
+        }
+    }
+    for l in &mut libraries {
+        l.stacks.sort_by(|a, b| (b.bytes, b.count, a.stack_id).cmp(&(a.bytes, a.count, b.stack_id)));
+    }
+    let weight = |l: &Library| {
+        let c = l.unreleased.values().fold(Count::default(), |mut acc, c| {
+            acc.add(*c);
+            acc
+        });
+        (c.bytes, c.count)
+    };
+    libraries.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.module.cmp(&b.module)));
+    let (unattributed, libraries): (Vec<Library>, Vec<Library>) =
+        libraries.into_iter().partition(|l| l.module.starts_with('['));
+    totals.libraries = libraries.len();
+    totals.stacks = libraries.iter().chain(&unattributed).map(|l| l.stacks.len()).sum();
+
+    let images = ledger
+        .images
+        .iter()
+        .map(|i| ImageOut {
+            pid: i.pid,
+            ppid: i.ppid,
+            root: i.root,
+            exe: i.exe.clone(),
+            argv: i.argv.clone(),
+            exec: i.exec,
+            exited: i.exited,
+            exec_path: i.exec_path.clone(),
+            live_at_exec: i.live_at_exec,
+            untracked: i.untracked,
+            acquires: i.acquires,
+            releases: i.releases,
+        })
+        .collect();
+    let children_not_followed = ledger.images.iter().flat_map(|i| i.forks.iter().copied()).collect();
+    if let Some(img) = ledger.final_image().filter(|i| i.untracked) {
+        problems.push(format!(
+            "the target exec'd {} and nothing followed: that program could not be tracked (static, set-user-ID, or LD_PRELOAD cleared), or the exec failed and the process died; what it left behind is unknown",
+            img.exe
+        ));
+    }
+    if ledger.unknown_records > 0 {
+        problems.push(format!(
+            "{} record(s) of a newer format were skipped; a newer residue may report more",
+            ledger.unknown_records
+        ));
+    }
+    Report {
+        schema: SCHEMA,
+        process,
+        tracked,
+        libraries,
+        unattributed,
+        totals,
+        released_origin_unseen,
+        children_not_followed,
+        interposer_own: own,
+        open_at_exit_origin_unseen,
+        images,
+        notices: ledger.notices.clone(),
+        problems,
+    }
+}

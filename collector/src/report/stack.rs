@@ -1,0 +1,222 @@
+//! One stack → the frames a report shows and the library that owns it.
+//!
+//! A stack's values are native return addresses (innermost first), then Python frames
+//! (innermost first), then at most one foreign-call value (protocol `frame` module). Python
+//! frames are merged in place of the native evaluation-loop frames that ran them; the
+//! foreign function a ctypes/cffi call was calling decides the owner when the owner rule
+//! would otherwise stop at libffi or above it (with `-O2`, a wrapper like `return strdup(x)`
+//! is a jump and leaves no frame of its library on the stack).
+
+use residue_protocol::frame::{classify, Frame as Value};
+
+use super::FrameOut;
+use crate::ledger::Image;
+use crate::owner;
+use crate::symbolize::{Frame, ModuleMap, Symbolizer};
+
+/// What a stack resolves to.
+pub enum Resolved {
+    /// The interposer's own thread allocated this (not the target's).
+    InterposerOwn,
+    Stack {
+        library: String,
+        frames: Vec<FrameOut>,
+        owner_frame: Option<usize>,
+    },
+}
+
+/// The native frame that runs Python frames (3.11 and 3.12 name it the same).
+fn is_eval_loop(f: &Frame) -> bool {
+    f.function.as_deref().is_some_and(|n| n == "_PyEval_EvalFrameDefault")
+}
+
+fn is_libffi(module: &str) -> bool {
+    std::path::Path::new(module).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libffi"))
+}
+
+fn native_out(f: &Frame) -> FrameOut {
+    FrameOut {
+        kind: "native",
+        function: f.function.clone(),
+        module: f.module.clone(),
+        file: f.file.clone(),
+        line: f.line,
+        address: Some(format!("{:#x}", f.address)),
+        offset: f.offset.map(|o| format!("{o:#x}")),
+        inlined: f.inlined,
+    }
+}
+
+pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: &[u64]) -> Resolved {
+    let mut natives = Vec::new();
+    let mut pythons = Vec::new();
+    let mut foreign = None;
+    for &v in raw {
+        match classify(v) {
+            Value::Native(a) => natives.push(a),
+            Value::Python { code, line, entry } => pythons.push((code, line, entry)),
+            Value::Foreign(a) => foreign = Some(a),
+        }
+    }
+    let mods: Vec<Option<&str>> =
+        natives.iter().map(|&a| modules.find(a.wrapping_sub(1)).map(|m| m.path.as_str())).collect();
+    // Leading interposer frames are the same in every stack: leave them out.
+    let skip = mods.iter().take_while(|m| m.is_some_and(owner::is_interposer)).count();
+    let rest = &mods[skip..];
+    if rest.iter().any(|m| m.is_some_and(owner::is_interposer))
+        && rest.iter().all(|m| m.is_some_and(owner::is_machinery))
+    {
+        // Only allocator machinery and the interposer: its own writer thread (thread locals).
+        // Interposer frames with target frames around them are hooks (dlopen): the target's.
+        return Resolved::InterposerOwn;
+    }
+    let mut owner = owner::owner_index(&mods);
+    let mut library = owner.and_then(|i| mods[i]).unwrap_or("[unknown]").to_owned();
+    // A foreign call: the function ctypes/cffi called owns what was allocated under it, unless
+    // a frame of some library inside the call already does.
+    let ffi = mods.iter().position(|m| m.is_some_and(is_libffi));
+    let foreign_owner = match (foreign, ffi, owner) {
+        (Some(f), Some(ffi), Some(o)) if o >= ffi => modules.find(f).map(|m| (f, ffi, m.path.clone())),
+        _ => None,
+    };
+    if let Some((_, _, path)) = &foreign_owner {
+        library = path.clone();
+        owner = None;
+    }
+
+    let mut frames = Vec::new();
+    let mut owner_frame = None;
+    let mut py = pythons.into_iter().peekable();
+    for (i, &addr) in natives.iter().enumerate().skip(skip) {
+        if let Some((f, ffi, _)) = &foreign_owner {
+            if i == *ffi {
+                // The called foreign function, just inside libffi.
+                owner_frame = Some(frames.len());
+                let mut out: Vec<FrameOut> = sym.symbolize_function(modules, *f).iter().map(native_out).collect();
+                for o in &mut out {
+                    o.kind = "foreign";
+                }
+                frames.extend(out);
+            }
+        }
+        if Some(i) == owner {
+            owner_frame = Some(frames.len());
+        }
+        let sf = sym.symbolize(modules, addr);
+        if sf.last().is_some_and(is_eval_loop) && py.peek().is_some() {
+            // This evaluation loop ran the Python frames up to and including the next entry.
+            for (code, line, entry) in py.by_ref() {
+                frames.push(python_out(img, code, line));
+                if entry {
+                    break;
+                }
+            }
+            continue;
+        }
+        frames.extend(sf.iter().map(native_out));
+    }
+    // Python frames no evaluation loop claimed (its native frame was beyond the captured
+    // depth, or not symbolized): keep them, outermost last.
+    frames.extend(py.map(|(code, line, _)| python_out(img, code, line)));
+    Resolved::Stack { library, frames, owner_frame }
+}
+
+fn python_out(img: &Image, code: u32, line: u32) -> FrameOut {
+    let c = img.codes.get(&code);
+    FrameOut {
+        kind: "python",
+        function: Some(c.map_or_else(|| format!("<python code #{code}>"), |c| c.name.clone())),
+        module: None,
+        file: c.map(|c| c.filename.clone()),
+        line: Some(line).filter(|&l| l != 0),
+        address: None,
+        offset: None,
+        inlined: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Code, Module};
+    use crate::testutil::{compile_so, elf_symbol};
+    use residue_protocol::frame::{foreign, python};
+    use residue_protocol::Segment;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn module(id: u32, path: &Path, base: u64) -> Module {
+        Module {
+            id,
+            base,
+            path: path.to_str().unwrap().into(),
+            build_id: vec![],
+            segments: vec![Segment { vaddr: 0, memsz: 0x100_0000, offset: 0, flags: 5 }],
+            unloaded: false,
+            file: std::fs::File::open(path).ok().map(Arc::new),
+        }
+    }
+
+    fn sym(path: &Path, name: &str) -> u64 {
+        elf_symbol(&std::fs::read(path).unwrap(), name).unwrap_or_else(|| panic!("{name} in {}", path.display())).0
+    }
+
+    /// ctypes called `wrap_dup` in libwrap, which tail-called strdup: libwrap has no frame on
+    /// the stack, yet owns the block through the foreign-call value. Python frames replace the
+    /// evaluation loop's native frame.
+    #[test]
+    fn foreign_call_owns_and_python_frames_merge() {
+        let dir = std::env::temp_dir().join(format!("residue-stack-{}", std::process::id()));
+        let ffi = compile_so(&dir, "libffi-test.so", "void ffi_call(void) { __asm__ volatile(\"nop\"); }\n");
+        let wrap = compile_so(&dir, "libwrap.so", "char *wrap_dup(char *s) { return s; }\n");
+        let eval =
+            compile_so(&dir, "libpyeval.so", "void _PyEval_EvalFrameDefault(void) { __asm__ volatile(\"nop\"); }\n");
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let (b_libc, b_ffi, b_wrap, b_eval) =
+            (0x1000_0000_0000u64, 0x2000_0000_0000u64, 0x3000_0000_0000u64, 0x4000_0000_0000u64);
+        let modules =
+            vec![module(1, libc, b_libc), module(2, &ffi, b_ffi), module(3, &wrap, b_wrap), module(4, &eval, b_eval)];
+        let mut img = Image { modules, ..Image::default() };
+        img.codes.insert(7, Code { first_line: 1, filename: "app.py".into(), name: "inner".into() });
+        img.codes.insert(8, Code { first_line: 5, filename: "app.py".into(), name: "outer".into() });
+        let raw = [
+            b_libc + sym(libc, "malloc") + 1,
+            b_ffi + sym(&ffi, "ffi_call") + 1,
+            b_eval + sym(&eval, "_PyEval_EvalFrameDefault") + 1,
+            python(7, 3, false),
+            python(8, 9, true),
+            foreign(b_wrap + sym(&wrap, "wrap_dup")),
+        ];
+        let map = ModuleMap::new(&img.modules);
+        let mut s = Symbolizer::new();
+        let Resolved::Stack { library, frames, owner_frame } = resolve(&img, &map, &mut s, &raw) else {
+            panic!("not the interposer's")
+        };
+        assert_eq!(library, wrap.to_str().unwrap());
+        let names: Vec<_> = frames.iter().map(|f| (f.kind, f.function.clone().unwrap_or_default())).collect();
+        let kinds: Vec<_> = names.iter().map(|n| n.0).collect();
+        assert_eq!(kinds, ["native", "foreign", "native", "python", "python"], "{names:?}");
+        assert!(names[0].1.ends_with("malloc"));
+        assert_eq!(names[1].1, "wrap_dup");
+        assert_eq!(names[2].1, "ffi_call");
+        assert_eq!((names[3].1.as_str(), frames[3].line), ("inner", Some(3)));
+        assert_eq!((names[4].1.as_str(), frames[4].file.as_deref()), ("outer", Some("app.py")));
+        assert_eq!(owner_frame, Some(1));
+
+        // Without the foreign value, the owner rule stops at libffi, the first non-machinery.
+        let Resolved::Stack { library, owner_frame, .. } = resolve(&img, &map, &mut s, &raw[..5]) else { panic!() };
+        assert_eq!((library.as_str(), owner_frame), (ffi.to_str().unwrap(), Some(1)));
+
+        // Only machinery and the interposer: the interposer's own thread.
+        let own = compile_so(&dir, "libresidue.so", "void writer(void) { __asm__ volatile(\"nop\"); }\n");
+        img.modules.push(module(5, &own, 0x5000_0000_0000));
+        let map = ModuleMap::new(&img.modules);
+        let raw = [
+            b_libc + sym(libc, "malloc") + 1,
+            0x5000_0000_0000 + sym(&own, "writer") + 1,
+            b_libc + sym(libc, "malloc") + 1,
+        ];
+        assert!(matches!(resolve(&img, &map, &mut s, &raw), Resolved::InterposerOwn));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

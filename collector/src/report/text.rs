@@ -1,0 +1,230 @@
+//! The human report, printed on stderr so the target's own output stays untouched. Compact by
+//! default (the top frames of the first stacks of each library); `--all` shows everything.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use super::{Count, FrameOut, Report};
+
+/// How much of the report to show.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub frames: usize,
+    pub stacks: usize,
+    pub libraries: usize,
+}
+
+impl Limits {
+    pub const COMPACT: Limits = Limits { frames: 12, stacks: 5, libraries: 20 };
+    pub const ALL: Limits = Limits { frames: usize::MAX, stacks: usize::MAX, libraries: usize::MAX };
+}
+
+/// `1234 bytes`, `12.1 KiB`, `3.0 MiB`: exact when small, readable when large.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 10 * 1024 {
+        return format!("{n} byte{}", if n == 1 { "" } else { "s" });
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// "3 heap blocks (96 bytes)", "2 fds".
+fn amount(kind: &str, c: Count) -> String {
+    let noun = match kind {
+        "heap" => "heap block",
+        "fd" => "file descriptor",
+        "stream" => "FILE stream",
+        "dir" => "directory stream",
+        "mapping" => "mapping",
+        other => other,
+    };
+    let s = if c.count == 1 { "" } else { "s" };
+    if kind == "heap" || c.bytes > 0 {
+        format!("{} {noun}{s} ({})", c.count, bytes(c.bytes))
+    } else {
+        format!("{} {noun}{s}", c.count)
+    }
+}
+
+/// Amounts per kind in the protocol's kind order (heap first), not alphabetical.
+fn amounts(m: &std::collections::BTreeMap<String, Count>) -> String {
+    let mut v: Vec<(&String, &Count)> = m.iter().collect();
+    v.sort_by_key(|(k, _)| residue_protocol::Kind::from_name(k).map_or(u16::MAX, |k| u16::from(k.0)));
+    v.iter().map(|(k, c)| amount(k, **c)).collect::<Vec<_>>().join(", ")
+}
+
+fn basename(p: &str) -> &str {
+    Path::new(p).file_name().and_then(|n| n.to_str()).unwrap_or(p)
+}
+
+fn frame_line(i: usize, f: &FrameOut, owner: bool) -> String {
+    let mut s = format!("    {}#{i:<2} ", if owner { "→" } else { " " });
+    match &f.function {
+        Some(func) => s.push_str(func),
+        None => s.push_str(f.address.as_deref().unwrap_or("?")),
+    }
+    if let (Some(file), Some(line)) = (&f.file, f.line) {
+        let _ = write!(s, " at {file}:{line}");
+    }
+    match (&f.module, &f.offset) {
+        (Some(m), Some(o)) if f.function.is_none() => {
+            let _ = write!(s, " ({}+{o})", basename(m));
+        }
+        (Some(m), _) => {
+            let _ = write!(s, " ({})", basename(m));
+        }
+        (None, _) if f.kind == "python" => s.push_str(" [python]"),
+        (None, _) => s.push_str(" (no module)"),
+    }
+    if f.kind == "foreign" {
+        s.push_str(" [called via ctypes/cffi]");
+    }
+    if f.inlined {
+        s.push_str(" [inlined]");
+    }
+    s
+}
+
+/// Renders the whole report.
+pub fn render(r: &Report, limits: Limits) -> String {
+    let mut out = String::new();
+    let p = &r.process;
+    let status = match (p.exit_status, p.signal) {
+        (_, Some(sig)) => format!("was killed by signal {sig}"),
+        (Some(code), None) => format!("exited with status {code}"),
+        (None, None) => "ended with an unknown status".to_owned(),
+    };
+    let pid = p.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    let state = if !r.tracked {
+        "not tracked"
+    } else if p.complete {
+        "trace complete"
+    } else {
+        "trace INCOMPLETE"
+    };
+    let _ = writeln!(out, "residue: `{}`{pid} {status}; {state}", p.command);
+    if r.images.len() > 1 {
+        let chain: Vec<String> = r.images.iter().map(|i| format!("{} (pid {})", i.exe, i.pid)).collect();
+        let _ = writeln!(out, "residue: images: {}; leaks are those of the last image", chain.join(" → exec → "));
+    }
+    for n in &r.notices {
+        let _ = writeln!(out, "residue: note: {n}");
+    }
+    if !r.children_not_followed.is_empty() {
+        let pids: Vec<String> = r.children_not_followed.iter().map(u32::to_string).collect();
+        let _ = writeln!(out, "residue: forked children not followed: pid {}", pids.join(", "));
+    }
+    for pr in &r.problems {
+        let _ = writeln!(out, "residue: {pr}");
+    }
+    if !r.tracked {
+        return out;
+    }
+    let untracked_end = r.images.last().is_some_and(|i| i.untracked);
+    if !p.complete && !untracked_end {
+        let _ = writeln!(
+            out,
+            "residue: the final image did not finish its trace (killed, crashed, or _exit): some releases may be missing, so some of what follows may have been released"
+        );
+    }
+
+    let all: Vec<&super::Library> = r.libraries.iter().chain(&r.unattributed).collect();
+    for (li, lib) in all.iter().enumerate() {
+        if li == limits.libraries {
+            let rest = &all[li..];
+            let _ = writeln!(out, "\n... {} more libraries (--all shows them)", rest.len());
+            break;
+        }
+        let _ = writeln!(out, "\n{}: {} unreleased", lib.module, amounts(&lib.unreleased));
+        for (si, st) in lib.stacks.iter().enumerate() {
+            if si == limits.stacks {
+                let _ = writeln!(out, "  ... {} more stacks (--all shows them)", lib.stacks.len() - si);
+                break;
+            }
+            let c = Count { count: st.count, bytes: st.bytes };
+            let _ = writeln!(out, "  {} from {}", amount(&st.kind, c), st.api);
+            if !st.descriptions.is_empty() {
+                let shown: Vec<&str> = st.descriptions.iter().take(3).map(String::as_str).collect();
+                let more = st.descriptions.len().saturating_sub(3);
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                let _ = writeln!(out, "      ({}{more})", shown.join(", "));
+            }
+            if st.stack_missing {
+                let _ = writeln!(out, "      (stack not in trace)");
+            }
+            // Keep the owner frame in view even when the allocator's own frames are many.
+            let start = match st.owner_frame {
+                Some(o) if o + 1 > limits.frames => o.saturating_sub(2),
+                _ => 0,
+            };
+            if start > 0 {
+                let _ = writeln!(out, "      ... {start} frames inside the allocator");
+            }
+            for (fi, f) in st.frames.iter().enumerate().skip(start) {
+                if fi - start == limits.frames {
+                    let _ = writeln!(out, "      ... {} more frames", st.frames.len() - fi);
+                    break;
+                }
+                let _ = writeln!(out, "{}", frame_line(fi, f, st.owner_frame == Some(fi)));
+            }
+        }
+    }
+
+    let mut summary = String::from("\nsummary: ");
+    if untracked_end {
+        summary.push_str("what the final program left behind is unknown (it was not tracked)");
+    } else if r.totals.count == 0 {
+        summary.push_str(if p.complete {
+            "no unreleased resources"
+        } else {
+            "no unreleased resources seen, but the trace is incomplete"
+        });
+    } else {
+        let _ = write!(
+            summary,
+            "{} unreleased in {} {} ({} distinct stack{})",
+            amounts(&r.totals.unreleased),
+            r.totals.libraries,
+            if r.totals.libraries == 1 { "library" } else { "libraries" },
+            r.totals.stacks,
+            if r.totals.stacks == 1 { "" } else { "s" }
+        );
+    }
+    if !r.released_origin_unseen.is_empty() {
+        let v: Vec<String> = r.released_origin_unseen.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let _ = write!(summary, "; released with origin unseen (acquired before tracking): {}", v.join(", "));
+    }
+    // Descriptors 0-2 are inherited by every process: only the others are worth a line.
+    let unseen: Vec<String> = r
+        .open_at_exit_origin_unseen
+        .iter()
+        .filter(|o| !(o.kind == "fd" && o.id <= 2))
+        .map(|o| format!("{} {} ({})", o.kind, o.id, o.description))
+        .collect();
+    if !unseen.is_empty() {
+        let shown = unseen.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let more = if unseen.len() > 5 { format!(" and {} more", unseen.len() - 5) } else { String::new() };
+        let _ = write!(summary, "; open at exit but never seen opened (inherited or raw syscall): {shown}{more}");
+    }
+    let _ = writeln!(out, "{summary}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_formatting() {
+        assert_eq!(bytes(1), "1 byte");
+        assert_eq!(bytes(96), "96 bytes");
+        assert_eq!(bytes(20 * 1024), "20.0 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+    }
+}
