@@ -84,6 +84,9 @@ fn start(argc: c_int, argv: *const *const c_char) {
     }
     image_start(pid, root, argc, argv);
     modules::rescan();
+    // The collector learns of the image and its modules now, not with the first full batch:
+    // an image that ends with _exit or is killed still has them in the stream.
+    transport::flush_own();
     state::set_state(ACTIVE);
 }
 
@@ -109,6 +112,8 @@ extern "C" fn fini() {
     }
     let _ = std::panic::catch_unwind(|| {
         let _g = Guard::enter_any();
+        // What is still open, as the process lists it: descriptors of unknown origin included.
+        crate::hooks::fd::open_at_exit();
         transport::flush_all(Some(next_seq()));
     });
 }

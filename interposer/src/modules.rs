@@ -149,10 +149,12 @@ pub fn rescan() -> bool {
     // SAFETY: KNOWN and NEXT_ID are only touched while RESCAN is held.
     let (known, next_id) = unsafe { (&mut *std::ptr::addr_of_mut!(KNOWN), &mut *std::ptr::addr_of_mut!(NEXT_ID)) };
     let mut unloaded = false;
+    let mut changed = false;
     known.retain(|k| {
         let still = found.iter().any(|f| f.bias == k.bias && f.name_hash == k.name_hash);
         if !still {
             unloaded = true;
+            changed = true;
             let seq = next_seq();
             emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.module_unload(b, pos, seq, k.id));
         }
@@ -164,12 +166,18 @@ pub fn rescan() -> bool {
         }
         let id = *next_id;
         *next_id += 1;
+        changed = true;
         known.push(Loaded { id, bias: f.bias, name_hash: f.name_hash });
         let need = Encoder::module_len_bound(f.path.len(), f.build_id.len(), f.segments.len());
         emit(t, need, |enc, b, pos| enc.module(b, pos, id, f.bias, &f.path, &f.build_id, &f.segments));
     }
     LAST_COUNTS.store(counts, Ordering::Relaxed);
     RESCAN.unlock();
+    if changed {
+        // The collector opens each module's file as its record arrives: send them now, while
+        // the file surely exists.
+        crate::transport::flush_own();
+    }
     // A CPython runtime may have arrived (the executable, or libpython dlopen'd by a host).
     crate::python::detect();
     if unloaded {

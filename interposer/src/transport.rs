@@ -134,9 +134,7 @@ pub fn start(fd: i32) -> bool {
         THREAD_KEY.store(key, Ordering::Relaxed);
     }
     WRITER_ALIVE.store(true, Ordering::Release);
-    let spawned =
-        std::thread::Builder::new().name("residue-writer".into()).stack_size(256 * 1024).spawn(move || writer(rx));
-    if spawned.is_err() {
+    if !spawn_writer(rx) {
         WRITER_ALIVE.store(false, Ordering::Release);
     }
     true
@@ -165,11 +163,8 @@ pub fn relocate_out_fd() -> bool {
     let old = OUT_FD.load(Ordering::Relaxed);
     // SAFETY: fcntl on an integer descriptor has no memory-safety preconditions.
     let new = unsafe {
-        let cmd = if libc::fcntl(old, libc::F_GETFD) & libc::FD_CLOEXEC != 0 {
-            libc::F_DUPFD_CLOEXEC
-        } else {
-            libc::F_DUPFD
-        };
+        let cmd =
+            if libc::fcntl(old, libc::F_GETFD) & libc::FD_CLOEXEC != 0 { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
         // High numbers first: hosts that dup2 onto fixed numbers use small ones. F_DUPFD fails
         // with EINVAL at or above RLIMIT_NOFILE, hence the fallback.
         match libc::fcntl(old, cmd, 900) {
@@ -189,6 +184,56 @@ pub fn relocate_out_fd() -> bool {
     }
     WRITE_LOCK.unlock();
     new >= 0
+}
+
+/// Starts the writer with pthread_create rather than std::thread: its start routine is ours
+/// from the first instruction, so it is marked as the interposer's own (nothing it allocates is
+/// recorded) before anything runs on it.
+fn spawn_writer(rx: Receiver<Msg>) -> bool {
+    extern "C" fn start(arg: *mut libc::c_void) -> *mut libc::c_void {
+        let t = thread();
+        t.busy.set(true);
+        t.writer.set(true);
+        // SAFETY: arg is the Box<Receiver> leaked by spawn_writer, handed over exactly once.
+        let rx = unsafe { Box::from_raw(arg.cast::<Receiver<Msg>>()) };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer(*rx)));
+        WRITER_ALIVE.store(false, Ordering::Release);
+        ptr::null_mut()
+    }
+    let arg = Box::into_raw(Box::new(rx)).cast::<libc::c_void>();
+    // SAFETY: attr is initialized before use and destroyed after; `start` has the signature
+    // pthread_create requires and takes ownership of `arg` only if the thread was created.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 256 * 1024);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut tid: libc::pthread_t = 0;
+        let ok = libc::pthread_create(&mut tid, &attr, start, arg) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        if ok {
+            libc::pthread_setname_np(tid, c"residue-writer".as_ptr());
+        } else {
+            drop(Box::from_raw(arg.cast::<Receiver<Msg>>()));
+        }
+        ok
+    }
+}
+
+/// Hands this thread's chunk to the writer now: for records the collector needs promptly
+/// (image start, modules: a library file may be deleted soon after it is loaded).
+pub fn flush_own() {
+    let t = thread();
+    if let Some(slot) = NonNull::new(t.slot.get()) {
+        // SAFETY: slots live in a static table.
+        let slot = unsafe { slot.as_ref() };
+        slot.lock.lock();
+        let c = slot.chunk.swap(ptr::null_mut(), Ordering::Relaxed);
+        slot.lock.unlock();
+        if let Some(c) = NonNull::new(c) {
+            send(c);
+        }
+    }
 }
 
 /// Writes raw bytes (the stream header) before any chunk.
@@ -451,9 +496,6 @@ fn handle(m: Msg) -> bool {
 }
 
 fn writer(rx: Receiver<Msg>) {
-    let t = thread();
-    t.busy.set(true);
-    t.writer.set(true);
     block_sigpipe();
     loop {
         match rx.recv_timeout(TICK) {
@@ -487,17 +529,8 @@ fn writer(rx: Receiver<Msg>) {
 pub fn flush_all(exit_seq: Option<u64>) {
     static DONE: AtomicBool = AtomicBool::new(false);
     // Our own chunk first, so it precedes whatever the writer steals.
+    flush_own();
     let t = thread();
-    if let Some(slot) = NonNull::new(t.slot.get()) {
-        // SAFETY: slots live in a static table.
-        let slot = unsafe { slot.as_ref() };
-        slot.lock.lock();
-        let c = slot.chunk.swap(ptr::null_mut(), Ordering::Relaxed);
-        slot.lock.unlock();
-        if let Some(c) = NonNull::new(c) {
-            send(c);
-        }
-    }
     if WRITER_ALIVE.load(Ordering::Acquire) && !t.writer.get() {
         DONE.store(false, Ordering::Release);
         let msg = match exit_seq {
