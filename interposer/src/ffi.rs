@@ -50,7 +50,7 @@ pub type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> 
 pub type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
 pub type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 pub type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
-pub type PthreadExitFn = unsafe extern "C" fn(*mut c_void) -> !;
+pub type PthreadExitFn = unsafe extern "C-unwind" fn(*mut c_void) -> !;
 
 /// Resolves `next` as a function of type `F`. Aborting is the only sound answer when libc has
 /// no definition of a function the host is calling: it linked against one.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::state::thread;
 
-type FfiCallFn = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void, *mut *mut c_void);
+type FfiCallFn = unsafe extern "C-unwind" fn(*mut c_void, *mut c_void, *mut c_void, *mut *mut c_void);
 
 static REAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -54,10 +54,13 @@ fn find_real() -> usize {
     0
 }
 
+/// `C-unwind`: the called function may throw (C++) or be cancelled (forced unwind), and that
+/// unwind must pass through this frame as it would through libffi's own.
+///
 /// # Safety
 /// As libffi's ffi_call; only reached by programs that call it, which have it loaded.
 #[no_mangle]
-pub unsafe extern "C" fn ffi_call(cif: *mut c_void, f: *mut c_void, rvalue: *mut c_void, avalue: *mut *mut c_void) {
+pub unsafe extern "C-unwind" fn ffi_call(cif: *mut c_void, f: *mut c_void, rvalue: *mut c_void, avalue: *mut *mut c_void) {
     let mut real = REAL.load(Ordering::Acquire);
     if real == 0 {
         let t = thread();
@@ -71,9 +74,15 @@ pub unsafe extern "C" fn ffi_call(cif: *mut c_void, f: *mut c_void, rvalue: *mut
         REAL.store(real, Ordering::Release);
     }
     let t = thread();
-    // Nested calls (a callback into Python that calls C again) restore the outer function.
-    let outer = t.foreign.replace(f as u64);
+    // Nested calls (a callback into Python that calls C again) restore the outer function, also
+    // when the call unwinds (an exception caught above us).
+    struct Restore(&'static crate::state::Thread, u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.foreign.set(self.1);
+        }
+    }
+    let _restore = Restore(t, t.foreign.replace(f as u64));
     // SAFETY: `real` is a loaded module's ffi_call, of type FfiCallFn; arguments unchanged.
     unsafe { std::mem::transmute::<usize, FfiCallFn>(real)(cif, f, rvalue, avalue) };
-    t.foreign.set(outer);
 }

@@ -94,12 +94,14 @@ pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *c
 }
 
 /// When the main thread calls pthread_exit, the process lives on until its last thread ends;
-/// the writer thread must then step aside (see `lifecycle::only_writer_left`).
+/// the writer thread must then step aside (see `lifecycle::only_writer_left`). `C-unwind`:
+/// pthread_exit unwinds the thread's stack (running C++ destructors and cleanup handlers)
+/// through this frame.
 ///
 /// # Safety
 /// As C's pthread_exit.
 #[no_mangle]
-pub unsafe extern "C" fn pthread_exit(retval: *mut c_void) -> ! {
+pub unsafe extern "C-unwind" fn pthread_exit(retval: *mut c_void) -> ! {
     lifecycle::main_thread_exiting();
     // SAFETY: NEXT_PTHREAD_EXIT names pthread_exit, of type PthreadExitFn.
     unsafe { resolve::<PthreadExitFn>(&NEXT_PTHREAD_EXIT)(retval) }
