@@ -123,6 +123,8 @@ extern "C" fn fini() {
 /// handler that might allocate.
 extern "C" fn atfork_child() {
     state::go_passive();
+    // The child's descriptor table is its own: whatever it execs must not inherit the stream.
+    transport::set_cloexec(true);
 }
 
 /// A one-line message for the report.
@@ -160,6 +162,13 @@ pub fn exec_failed(prepared: bool) {
     if prepared {
         state::transition(EXECUTING, ACTIVE);
     }
+}
+
+/// Whether this is a vfork child (or a child of a clone sharing our memory): it runs our code
+/// and data, but has a descriptor table of its own, so its descriptor calls are not ours.
+/// A getpid syscall: only for hooks that are syscalls themselves.
+pub fn in_vfork_child() -> bool {
+    ffi::getpid() != OWN_PID.load(Ordering::Relaxed)
 }
 
 pub fn main_thread_exiting() {

@@ -155,7 +155,7 @@ fn layout() -> &'static Layout {
 /// faulting; it is only used until the layout has proven itself once.
 #[inline(always)]
 fn word(addr: u64, checked: bool) -> Option<u64> {
-    if addr < 4096 || addr % 8 != 0 {
+    if addr < 4096 || !addr.is_multiple_of(8) {
         return None;
     }
     if !checked {
@@ -335,7 +335,7 @@ fn send_code(t: &Thread, code: u64, filename: u64, qualname: u64, checked: bool)
 }
 
 /// The UTF-8 text of a `str` object, truncated to `buf`.
-fn string<'a>(s: u64, buf: &'a mut [u8], checked: bool) -> Option<&'a [u8]> {
+fn string(s: u64, buf: &mut [u8], checked: bool) -> Option<&[u8]> {
     let l = layout();
     if word(s + 8, checked)? != UNICODE_TYPE.load(Ordering::Relaxed) {
         return None;

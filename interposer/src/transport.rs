@@ -145,6 +145,39 @@ pub fn out_fd() -> i32 {
     OUT_FD.load(Ordering::Relaxed)
 }
 
+/// Marks the stream descriptor close-on-exec (or not). The traced process keeps it open across
+/// its own exec (every variant, the unhookable variadic execl* included), so that the next image
+/// continues the stream; a child is never to inherit it, so the paths that start one set the
+/// flag in the child (fork, vfork+exec) or around the spawn (posix_spawn, system, popen).
+pub fn set_cloexec(on: bool) {
+    let fd = OUT_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: F_GETFD/F_SETFD on an integer descriptor have no memory-safety preconditions.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+            libc::fcntl(fd, libc::F_SETFD, new);
+        }
+    }
+}
+
+/// Runs `spawn` (something that starts a child by an internal exec we cannot hook) with the
+/// stream descriptor close-on-exec, so the child does not inherit it.
+pub fn without_inheritance<R>(spawn: impl FnOnce() -> R) -> R {
+    let ours = !crate::lifecycle::in_vfork_child() && OUT_FD.load(Ordering::Relaxed) >= 0;
+    if ours {
+        set_cloexec(true);
+    }
+    let r = spawn();
+    if ours {
+        set_cloexec(false);
+    }
+    r
+}
+
 /// Whether writing has stopped for good (the collector is gone, or the stream was lost).
 pub fn dead() -> bool {
     DEAD.load(Ordering::Acquire)

@@ -93,6 +93,14 @@ pub enum Record {
         seq: u64,
         text: String,
     },
+    /// `kind` resource `id` was still open when the image exited (`seq` orders it after every
+    /// event of the image); `text` is what it is (for a descriptor, its /proc/self/fd link).
+    OpenAtExit {
+        seq: u64,
+        kind: Kind,
+        id: u64,
+        text: String,
+    },
     /// How the process ended (written by the collector into saved traces).
     ProcessEnd {
         pid: u32,
@@ -351,6 +359,12 @@ impl Decoder {
             tag::DESCRIBE => Record::Describe {
                 seq: p.u64("bad sequence number in a describe record")?,
                 text: p.string("bad text in a describe record")?,
+            },
+            tag::OPEN_AT_EXIT => Record::OpenAtExit {
+                seq: p.u64("bad sequence number in an open-at-exit record")?,
+                kind: Kind(p.u8("missing kind in an open-at-exit record")?),
+                id: p.u64("bad resource id in an open-at-exit record")?,
+                text: p.string("bad text in an open-at-exit record")?,
             },
             tag::PROCESS_END => {
                 let pid = p.u32("bad pid in a process-end record")?;

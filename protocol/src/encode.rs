@@ -144,6 +144,7 @@ impl Encoder {
     }
 
     /// Module `id` is mapped at `base` (the ELF load bias) from `path`.
+    #[allow(clippy::too_many_arguments)]
     pub fn module(
         &mut self,
         buf: &mut [u8],
@@ -276,6 +277,17 @@ impl Encoder {
             let p = varint::put(b, p, u64::from(first_line));
             let p = bytes(b, p, filename);
             bytes(b, p, name)
+        })
+    }
+
+    /// `kind` resource `id` is still open as the image exits; `text` says what it is.
+    /// Room: `text.len() + 4 + 3 * MAX_VARINT + 1`.
+    pub fn open_at_exit(&mut self, buf: &mut [u8], pos: usize, seq: u64, kind: Kind, id: u64, text: &[u8]) -> usize {
+        record(buf, pos, tag::OPEN_AT_EXIT, false, |b, p| {
+            let p = varint::put(b, p, seq);
+            b[p] = kind.0;
+            let p = varint::put(b, p + 1, id);
+            bytes(b, p, text)
         })
     }
 }

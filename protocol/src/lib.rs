@@ -71,6 +71,10 @@ pub mod tag {
     pub const DESCRIBE: u8 = 0x0d;
     /// A Python code object, sent once; Python frames in stacks refer to it by id.
     pub const CODE: u8 = 0x0e;
+    /// A resource still open when the image exited, as the process itself lists it (written at
+    /// exit for every open descriptor, whether or not its acquisition was seen): lets a reader
+    /// tell descriptors of unknown origin (inherited, or opened by a raw syscall) apart.
+    pub const OPEN_AT_EXIT: u8 = 0x0f;
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     pos = e.process_end(&mut buf, pos, 42, -3, 9);
     pos = e.describe(&mut buf, pos, 100, b"/tmp/x");
     pos = e.code(&mut buf, pos, 5, 12, b"app.py", b"Foo.bar");
+    pos = e.open_at_exit(&mut buf, pos, 101, Kind::FD, 7, b"socket:[12345]");
     buf.truncate(pos);
     let expected = vec![
         Record::Header { version: VERSION },
@@ -54,6 +55,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
         Record::ProcessEnd { pid: 42, code: -3, signal: 9 },
         Record::Describe { seq: 100, text: "/tmp/x".into() },
         Record::Code { id: 5, first_line: 12, filename: "app.py".into(), name: "Foo.bar".into() },
+        Record::OpenAtExit { seq: 101, kind: Kind::FD, id: 7, text: "socket:[12345]".into() },
     ];
     (buf, expected)
 }

@@ -30,7 +30,7 @@ use residue_protocol::{Api, Kind, MAX_SMALL_RECORD};
 
 use crate::ffi::{resolve, Next};
 use crate::state::{self, next_seq, Guard, ACTIVE, EXECUTING, FINISHED};
-use crate::{stacks, transport};
+use crate::{lifecycle, stacks, transport};
 
 // ---------------------------------------------------------------------------------------------
 // Shared recording helpers (also used by stream.rs, dir.rs and mmap.rs).
@@ -148,7 +148,12 @@ pub(super) fn describe(g: &Guard, seq: u64, text: &[u8]) {
 
 /// Records that `kind` resource `id` is released: called before the real release.
 pub(super) fn release(g: &Guard, kind: Kind, api: Api, id: u64) {
-    let seq = next_seq();
+    release_at(g, next_seq(), kind, api, id);
+}
+
+/// As [`release`], with a seq taken earlier (before a real call whose outcome decides whether
+/// there was a release at all: mremap).
+pub(super) fn release_at(g: &Guard, seq: u64, kind: Kind, api: Api, id: u64) {
     let t = g.thread();
     if catch_unwind(AssertUnwindSafe(|| stacks::released(t, seq, kind, api, id))).is_err() {
         state::go_passive();
@@ -211,6 +216,15 @@ pub(super) fn fd_target(fd: c_int) -> Text {
     t
 }
 
+/// `Guard::enter` for descriptor hooks (fd, stream, dir): a vfork child (Python's subprocess,
+/// posix_spawn users) shares our memory but not our descriptor table, so what it opens and
+/// closes (often every descriptor from 3 up, before exec) is not the process's and must neither
+/// be recorded nor touch the table of live descriptors.
+pub(super) fn fd_guard() -> Option<Guard> {
+    let g = Guard::enter()?;
+    (!lifecycle::in_vfork_child()).then_some(g)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Our own descriptor.
 
@@ -221,6 +235,7 @@ fn ours(fd: c_int) -> bool {
         && fd == transport::out_fd()
         && matches!(state::state(), ACTIVE | EXECUTING | FINISHED)
         && !transport::dead()
+        && !lifecycle::in_vfork_child()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,7 +303,7 @@ fn opened(api: Api, fd: c_int, text: impl FnOnce() -> Text) {
     if fd < 0 {
         return;
     }
-    if let Some(g) = Guard::enter() {
+    if let Some(g) = fd_guard() {
         let _e = Errno::save();
         fd_acquired(&g, api, fd, None, text().bytes());
     }
@@ -299,7 +314,7 @@ fn opened(api: Api, fd: c_int, text: impl FnOnce() -> Text) {
 /// # Safety
 /// `fds` points at two descriptors the call just wrote.
 unsafe fn opened_pair(api: Api, fds: *const c_int, text: [&[u8]; 2]) {
-    if let Some(g) = Guard::enter() {
+    if let Some(g) = fd_guard() {
         let _e = Errno::save();
         // SAFETY: the caller guarantees two readable ints.
         let (a, b) = unsafe { (*fds, *fds.add(1)) };
@@ -457,7 +472,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // The host believes it closed it; we keep writing the trace into it.
         return 0;
     }
-    if let Some(g) = Guard::enter() {
+    if let Some(g) = fd_guard() {
         fd_released(&g, Api::CLOSE, fd);
     }
     // SAFETY: NEXT_CLOSE names close, of type IntFn; argument forwarded unchanged.
@@ -476,14 +491,12 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(first, last, flags) };
     }
-    if let Some(g) = Guard::enter() {
+    if let Some(g) = fd_guard() {
         // Descriptors beyond the table cannot be enumerated cheaply: their releases are lost
         // (the collector's open-at-exit list still shows what really stayed open).
         let hi = (last as usize).min(TRACKED - 1);
-        for fd in first as usize..=hi {
-            if LIVE[fd].load(Ordering::Relaxed) != 0 {
-                fd_released(&g, Api::CLOSE_RANGE, fd as c_int);
-            }
+        for fd in (first as usize..=hi).filter(|&fd| LIVE[fd].load(Ordering::Relaxed) != 0) {
+            fd_released(&g, Api::CLOSE_RANGE, fd as c_int);
         }
     }
     let own = transport::out_fd();
@@ -526,7 +539,7 @@ fn dup_onto(api: Api, old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c
         // incomplete) and the host's dup2 goes ahead all the same.
         transport::relocate_out_fd();
     }
-    let g = if old != new { Guard::enter() } else { None };
+    let g = if old != new { fd_guard() } else { None };
     if let Some(g) = &g {
         // A failing dup2 (old not open) closes nothing: check before releasing.
         // SAFETY: F_GETFD on an integer descriptor has no memory-safety preconditions; this is
@@ -742,8 +755,11 @@ unsafe fn accepted_text(addr: *const libc::sockaddr, cap: libc::socklen_t, len: 
 /// # Safety
 /// `len` is null or readable.
 unsafe fn capacity(len: *const libc::socklen_t) -> libc::socklen_t {
-    // SAFETY: as the caller guarantees.
-    if len.is_null() { 0 } else { unsafe { *len } }
+    if len.is_null() {
+        return 0;
+    }
+    // SAFETY: a non-null len is readable, as the caller guarantees.
+    unsafe { *len }
 }
 
 /// # Safety
@@ -788,18 +804,23 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const libc::sockaddr, len: li
     let r = unsafe { resolve::<ConnectFn>(&NEXT_CONNECT)(fd, addr, len) };
     let Some(seq) = live_seq(fd) else { return r };
     let errno = Errno::save();
-    if r != 0 && errno.0 != libc::EINPROGRESS {
+    let family = if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        libc::AF_UNSPEC
+    } else {
+        // SAFETY: addr is readable for len bytes, as connect requires: it holds a family.
+        c_int::from(unsafe { (*addr).sa_family })
+    };
+    // AF_UNSPEC dissolves a datagram socket's association: nothing to describe.
+    if (r != 0 && errno.0 != libc::EINPROGRESS) || family == libc::AF_UNSPEC {
         return r;
     }
-    if let Some(g) = Guard::enter() {
+    if let Some(g) = fd_guard() {
         let mut ty: c_int = 0;
         let mut tl = std::mem::size_of::<c_int>() as libc::socklen_t;
         // SAFETY: a valid out-buffer of tl bytes for SO_TYPE.
         unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut c_int).cast(), &mut tl) };
-        // SAFETY: addr is null or readable for len bytes, as connect requires.
-        let family = if addr.is_null() { -1 } else { c_int::from(unsafe { (*addr).sa_family }) };
         let mut t = socket_text("socket", family, ty);
-        // SAFETY: as above.
+        // SAFETY: addr is readable for len bytes, as connect requires.
         unsafe { push_peer(&mut t, addr, len) };
         describe(&g, seq, t.bytes());
     }
@@ -907,7 +928,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     if r < 0 || msg.is_null() || unsafe { (*msg).msg_controllen } == 0 {
         return r;
     }
-    let Some(g) = Guard::enter() else { return r };
+    let Some(g) = fd_guard() else { return r };
     let _e = Errno::save();
     let mut stack = None;
     // SAFETY: the CMSG macros walk the control buffer recvmsg filled, bounded by msg_controllen;
@@ -917,7 +938,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c).cast::<c_int>();
-                let bytes = (*c).cmsg_len as usize - (data as usize - c as usize);
+                let bytes = ((*c).cmsg_len as usize).saturating_sub(data as usize - c as usize);
                 for i in 0..bytes / std::mem::size_of::<c_int>() {
                     let new = data.add(i).read_unaligned();
                     let mut t = Text::of(b"received (SCM_RIGHTS): ");

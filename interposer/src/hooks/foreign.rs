@@ -60,7 +60,12 @@ fn find_real() -> usize {
 /// # Safety
 /// As libffi's ffi_call; only reached by programs that call it, which have it loaded.
 #[no_mangle]
-pub unsafe extern "C-unwind" fn ffi_call(cif: *mut c_void, f: *mut c_void, rvalue: *mut c_void, avalue: *mut *mut c_void) {
+pub unsafe extern "C-unwind" fn ffi_call(
+    cif: *mut c_void,
+    f: *mut c_void,
+    rvalue: *mut c_void,
+    avalue: *mut *mut c_void,
+) {
     let mut real = REAL.load(Ordering::Acquire);
     if real == 0 {
         let t = thread();

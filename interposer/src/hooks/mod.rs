@@ -2,6 +2,10 @@
 //! and records what it acquired or released.
 
 mod alloc;
+mod dir;
 mod dl;
+pub(crate) mod fd;
 mod foreign;
+mod mmap;
 mod process;
+mod stream;

@@ -44,6 +44,11 @@ unsafe fn exec_with(path: *const c_char, call: impl FnOnce() -> c_int) -> c_int 
         // SAFETY: the caller guarantees a NUL-terminated path.
         unsafe { CStr::from_ptr(path) }.to_bytes()
     };
+    if lifecycle::in_vfork_child() {
+        // A vfork child shares our memory but not our descriptor table: keep the stream out of
+        // the program it is about to become.
+        crate::transport::set_cloexec(true);
+    }
     let prepared = lifecycle::before_exec(name);
     let r = call();
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -105,4 +110,65 @@ pub unsafe extern "C-unwind" fn pthread_exit(retval: *mut c_void) -> ! {
     lifecycle::main_thread_exiting();
     // SAFETY: NEXT_PTHREAD_EXIT names pthread_exit, of type PthreadExitFn.
     unsafe { resolve::<PthreadExitFn>(&NEXT_PTHREAD_EXIT)(retval) }
+}
+
+type PosixSpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const c_char,
+    *const c_void,
+    *const c_void,
+    *const *mut c_char,
+    *const *mut c_char,
+) -> c_int;
+type SystemFn = unsafe extern "C" fn(*const c_char) -> c_int;
+
+static NEXT_POSIX_SPAWN: Next = Next::new(c"posix_spawn");
+static NEXT_POSIX_SPAWNP: Next = Next::new(c"posix_spawnp");
+static NEXT_SYSTEM: Next = Next::new(c"system");
+
+/// posix_spawn execs through glibc's internal `__execve`, which no hook sees: the stream is made
+/// close-on-exec for the call so the child does not inherit it.
+///
+/// # Safety
+/// As C's posix_spawn.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const c_void,
+    attr: *const c_void,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    crate::transport::without_inheritance(|| {
+        // SAFETY: NEXT_POSIX_SPAWN names posix_spawn, of type PosixSpawnFn; arguments unchanged.
+        unsafe { resolve::<PosixSpawnFn>(&NEXT_POSIX_SPAWN)(pid, path, actions, attr, argv, envp) }
+    })
+}
+
+/// # Safety
+/// As C's posix_spawnp.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const c_char,
+    actions: *const c_void,
+    attr: *const c_void,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    crate::transport::without_inheritance(|| {
+        // SAFETY: NEXT_POSIX_SPAWNP names posix_spawnp, of type PosixSpawnFn; arguments unchanged.
+        unsafe { resolve::<PosixSpawnFn>(&NEXT_POSIX_SPAWNP)(pid, file, actions, attr, argv, envp) }
+    })
+}
+
+/// # Safety
+/// As C's system (which spawns its shell through glibc's internal posix_spawn).
+#[no_mangle]
+pub unsafe extern "C" fn system(command: *const c_char) -> c_int {
+    crate::transport::without_inheritance(|| {
+        // SAFETY: NEXT_SYSTEM names system, of type SystemFn; argument unchanged.
+        unsafe { resolve::<SystemFn>(&NEXT_SYSTEM)(command) }
+    })
 }

@@ -1,0 +1,81 @@
+//! A C host program linking the fixture libraries: exact counts and bytes per library, the
+//! leaking functions named, nothing for the clean twin, the target's output untouched.
+
+use residue_tests::{assert_leaky_exact, fixture, fixtures, run, Amount};
+
+#[test]
+fn leaky_host_reports_each_leak_exactly_under_libleaky() {
+    let o = run([fixture("host_leaky")]).go();
+    let ctx = o.context();
+    assert_eq!(o.report.schema(), Some("residue-report/1"), "{ctx}");
+    assert_eq!(o.finished.code(), 0, "residue exits with the target's status\n{ctx}");
+    assert_eq!(o.report.exit_status(), Some(0), "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "a clean exit gives a complete trace\n{ctx}");
+    assert_leaky_exact(&o, 1);
+}
+
+#[test]
+fn repeated_leaks_from_one_site_add_up_in_one_stack() {
+    // Three runs of the same scenarios: the same stacks, three times the blocks. A collector
+    // that keeps only one block per address or per stack gets this wrong.
+    let o = run([fixture("host_leaky").as_os_str(), "3".as_ref()]).go();
+    assert_leaky_exact(&o, 3);
+    let stacks = o.report.stacks("libleaky.so");
+    let strdup: Vec<_> =
+        stacks.iter().filter(|s| s.owner_function("libleaky.so") == Some("leaky_strdup_names")).collect();
+    assert_eq!(strdup.len(), 1, "one distinct stack for the strdup loop\n{}", o.context());
+    assert_eq!(strdup[0].api, "strdup", "{}", o.context());
+    assert_eq!(strdup[0].amount, Amount::new(30, 30 * fixtures::leaky::NAME_BYTES), "{}", o.context());
+}
+
+#[test]
+fn clean_twin_reports_nothing_for_libclean() {
+    let o = run([fixture("host_clean")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_eq!(o.report.heap("libclean.so"), Amount::ZERO, "libclean frees everything it allocates\n{ctx}");
+    // Nor may its blocks show up attributed to some other module.
+    for s in o.report.all_stacks() {
+        assert!(
+            !s.frames.iter().any(|f| f.function.as_deref().is_some_and(|n| n.starts_with("clean_"))),
+            "a stack through libclean's functions was reported: {s:?}\n{ctx}"
+        );
+    }
+}
+
+#[test]
+fn target_stdout_passes_through_and_the_report_names_the_leaks_on_stderr() {
+    let o = run([fixture("host_leaky")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.stdout, "fixture host: done\n", "the target's stdout is untouched\n{ctx}");
+    assert!(o.finished.stderr.contains("libleaky.so"), "the text report on stderr names the library\n{ctx}");
+    assert!(o.finished.stderr.contains("leaky_"), "the text report on stderr names a leaking function\n{ctx}");
+}
+
+#[test]
+fn leak_stacks_are_complete_from_the_leaking_function_to_start() {
+    // The fixtures are built -O1 without frame pointers: an unwinder that walks frame pointers
+    // loses frames here. Every libleaky stack must run, outward from its owner frame,
+    // leaky_X -> fx_X -> fx_run_all -> main (host_leaky) -> ... -> _start, with nothing missing.
+    let o = run([fixture("host_leaky")]).go();
+    let ctx = o.context();
+    let stacks = o.report.stacks("libleaky.so");
+    assert!(!stacks.is_empty(), "{ctx}");
+    for s in &stacks {
+        let names: Vec<&str> = s.frames.iter().map(|f| f.function.as_deref().unwrap_or("?")).collect();
+        let at = names
+            .iter()
+            .position(|n| n.starts_with("leaky_"))
+            .unwrap_or_else(|| panic!("no leaky_ frame: {names:?}\n{ctx}"));
+        let leaky = names[at];
+        let expected = [leaky.to_owned(), leaky.replacen("leaky_", "fx_", 1), "fx_run_all".into(), "main".into()];
+        assert_eq!(names[at..(at + 4).min(names.len())], expected, "frames outward from the leak: {names:?}\n{ctx}");
+        assert_eq!(
+            s.frames[at + 3].module.as_deref().map(|m| m.ends_with("/host_leaky")),
+            Some(true),
+            "main is host_leaky's: {names:?}\n{ctx}"
+        );
+        assert_eq!(names.last(), Some(&"_start"), "the stack reaches _start: {names:?}\n{ctx}");
+    }
+}

@@ -1,0 +1,36 @@
+//! A leak in a library that is dlclosed before exit is still symbolized by name: the
+//! collector symbolizes from the module records and files, not from the live process.
+
+use residue_tests::{fixture, fixtures::gone, run, Amount, TempDir};
+
+#[test]
+fn leak_in_dlclosed_library_is_symbolized() {
+    let o = run([fixture("host_dlclose")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.heap("libgone.so"), Amount::new(gone::COUNT, gone::BYTES), "{ctx}");
+    let stacks = o.report.stacks("libgone.so");
+    assert_eq!(stacks.len(), 1, "{ctx}");
+    let f = stacks[0].owner_frame("libgone.so").unwrap_or_else(|| panic!("no libgone frame\n{ctx}"));
+    assert_eq!(f.function.as_deref(), Some(gone::FUNCTION), "{ctx}");
+    assert!(f.file.as_deref().is_some_and(|p| p.ends_with("libgone.c")) && f.line.unwrap_or(0) > 0, "{f:?}\n{ctx}");
+    assert!(stacks[0].mentions("gone_run"), "the caller inside libgone is symbolized too\n{ctx}");
+}
+
+#[test]
+fn leak_in_library_whose_file_was_deleted_is_symbolized() {
+    // Issue 2: "including a library that was dlclosed or whose file was deleted". A copy of
+    // libgone.so is dlopened and unlinked right away; it stays loaded until exit, but after
+    // the target exits neither its mapping nor its file exists.
+    let tmp = TempDir::new("deleted-lib");
+    let copy = tmp.join("libgone.so");
+    std::fs::copy(fixture("libgone.so"), &copy).expect("copying libgone.so");
+    let o = run([fixture("host_dlclose").as_os_str(), copy.as_os_str(), "delete".as_ref()]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert!(!copy.exists(), "the target deleted its copy");
+    assert_eq!(o.report.heap("libgone.so"), Amount::new(gone::COUNT, gone::BYTES), "{ctx}");
+    let stacks = o.report.stacks("libgone.so");
+    assert_eq!(stacks.len(), 1, "{ctx}");
+    assert_eq!(stacks[0].owner_function("libgone.so"), Some(gone::FUNCTION), "{ctx}");
+}

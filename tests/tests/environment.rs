@@ -1,0 +1,36 @@
+//! The environment residue gives its target (ARCHITECTURE.md, "Environment contract"): the
+//! interposer first in LD_PRELOAD, then whatever the user had.
+
+use residue_tests::{fixture, run, tools};
+
+#[test]
+fn user_ld_preload_is_kept_after_the_interposer() {
+    let user = fixture("libcountevents.so");
+    let o = run(["/usr/bin/env"]).env("LD_PRELOAD", &user).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    let preload = o
+        .finished
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("LD_PRELOAD="))
+        .unwrap_or_else(|| panic!("no LD_PRELOAD in the target's environment\n{ctx}"));
+    let parts: Vec<&str> = preload.split([':', ' ']).filter(|p| !p.is_empty()).collect();
+    let ours = tools().preload.canonicalize().expect("libresidue.so");
+    assert_eq!(
+        parts.first().and_then(|p| std::path::Path::new(p).canonicalize().ok()).as_deref(),
+        Some(ours.as_path()),
+        "libresidue.so comes first: {preload}\n{ctx}"
+    );
+    assert_eq!(parts.get(1).copied(), user.to_str(), "the user's preload follows: {preload}\n{ctx}");
+}
+
+#[test]
+fn children_started_without_the_exec_hooks_do_not_inherit_the_stream() {
+    // posix_spawn execs through glibc's internal __execve: the interposer's stream descriptor
+    // stays close-on-exec there, so the shell it starts must not have it open.
+    let o = run([fixture("host_spawn")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.finished.stdout, "clean\n", "the spawned shell saw residue's stream descriptor\n{ctx}");
+}

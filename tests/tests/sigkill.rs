@@ -1,0 +1,72 @@
+//! The target killed with SIGKILL mid-run: residue still reports what reached it, marks the
+//! report incomplete, and passes the death on as its own status.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use residue_tests::{
+    drain_to_string, fixture, fixtures, kill, read_report, run, wait_deadline, Amount, Finished, TempDir, DEADLINE,
+};
+
+#[test]
+fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
+    let tmp = TempDir::new("sigkill");
+    let json = tmp.join("report.json");
+    let mut cmd = run([fixture("host_sleep")]).command(&json);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning residue");
+    let stderr = drain_to_string(child.stderr.take());
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+
+    // host_sleep prints "leaked <pid>" once its blocks are allocated.
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reading the target's stdout");
+    let pid: i32 = match line.trim().strip_prefix("leaked ").and_then(|p| p.parse().ok()) {
+        Some(p) => p,
+        None => {
+            kill(child.id() as i32, libc::SIGKILL);
+            let _ = child.wait();
+            panic!(
+                "expected `leaked <pid>` from host_sleep, got {line:?}; residue stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+    };
+    // Not a timing assertion: a moment for the interposer's writer to pass on what it holds,
+    // so that "what was seen" is more than nothing. The assertions hold whatever it managed.
+    thread::sleep(Duration::from_millis(300));
+    kill(pid, libc::SIGKILL);
+
+    let status = wait_deadline(&mut child, DEADLINE, "residue after its target was SIGKILLed");
+    let finished = Finished { status, stdout: String::new(), stderr: stderr.join().expect("stderr reader") };
+    let report = read_report(&json, &finished, "residue run -- host_sleep (SIGKILLed)");
+    let ctx = format!("residue stderr:\n{}\nreport:\n{:#}", finished.stderr, report.json);
+
+    assert_eq!(finished.code(), 128 + libc::SIGKILL, "residue passes the target's death on as 128 + 9\n{ctx}");
+    assert_eq!(report.exit_status(), Some(128 + i64::from(libc::SIGKILL)), "{ctx}");
+    assert_eq!(report.complete(), Some(false), "a SIGKILLed target's trace is incomplete\n{ctx}");
+
+    // What was seen: host_sleep's blocks that reached the collector, each of 16 bytes and no
+    // more than were allocated; some must have (100,000 allocations fill many batches).
+    let seen = report
+        .all_stacks()
+        .into_iter()
+        .filter(|s| s.owner_function("host_sleep") == Some(fixtures::sleep::FUNCTION))
+        .fold(Amount::ZERO, |a, s| a + s.amount);
+    assert!(
+        seen.count > 0 && seen.count <= fixtures::sleep::DEFAULT_BLOCKS,
+        "between 1 and {} blocks of sleep_leak_block reported, got {}\n{ctx}",
+        fixtures::sleep::DEFAULT_BLOCKS,
+        seen.count
+    );
+    assert_eq!(seen.bytes, seen.count * fixtures::sleep::BLOCK_BYTES, "{ctx}");
+    // libleaky's leaks happened before those blocks, on the same thread: once later events
+    // arrived, all of these had arrived too.
+    assert_eq!(
+        report.heap("libleaky.so"),
+        Amount::new(fixtures::leaky::COUNT, fixtures::leaky::BYTES),
+        "events of one thread arrive in order: libleaky's earlier leaks are all there\n{ctx}"
+    );
+}

@@ -1,0 +1,161 @@
+//! `residue report` on saved traces: a good one reports the same as the live run; a truncated
+//! one, a corrupt one, and files that are no trace at all give a clear error, never a panic
+//! (exit status 101) and never a report that pretends all is well (exit status 0).
+
+use std::path::Path;
+use std::process::Command;
+
+use residue_protocol::{header, Api, Decoder, Encoder, Kind, SegmentRef, MAX_SMALL_RECORD};
+use residue_tests::{
+    assert_leaky_exact, assert_leaky_report, fixture, fixtures, read_report, run, run_captured, tools, Finished,
+    Report, TempDir,
+};
+
+fn report_cmd(trace: &Path, json: &Path) -> Finished {
+    let mut cmd = Command::new(&tools().residue);
+    cmd.arg("report").arg(trace).arg("--json").arg(json);
+    run_captured(cmd, &format!("residue report {}", trace.display()))
+}
+
+/// Asserts `residue report` refuses `bytes` with an error that says `needle`.
+fn assert_rejected(tmp: &TempDir, name: &str, bytes: &[u8], needle: &str) {
+    let trace = tmp.join(name);
+    std::fs::write(&trace, bytes).expect("writing the trace");
+    let f = report_cmd(&trace, &tmp.join(&format!("{name}.json")));
+    let ctx = format!("residue report {name}: exit {}\nstdout:\n{}\nstderr:\n{}", f.code(), f.stdout, f.stderr);
+    assert_ne!(f.code(), 101, "residue panicked\n{ctx}");
+    assert!(!f.stderr.contains("panicked"), "residue panicked\n{ctx}");
+    assert_ne!(f.code(), 0, "a broken trace is an error\n{ctx}");
+    assert!(f.stderr.to_lowercase().contains(needle), "the error should say `{needle}`\n{ctx}");
+}
+
+/// Record boundaries (start offsets) of a valid trace, and the records' tags.
+fn records(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut d = Decoder::new();
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while pos < bytes.len() {
+        match d.next(&bytes[pos..]) {
+            Ok(Some((_, n))) => {
+                out.push((pos, n));
+                pos += n;
+            }
+            other => panic!("the valid trace does not decode at {pos}: {other:?}"),
+        }
+    }
+    out
+}
+
+/// A small valid trace built with the protocol's encoder, independent of the interposer: one
+/// image, libleaky.so mapped, two 100-byte blocks acquired from one stack, one released.
+fn synthetic_trace() -> Vec<u8> {
+    let lib = fixtures::libleaky();
+    let lib = lib.to_str().expect("utf-8 path").as_bytes();
+    let mut buf = vec![0u8; 4096];
+    let mut e = Encoder::default();
+    buf[..header().len()].copy_from_slice(&header());
+    let mut p = header().len();
+    p = e.image_start(&mut buf, p, 4242, 1, true, false, 0, b"/bin/host", &[b"/bin/host".as_slice()]);
+    let base = 0x7f00_0000_0000u64;
+    let seg = SegmentRef { vaddr: 0x1000, memsz: 0x1000, offset: 0x1000, flags: 5 };
+    p = e.module(&mut buf, p, 1, base, lib, &[], &[seg]);
+    p = e.batch(&mut buf, p, 4242);
+    p = e.stack(&mut buf, p, 1, &[base + 0x1100, base + 0x1200]);
+    p = e.acquire(&mut buf, p, 1, Kind::HEAP, Api::MALLOC, 0x5000_0000, 100, 1);
+    p = e.acquire(&mut buf, p, 2, Kind::HEAP, Api::MALLOC, 0x5000_1000, 100, 1);
+    p = e.release(&mut buf, p, 3, Kind::HEAP, Api::FREE, 0x5000_1000);
+    p = e.image_exit(&mut buf, p, 4);
+    assert!(p + MAX_SMALL_RECORD <= buf.len());
+    p = e.process_end(&mut buf, p, 4242, 0, 0);
+    buf.truncate(p);
+    buf
+}
+
+#[test]
+fn synthetic_trace_reports_one_block_under_its_library() {
+    // The baseline the broken variants below are cut from: it must be accepted.
+    let tmp = TempDir::new("synthetic");
+    let trace = tmp.join("good.residue");
+    std::fs::write(&trace, synthetic_trace()).expect("writing the trace");
+    let json = tmp.join("good.json");
+    let f = report_cmd(&trace, &json);
+    assert_eq!(f.code(), 0, "a valid trace reports\n{}", f.stderr);
+    let r: Report = read_report(&json, &f, "residue report (synthetic)");
+    assert_eq!(r.heap("libleaky.so"), residue_tests::Amount::new(1, 100), "{:#}", r.json);
+    assert_eq!(r.complete(), Some(true), "{:#}", r.json);
+    assert_eq!(r.exit_status(), Some(0), "{:#}", r.json);
+}
+
+#[test]
+fn truncated_synthetic_trace_is_an_error() {
+    let tmp = TempDir::new("truncated");
+    let t = synthetic_trace();
+    let recs = records(&t);
+    // Cut inside the module record (the largest): the file ends mid-record.
+    let (start, len) = *recs.iter().max_by_key(|r| r.1).expect("records");
+    assert_rejected(&tmp, "cut-in-record.residue", &t[..start + len / 2], "truncated");
+    // Cut inside the header: six bytes of the magic. "truncated" or "not a residue trace"
+    // are both honest; the status and the absence of a panic are what matter.
+    assert_rejected(&tmp, "cut-in-header.residue", &t[..6], "");
+}
+
+#[test]
+fn corrupt_synthetic_trace_is_an_error() {
+    let tmp = TempDir::new("corrupt");
+    let t = synthetic_trace();
+    let recs = records(&t);
+    // A record with tag 0, which residue never writes, in place of the first acquire.
+    let mut zero = t.clone();
+    let acquire = recs.iter().find(|r| t[r.0] == residue_protocol::tag::ACQUIRE).expect("an acquire");
+    zero[acquire.0] = 0;
+    assert_rejected(&tmp, "tag-zero.residue", &zero, "corrupt");
+    // A record claiming a length far beyond the decoder's limit (and beyond the file).
+    let mut huge = t[..acquire.0].to_vec();
+    huge.extend_from_slice(&[residue_protocol::tag::ACQUIRE, 0xff, 0xff, 0xff, 0x7f]);
+    huge.extend_from_slice(&t[acquire.0 + 2..]);
+    assert_rejected(&tmp, "huge-length.residue", &huge, "corrupt");
+    // An acquire record whose payload is cut short inside (its length says 1 byte).
+    let mut short = t[..acquire.0].to_vec();
+    short.extend_from_slice(&[residue_protocol::tag::ACQUIRE, 1, 0]);
+    short.extend_from_slice(&t[acquire.0 + acquire.1..]);
+    assert_rejected(&tmp, "short-payload.residue", &short, "corrupt");
+}
+
+#[test]
+fn files_that_are_not_traces_are_rejected() {
+    let tmp = TempDir::new("not-a-trace");
+    assert_rejected(&tmp, "text.residue", b"this is not a residue trace at all\n", "not a residue trace");
+    assert_rejected(&tmp, "empty.residue", b"", "empty");
+    let mut newer = synthetic_trace();
+    newer[8] = 0xff;
+    newer[9] = 0x7f;
+    assert_rejected(&tmp, "newer.residue", &newer, "newer");
+    let missing = tmp.join("does-not-exist.residue");
+    let f = report_cmd(&missing, &tmp.join("missing.json"));
+    assert!(f.code() != 0 && f.code() != 101 && f.stderr.contains("does-not-exist"), "{}", f.stderr);
+}
+
+#[test]
+fn saved_trace_reports_what_the_live_run_did_and_broken_copies_are_errors() {
+    let tmp = TempDir::new("saved");
+    let trace = tmp.join("leaky.residue");
+    let live = run([fixture("host_leaky")]).option("--output").option(&trace).go();
+    assert_leaky_exact(&live, 1);
+
+    let json = tmp.join("again.json");
+    let f = report_cmd(&trace, &json);
+    assert_eq!(f.code(), 0, "{}", f.stderr);
+    let again = read_report(&json, &f, "residue report (saved trace)");
+    let ctx = format!("stderr:\n{}\nreport:\n{:#}", f.stderr, again.json);
+    assert_leaky_report(&again, 1, &ctx);
+    assert_eq!(again.exit_status(), Some(0), "the saved trace carries the exit status\n{ctx}");
+    assert_eq!(again.complete(), Some(true), "{ctx}");
+
+    let t = std::fs::read(&trace).expect("reading the saved trace");
+    let recs = records(&t);
+    let (start, len) = *recs.iter().filter(|r| r.1 > 4).nth(recs.len() / 2).or(recs.last()).expect("records");
+    assert_rejected(&tmp, "real-cut.residue", &t[..start + len / 2], "truncated");
+    let mut zero = t.clone();
+    zero[start] = 0;
+    assert_rejected(&tmp, "real-tag-zero.residue", &zero, "corrupt");
+}
