@@ -1,6 +1,9 @@
-/* libgone.so: leaks one block of GONE_LEAK_BYTES (4242) from gone_leak_block; host_dlclose
- * dlcloses the library before exiting, so the leak's frames point into an unloaded library
- * and must still be symbolized by name (residue_fixtures::gone mirrors these numbers). */
+/* libgone.so: leaks one block of GONE_LEAK_BYTES (4242) from gone_leak_block and one
+ * descriptor (/dev/null) from gone_leak_fd; host_dlclose dlcloses the library before exiting,
+ * so the leaks' frames point into an unloaded library and must still be symbolized by name,
+ * and the report warns that an unloaded library still holds them (residue_fixtures::gone
+ * mirrors these numbers). */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,4 +16,11 @@ __attribute__((noinline)) void gone_leak_block(void) {
     memset(gone_sink, 1, GONE_LEAK_BYTES);
 }
 
-void gone_run(void) { gone_leak_block(); }
+int gone_fd = -1;
+
+__attribute__((noinline)) void gone_leak_fd(void) { gone_fd = open("/dev/null", O_RDONLY); }
+
+void gone_run(void) {
+    gone_leak_block();
+    gone_leak_fd();
+}

@@ -175,6 +175,9 @@ pub mod gone {
     pub const COUNT: u64 = 1;
     pub const BYTES: u64 = 4242;
     pub const FUNCTION: &str = "gone_leak_block";
+    /// Descriptors leaked (from FD_FUNCTION), still open when the library is unloaded.
+    pub const FDS: u64 = 1;
+    pub const FD_FUNCTION: &str = "gone_leak_fd";
 }
 
 /// host_sleep (c/host_sleep.c): blocks leaked by the executable before it sleeps.

@@ -9,8 +9,12 @@ fn leak_in_dlclosed_library_is_symbolized() {
     let ctx = o.context();
     assert_eq!(o.finished.code(), 0, "{ctx}");
     assert_eq!(o.report.heap("libgone.so"), Amount::new(gone::COUNT, gone::BYTES), "{ctx}");
-    let stacks = o.report.stacks("libgone.so");
+    assert_eq!(o.report.unreleased("libgone.so", "fd").count, gone::FDS, "{ctx}");
+    let stacks: Vec<_> = o.report.stacks("libgone.so").into_iter().filter(|s| s.kind == "heap").collect();
     assert_eq!(stacks.len(), 1, "{ctx}");
+    let fds: Vec<_> = o.report.stacks("libgone.so").into_iter().filter(|s| s.kind == "fd").collect();
+    assert_eq!(fds.len(), 1, "{ctx}");
+    assert_eq!(fds[0].owner_function("libgone.so"), Some(gone::FD_FUNCTION), "{ctx}");
     let f = stacks[0].owner_frame("libgone.so").unwrap_or_else(|| panic!("no libgone frame\n{ctx}"));
     assert_eq!(f.function.as_deref(), Some(gone::FUNCTION), "{ctx}");
     assert!(f.file.as_deref().is_some_and(|p| p.ends_with("libgone.c")) && f.line.unwrap_or(0) > 0, "{f:?}\n{ctx}");
@@ -30,7 +34,7 @@ fn leak_in_library_whose_file_was_deleted_is_symbolized() {
     assert_eq!(o.finished.code(), 0, "{ctx}");
     assert!(!copy.exists(), "the target deleted its copy");
     assert_eq!(o.report.heap("libgone.so"), Amount::new(gone::COUNT, gone::BYTES), "{ctx}");
-    let stacks = o.report.stacks("libgone.so");
+    let stacks: Vec<_> = o.report.stacks("libgone.so").into_iter().filter(|s| s.kind == "heap").collect();
     assert_eq!(stacks.len(), 1, "{ctx}");
     assert_eq!(stacks[0].owner_function("libgone.so"), Some(gone::FUNCTION), "{ctx}");
 }
