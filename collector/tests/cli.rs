@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use residue_protocol::{header, Api, Encoder, Kind, SegmentRef, HEADER_LEN};
+use residue_protocol::{header, Api, Encoder, Kind, Segment, HEADER_LEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_residue");
 
@@ -35,7 +35,7 @@ fn stream(exit: bool) -> Vec<u8> {
     let mut p = HEADER_LEN;
     let argv: [&[u8]; 2] = [b"fake", b"target"];
     p = e.image_start(&mut b, p, 4242, 1, true, false, 0, b"/opt/fake", &argv);
-    let seg = [SegmentRef { vaddr: 0, memsz: 0x1000, offset: 0, flags: 5 }];
+    let seg = [Segment { vaddr: 0, memsz: 0x1000, offset: 0, flags: 5 }];
     p = e.module(&mut b, p, 1, 0x5000_0000, b"/opt/libfake.so", &[], &seg);
     p = e.batch(&mut b, p, 4242);
     p = e.acquire(&mut b, p, 1, Kind::HEAP, Api::STRDUP, 0x9000, 10, 1);

@@ -10,7 +10,7 @@
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use residue_protocol::{Encoder, SegmentRef, MAX_SMALL_RECORD};
+use residue_protocol::{Encoder, Segment, MAX_SMALL_RECORD};
 
 use crate::state::{next_seq, thread};
 use crate::sync::SpinLock;
@@ -27,7 +27,7 @@ struct Found {
     name_hash: u64,
     path: Vec<u8>,
     build_id: Vec<u8>,
-    segments: Vec<SegmentRef>,
+    segments: Vec<Segment>,
 }
 
 static RESCAN: SpinLock = SpinLock::new();
@@ -120,7 +120,7 @@ fn scan() -> Vec<Found> {
         let segments = phdrs
             .iter()
             .filter(|p| p.p_type == libc::PT_LOAD)
-            .map(|p| SegmentRef { vaddr: p.p_vaddr, memsz: p.p_memsz, offset: p.p_offset, flags: p.p_flags })
+            .map(|p| Segment { vaddr: p.p_vaddr, memsz: p.p_memsz, offset: p.p_offset, flags: p.p_flags })
             .collect();
         out.push(Found {
             bias: info.dlpi_addr,

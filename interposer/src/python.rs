@@ -112,12 +112,18 @@ pub fn detect() {
         return;
     }
     let version = sym(c"Py_Version");
-    if version == 0 {
-        return;
-    }
-    // SAFETY: Py_Version is a `const unsigned long` in every CPython since 3.11.
-    let hex = unsafe { *(version as *const u64) };
-    let (major, minor) = ((hex >> 24) as u8, (hex >> 16) as u8);
+    let (major, minor) = if version != 0 {
+        // SAFETY: Py_Version is a `const unsigned long` in every CPython since 3.11.
+        let hex = unsafe { *(version as *const u64) };
+        ((hex >> 24) as u8, (hex >> 16) as u8)
+    } else {
+        // Before 3.11 there is no Py_Version, but the interpreter still needs its notice
+        // (an unknown version must not degrade silently): ask Py_GetVersion, "3.10.13 (main, ...".
+        match old_version() {
+            Some(v) => v,
+            None => return,
+        }
+    };
     let layout: &'static Layout = match (major, minor) {
         (3, 11) => &PY311,
         (3, 12) => &PY312,
@@ -144,6 +150,28 @@ pub fn detect() {
     UNICODE_TYPE.store(unicode_type as u64, Ordering::Relaxed);
     LAYOUT.store(layout as *const Layout as usize, Ordering::Relaxed);
     STATUS.store(UNCHECKED, Ordering::Release);
+}
+
+/// `(major, minor)` from `Py_GetVersion()`, for interpreters older than `Py_Version`.
+fn old_version() -> Option<(u8, u8)> {
+    let f = sym(c"Py_GetVersion");
+    if f == 0 {
+        return None;
+    }
+    // SAFETY: Py_GetVersion (every CPython 3) formats constant build strings into a static
+    // buffer and returns it NUL-terminated; it needs no interpreter state. detect() runs
+    // outside allocation hooks.
+    let s = unsafe {
+        let get: unsafe extern "C" fn() -> *const std::ffi::c_char = std::mem::transmute(f);
+        let p = get();
+        if p.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(p).to_bytes()
+    };
+    let mut parts = s.split(|&b| b == b'.' || b == b' ');
+    let mut num = || std::str::from_utf8(parts.next()?).ok()?.parse::<u8>().ok();
+    Some((num()?, num()?))
 }
 
 fn layout() -> &'static Layout {

@@ -14,9 +14,12 @@ pub const MAX_RECORD_LEN: usize = 1 << 20;
 /// A loadable segment of a module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
+    /// Virtual address in the module file (add the module's base for the runtime address).
     pub vaddr: u64,
     pub memsz: u64,
+    /// Offset of the segment in the file.
     pub offset: u64,
+    /// ELF `p_flags` (PF_X = 1, PF_W = 2, PF_R = 4).
     pub flags: u32,
 }
 

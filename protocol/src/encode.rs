@@ -7,25 +7,13 @@
 //! carry strings.
 
 use crate::varint::{self, zigzag, MAX_VARINT};
-use crate::{tag, Api, Kind};
+use crate::{tag, Api, Kind, Segment};
 
 /// Room one fixed-size record (everything but stacks, modules, image starts, exec and notices)
 /// needs at most.
 pub const MAX_SMALL_RECORD: usize = 2 + 7 * MAX_VARINT;
 /// Deepest native stack a record carries.
 pub const MAX_FRAMES: usize = 256;
-
-/// A loadable segment of a module, as the encoder takes it.
-#[derive(Clone, Copy, Debug)]
-pub struct SegmentRef {
-    /// Virtual address in the module file (add the module's base for the runtime address).
-    pub vaddr: u64,
-    pub memsz: u64,
-    /// Offset of the segment in the file.
-    pub offset: u64,
-    /// ELF `p_flags` (PF_X = 1, PF_W = 2, PF_R = 4).
-    pub flags: u32,
-}
 
 /// Delta state of one batch. `Encoder::default()` is the state right after a batch record.
 #[derive(Clone, Copy, Debug, Default)]
@@ -153,7 +141,7 @@ impl Encoder {
         base: u64,
         path: &[u8],
         build_id: &[u8],
-        segments: &[SegmentRef],
+        segments: &[Segment],
     ) -> usize {
         record(buf, pos, tag::MODULE, false, |b, p| {
             let mut p = varint::put(b, p, u64::from(id));

@@ -22,7 +22,7 @@ mod names;
 mod varint;
 
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, Segment, MAX_RECORD_LEN};
-pub use encode::{Encoder, SegmentRef, MAX_FRAMES, MAX_SMALL_RECORD};
+pub use encode::{Encoder, MAX_FRAMES, MAX_SMALL_RECORD};
 pub use names::{Api, Kind};
 
 /// First eight bytes of every stream and trace file.

@@ -7,7 +7,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     let mut e = Encoder::default();
     let argv: [&[u8]; 2] = [b"python3", b"app.py"];
     pos = e.image_start(&mut buf, pos, 42, 1, true, false, 7, b"/usr/bin/python3", &argv);
-    let seg = [SegmentRef { vaddr: 0, memsz: 4096, offset: 0, flags: 5 }];
+    let seg = [Segment { vaddr: 0, memsz: 4096, offset: 0, flags: 5 }];
     pos = e.module(&mut buf, pos, 3, 0x7f00_0000_0000, b"/lib/libfoo.so", &[0xab, 0xcd], &seg);
     pos = e.batch(&mut buf, pos, 1234);
     pos = e.stack(&mut buf, pos, 9, &[0x7f00_0000_1234, 0x5555_0000_0010, 0x7f00_0000_0042]);

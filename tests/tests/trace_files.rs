@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use residue_protocol::{header, Api, Decoder, Encoder, Kind, SegmentRef, MAX_SMALL_RECORD};
+use residue_protocol::{header, Api, Decoder, Encoder, Kind, Segment, MAX_SMALL_RECORD};
 use residue_tests::{
     assert_leaky_exact, assert_leaky_report, fixture, fixtures, read_report, run, run_captured, tools, Finished,
     Report, TempDir,
@@ -57,7 +57,7 @@ fn synthetic_trace() -> Vec<u8> {
     let mut p = header().len();
     p = e.image_start(&mut buf, p, 4242, 1, true, false, 0, b"/bin/host", &[b"/bin/host".as_slice()]);
     let base = 0x7f00_0000_0000u64;
-    let seg = SegmentRef { vaddr: 0x1000, memsz: 0x1000, offset: 0x1000, flags: 5 };
+    let seg = Segment { vaddr: 0x1000, memsz: 0x1000, offset: 0x1000, flags: 5 };
     p = e.module(&mut buf, p, 1, base, lib, &[], &[seg]);
     p = e.batch(&mut buf, p, 4242);
     p = e.stack(&mut buf, p, 1, &[base + 0x1100, base + 0x1200]);

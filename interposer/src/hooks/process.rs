@@ -126,9 +126,26 @@ static NEXT_POSIX_SPAWN: Next = Next::new(c"posix_spawn");
 static NEXT_POSIX_SPAWNP: Next = Next::new(c"posix_spawnp");
 static NEXT_SYSTEM: Next = Next::new(c"system");
 
-/// posix_spawn execs through glibc's internal `__execve`, which no hook sees: the stream is made
-/// close-on-exec for the call so the child does not inherit it.
+/// Forwards a posix_spawn-shaped call with the stream close-on-exec: posix_spawn execs through
+/// glibc's internal `__execve`, which no hook sees, and the child must not inherit the stream.
 ///
+/// # Safety
+/// `next` names posix_spawn or posix_spawnp; the arguments are the caller's, unchanged.
+unsafe fn spawn_via(
+    next: &Next,
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const c_void,
+    attr: *const c_void,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    crate::transport::without_inheritance(|| {
+        // SAFETY: per this function's contract, `next` is of type PosixSpawnFn.
+        unsafe { resolve::<PosixSpawnFn>(next)(pid, path, actions, attr, argv, envp) }
+    })
+}
+
 /// # Safety
 /// As C's posix_spawn.
 #[no_mangle]
@@ -140,10 +157,8 @@ pub unsafe extern "C" fn posix_spawn(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    crate::transport::without_inheritance(|| {
-        // SAFETY: NEXT_POSIX_SPAWN names posix_spawn, of type PosixSpawnFn; arguments unchanged.
-        unsafe { resolve::<PosixSpawnFn>(&NEXT_POSIX_SPAWN)(pid, path, actions, attr, argv, envp) }
-    })
+    // SAFETY: NEXT_POSIX_SPAWN names posix_spawn; the caller's contract is posix_spawn's.
+    unsafe { spawn_via(&NEXT_POSIX_SPAWN, pid, path, actions, attr, argv, envp) }
 }
 
 /// # Safety
@@ -157,10 +172,8 @@ pub unsafe extern "C" fn posix_spawnp(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    crate::transport::without_inheritance(|| {
-        // SAFETY: NEXT_POSIX_SPAWNP names posix_spawnp, of type PosixSpawnFn; arguments unchanged.
-        unsafe { resolve::<PosixSpawnFn>(&NEXT_POSIX_SPAWNP)(pid, file, actions, attr, argv, envp) }
-    })
+    // SAFETY: NEXT_POSIX_SPAWNP names posix_spawnp; the caller's contract is posix_spawnp's.
+    unsafe { spawn_via(&NEXT_POSIX_SPAWNP, pid, file, actions, attr, argv, envp) }
 }
 
 /// # Safety
