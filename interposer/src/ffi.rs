@@ -50,6 +50,8 @@ pub type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> 
 pub type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
 pub type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 pub type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+pub type ExitFn = unsafe extern "C" fn(c_int) -> !;
+pub type AbortFn = unsafe extern "C" fn() -> !;
 pub type PthreadExitFn = unsafe extern "C-unwind" fn(*mut c_void) -> !;
 
 /// Resolves `next` as a function of type `F`. Aborting is the only sound answer when libc has

@@ -114,7 +114,7 @@ extern "C" fn fini() {
         let _g = Guard::enter_any();
         // What is still open, as the process lists it: descriptors of unknown origin included.
         crate::hooks::fd::open_at_exit();
-        transport::flush_all(Some(next_seq()));
+        transport::flush_all(Some(next_seq()), None);
     });
 }
 
@@ -153,8 +153,21 @@ pub fn before_exec(path: &[u8]) -> bool {
     if !state::transition(ACTIVE, EXECUTING) {
         return false;
     }
-    transport::flush_all(None);
+    transport::flush_all(None, None);
     true
+}
+
+/// Before `_exit`, `_Exit` or `abort`: the image ends without its exit handlers, so the trace is
+/// incomplete by design (no exit record), but everything recorded so far is flushed, within a
+/// bounded wait.
+pub fn before_abrupt_end() {
+    if in_vfork_child() || !state::transition(ACTIVE, FINISHED) {
+        return;
+    }
+    let _ = std::panic::catch_unwind(|| {
+        let _g = Guard::enter_any();
+        transport::flush_all(None, Some(std::time::Instant::now() + std::time::Duration::from_secs(2)));
+    });
 }
 
 /// exec returned: it failed, and this image goes on.

@@ -559,7 +559,10 @@ fn writer(rx: Receiver<Msg>) {
 
 /// Waits until every event recorded so far, by every thread, is written. With `exit_seq`, the
 /// image-exit record follows and the writer stops.
-pub fn flush_all(exit_seq: Option<u64>) {
+///
+/// With a `deadline`, gives up waiting for the writer then (an abrupt end may come from a thread
+/// holding locks the writer needs).
+pub fn flush_all(exit_seq: Option<u64>, deadline: Option<std::time::Instant>) {
     static DONE: AtomicBool = AtomicBool::new(false);
     // Our own chunk first, so it precedes whatever the writer steals.
     flush_own();
@@ -573,7 +576,7 @@ pub fn flush_all(exit_seq: Option<u64>) {
         if send_msg(msg).is_ok() {
             let mut spins = 0;
             while WRITER_ALIVE.load(Ordering::Acquire) {
-                if DONE.load(Ordering::Acquire) {
+                if DONE.load(Ordering::Acquire) || deadline.is_some_and(|d| std::time::Instant::now() > d) {
                     return;
                 }
                 crate::sync::backoff(&mut spins);

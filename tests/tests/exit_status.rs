@@ -52,11 +52,14 @@ fn exit_from_a_second_thread_after_main_thread_exits() {
 
 #[test]
 fn underscore_exit_status_is_passed_through() {
-    // _exit skips atexit handlers and destructors: the report may be incomplete, the status
-    // may not be wrong.
+    // _exit skips atexit handlers and destructors: the process did not clean up, so the report
+    // is marked incomplete, but what was recorded up to _exit is all there (the interposer
+    // flushes in its _exit hook), and the status is the program's.
     let o = variant("_exit", "6");
     assert_eq!(o.finished.code(), 6, "{}", o.context());
     assert_eq!(o.report.exit_status(), Some(6), "{}", o.context());
+    assert_eq!(o.report.complete(), Some(false), "{}", o.context());
+    assert_exe_leak(&o);
 }
 
 #[test]
@@ -64,6 +67,9 @@ fn abort_is_passed_through_as_signal() {
     let o = variant("abort", "0");
     assert_eq!(o.finished.code(), 128 + libc::SIGABRT, "{}", o.context());
     assert_eq!(o.report.exit_status(), Some(128 + i64::from(libc::SIGABRT)), "{}", o.context());
+    // Cut short, so incomplete; flushed by the abort hook, so the leak before it is there.
+    assert_eq!(o.report.complete(), Some(false), "{}", o.context());
+    assert_exe_leak(&o);
 }
 
 #[test]

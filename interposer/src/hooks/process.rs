@@ -8,7 +8,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-use crate::ffi::{resolve, ExecvFn, ExecveFn, FexecveFn, ForkFn, Next, PthreadExitFn};
+use crate::ffi::{resolve, AbortFn, ExecvFn, ExecveFn, ExitFn, FexecveFn, ForkFn, Next, PthreadExitFn};
 use crate::lifecycle;
 
 static NEXT_FORK: Next = Next::new(c"fork");
@@ -18,6 +18,39 @@ static NEXT_EXECVP: Next = Next::new(c"execvp");
 static NEXT_EXECVPE: Next = Next::new(c"execvpe");
 static NEXT_FEXECVE: Next = Next::new(c"fexecve");
 static NEXT_PTHREAD_EXIT: Next = Next::new(c"pthread_exit");
+static NEXT_EXIT_: Next = Next::new(c"_exit");
+static NEXT_EXIT_UPPER: Next = Next::new(c"_Exit");
+static NEXT_ABORT: Next = Next::new(c"abort");
+
+/// `_exit` skips exit handlers and destructors, and so our exit flush: what was recorded is
+/// flushed here, and the trace stays marked incomplete (the process did not clean up).
+///
+/// # Safety
+/// As C's _exit.
+#[no_mangle]
+pub unsafe extern "C" fn _exit(status: c_int) -> ! {
+    lifecycle::before_abrupt_end();
+    // SAFETY: NEXT_EXIT_ names _exit, of type ExitFn.
+    unsafe { resolve::<ExitFn>(&NEXT_EXIT_)(status) }
+}
+
+/// # Safety
+/// As C's _Exit (the same as _exit).
+#[no_mangle]
+pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
+    lifecycle::before_abrupt_end();
+    // SAFETY: NEXT_EXIT_UPPER names _Exit, of type ExitFn.
+    unsafe { resolve::<ExitFn>(&NEXT_EXIT_UPPER)(status) }
+}
+
+/// # Safety
+/// As C's abort.
+#[no_mangle]
+pub unsafe extern "C" fn abort() -> ! {
+    lifecycle::before_abrupt_end();
+    // SAFETY: NEXT_ABORT names abort, of type AbortFn.
+    unsafe { resolve::<AbortFn>(&NEXT_ABORT)() }
+}
 
 /// # Safety
 /// As C's fork.
