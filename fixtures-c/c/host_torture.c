@@ -1,0 +1,140 @@
+/* host_torture MODE: thread and signal conditions the interposer must survive with exact totals.
+ * Every mode leaks a known number of blocks of a known size from torture_leak (residue_fixtures::
+ * torture mirrors these numbers) and frees everything else.
+ *   keydtor  40 threads; each sets a pthread key (created after the interposer's) whose destructor
+ *            runs after the interposer's own and allocates: it leaks 1 block of 48 bytes and frees
+ *            a block the thread made. Leaks 40 x 48.
+ *   churn    2000 short-lived threads, 8 alive at a time; each makes 3 blocks and leaks 1 of
+ *            64 bytes. Leaks 2000 x 64.
+ *   signal   the main thread mallocs and frees in a loop while a 50 us interval timer's SIGALRM
+ *            handler mallocs and frees too (glibc malloc is not async-signal-safe, but the
+ *            interposer must add no deadlock of its own); then leaks 10 x 32.
+ *   stress32 32 threads, each allocating 20000 blocks of 24 bytes into a shared ring and freeing
+ *            blocks other threads made; what is left in the ring at the end is freed except the
+ *            last 5 slots of each thread's lane. Leaks 32 x 5 x 24. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+void *torture_sink;
+
+__attribute__((noinline)) void *torture_leak(size_t n) {
+    void *p = malloc(n);
+    memset(p, 7, n);
+    return p;
+}
+
+static void keep(void *p) { torture_sink = p; }
+
+/* keydtor */
+static pthread_key_t key;
+static void key_destructor(void *value) {
+    keep(torture_leak(48));
+    free(value);
+}
+static void *keydtor_thread(void *arg) {
+    (void)arg;
+    pthread_setspecific(key, malloc(100));
+    free(malloc(10));
+    return NULL;
+}
+
+/* churn */
+static void *churn_thread(void *arg) {
+    (void)arg;
+    void *a = malloc(16), *b = malloc(200);
+    keep(torture_leak(64));
+    free(a);
+    free(b);
+    return NULL;
+}
+
+/* signal */
+static volatile sig_atomic_t in_handler;
+static void on_alarm(int sig) {
+    (void)sig;
+    in_handler = 1;
+    void *p = malloc(40);
+    *(volatile char *)p = 1;
+    free(p);
+    in_handler = 0;
+}
+
+/* stress32 */
+#define THREADS 32
+#define PER 20000
+#define LANE 64
+static void *volatile ring[THREADS][LANE];
+static void *stress_thread(void *arg) {
+    long me = (long)arg;
+    for (long i = 0; i < PER; i++) {
+        void *p = malloc(24);
+        /* Free whatever another thread left in its lane slot, then leave ours. */
+        long other = (me + 1 + i % (THREADS - 1)) % THREADS;
+        void *q = __atomic_exchange_n(&ring[other][i % LANE], NULL, __ATOMIC_ACQ_REL);
+        free(q);
+        void *old = __atomic_exchange_n(&ring[me][i % LANE], p, __ATOMIC_ACQ_REL);
+        free(old);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (strcmp(mode, "keydtor") == 0) {
+        pthread_key_create(&key, key_destructor);
+        for (int i = 0; i < 40; i++) {
+            pthread_t t;
+            pthread_create(&t, NULL, keydtor_thread, NULL);
+            pthread_join(t, NULL);
+        }
+        return 0;
+    }
+    if (strcmp(mode, "churn") == 0) {
+        for (int i = 0; i < 2000; i += 8) {
+            pthread_t t[8];
+            for (int j = 0; j < 8; j++)
+                pthread_create(&t[j], NULL, churn_thread, NULL);
+            for (int j = 0; j < 8; j++)
+                pthread_join(t[j], NULL);
+        }
+        return 0;
+    }
+    if (strcmp(mode, "signal") == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_alarm;
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGALRM, &sa, NULL);
+        struct itimerval it = {{0, 50}, {0, 50}};
+        setitimer(ITIMER_REAL, &it, NULL);
+        for (int i = 0; i < 300000; i++) {
+            void *p = malloc(1 + i % 300);
+            *(volatile char *)p = 1;
+            free(p);
+        }
+        struct itimerval off = {{0, 0}, {0, 0}};
+        setitimer(ITIMER_REAL, &off, NULL);
+        for (int i = 0; i < 10; i++)
+            keep(torture_leak(32));
+        return 0;
+    }
+    if (strcmp(mode, "stress32") == 0) {
+        pthread_t t[THREADS];
+        for (long i = 0; i < THREADS; i++)
+            pthread_create(&t[i], NULL, stress_thread, (void *)i);
+        for (int i = 0; i < THREADS; i++)
+            pthread_join(t[i], NULL);
+        /* Free everything left, then leak exactly 5 known blocks per lane. */
+        for (int i = 0; i < THREADS; i++)
+            for (int j = 0; j < LANE; j++)
+                free(ring[i][j]);
+        for (int i = 0; i < THREADS * 5; i++)
+            keep(torture_leak(24));
+        return 0;
+    }
+    return 2;
+}

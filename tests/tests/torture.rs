@@ -1,0 +1,39 @@
+//! Threads and signals (issue 7): key destructors that allocate after the interposer's own has
+//! run, thousands of threads that come and go, a signal handler allocating on top of hooks it
+//! interrupted, 32 threads freeing each other's blocks. Each must finish (no hang, no crash)
+//! with exact totals, all attributed to the fixture's leaking function.
+
+use residue_tests::{fixture, fixtures::torture, run, Amount};
+
+fn mode(name: &str) {
+    let (_, count, bytes) = torture::MODES.iter().copied().find(|m| m.0 == name).expect("a known mode");
+    let o = run([fixture("host_torture").as_os_str(), name.as_ref()]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_eq!(o.report.heap("host_torture"), Amount::new(count, count * bytes), "{ctx}");
+    assert_eq!(o.report.libraries().len(), 1, "nothing but the fixture's own leaks\n{ctx}");
+    for s in o.report.stacks("host_torture") {
+        assert_eq!(s.owner_function("host_torture"), Some(torture::FUNCTION), "{s:?}\n{ctx}");
+    }
+}
+
+#[test]
+fn key_destructors_allocating_after_ours_are_recorded() {
+    mode("keydtor");
+}
+
+#[test]
+fn threads_that_come_and_go() {
+    mode("churn");
+}
+
+#[test]
+fn signal_handler_allocating_over_interrupted_hooks() {
+    mode("signal");
+}
+
+#[test]
+fn thirty_two_threads_freeing_each_others_blocks() {
+    mode("stress32");
+}
