@@ -11,11 +11,15 @@ use std::process::Command;
 /// the leaking functions (they are `noinline`), so that the leaking function's frame is on
 /// the stack when the allocator is entered.
 const LIB_FLAGS: &[&str] = &["-g", "-O1", "-fno-optimize-sibling-calls", "-fPIC", "-shared", "-Wall"];
+/// libtail.so exists to be a tail jump: -O2 with sibling calls optimized, as distributions build.
+const TAIL_LIB_FLAGS: &[&str] = &["-g", "-O2", "-fPIC", "-shared", "-Wall"];
 const EXE_FLAGS: &[&str] = &["-g", "-O1", "-fno-optimize-sibling-calls", "-Wall"];
 /// The bench's C workload is measured, not asserted on: built the way a release build would be.
 const BENCH_FLAGS: &[&str] = &["-g", "-O2", "-Wall"];
 
 enum Kind {
+    /// A C library built with TAIL_LIB_FLAGS.
+    TailCallLib,
     Lib,
     /// A C++ library, compiled and linked by g++ (libstdc++).
     CxxLib,
@@ -34,6 +38,7 @@ struct Artifact {
 
 const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "libleaky.so", kind: Kind::Lib, sources: &["c/libleaky.c"], link: &[] },
+    Artifact { out: "host_torture", kind: Kind::Exe, sources: &["c/host_torture.c"], link: &["-pthread"] },
     Artifact { out: "libhandles.so", kind: Kind::Lib, sources: &["c/libhandles.c"], link: &[] },
     Artifact { out: "libhandles_clean.so", kind: Kind::Lib, sources: &["c/libhandles_clean.c"], link: &[] },
     Artifact { out: "host_handles", kind: Kind::Exe, sources: &["c/handles_host.c"], link: &["-lhandles"] },
@@ -45,6 +50,7 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "libbenchwork.so", kind: Kind::Lib, sources: &["../bench/w3_lib.c"], link: &[] },
     Artifact { out: "libcountevents.so", kind: Kind::Lib, sources: &["../bench/count_events.c"], link: &[] },
     Artifact { out: "libcxxleak.so", kind: Kind::CxxLib, sources: &["c/libcxxleak.cpp"], link: &[] },
+    Artifact { out: "libtail.so", kind: Kind::TailCallLib, sources: &["c/libtail.c"], link: &[] },
     Artifact { out: "host_leaky", kind: Kind::Exe, sources: &["c/host_fixture.c"], link: &["-lleaky"] },
     Artifact { out: "host_clean", kind: Kind::Exe, sources: &["c/host_fixture.c"], link: &["-lclean"] },
     Artifact {
@@ -60,6 +66,7 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "host_exit_variants", kind: Kind::Exe, sources: &["c/host_exit_variants.c"], link: &["-pthread"] },
     Artifact { out: "host_cxx", kind: Kind::Exe, sources: &["c/host_cxx.c"], link: &["-lcxxleak"] },
     Artifact { out: "host_live_threads", kind: Kind::Exe, sources: &["c/host_live_threads.c"], link: &["-pthread"] },
+    Artifact { out: "host_exec", kind: Kind::Exe, sources: &["c/host_exec.c"], link: &["-lleaky"] },
     Artifact { out: "host_spawn", kind: Kind::Exe, sources: &["c/host_spawn.c"], link: &[] },
     Artifact { out: "bench_w4", kind: Kind::BenchExe, sources: &["../bench/w4_pairs.c"], link: &[] },
 ];
@@ -79,7 +86,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", manifest.join(h).display());
     }
     // Libraries first: the hosts link against them.
-    let is_lib = |a: &&Artifact| matches!(a.kind, Kind::Lib | Kind::CxxLib);
+    let is_lib = |a: &&Artifact| matches!(a.kind, Kind::Lib | Kind::CxxLib | Kind::TailCallLib);
     for a in ARTIFACTS.iter().filter(is_lib) {
         build(&manifest, &dir, a);
     }
@@ -92,6 +99,7 @@ fn main() {
 fn build(manifest: &Path, dir: &Path, a: &Artifact) {
     let flags = match a.kind {
         Kind::Lib | Kind::CxxLib => LIB_FLAGS,
+        Kind::TailCallLib => TAIL_LIB_FLAGS,
         Kind::Exe => EXE_FLAGS,
         Kind::BenchExe => BENCH_FLAGS,
     };
@@ -105,7 +113,7 @@ fn build(manifest: &Path, dir: &Path, a: &Artifact) {
         println!("cargo:rerun-if-changed={}", src.display());
         cmd.arg(src);
     }
-    if !matches!(a.kind, Kind::Lib | Kind::CxxLib) {
+    if !matches!(a.kind, Kind::Lib | Kind::CxxLib | Kind::TailCallLib) {
         // Hosts find the fixture libraries next to themselves, wherever target/ is.
         cmd.arg(format!("-L{}", dir.display())).arg("-Wl,-rpath,$ORIGIN");
     }

@@ -84,6 +84,10 @@ pub fn host_cxx() -> PathBuf {
 pub fn host_live_threads() -> PathBuf {
     path("host_live_threads")
 }
+/// host_exec PROGRAM [ARGS]: leaks libleaky's table twice, then execs PROGRAM.
+pub fn host_exec() -> PathBuf {
+    path("host_exec")
+}
 /// host_spawn: posix_spawns a shell that prints whether it inherited the RESIDUE_FD stream.
 pub fn host_spawn() -> PathBuf {
     path("host_spawn")
@@ -241,4 +245,11 @@ mod tests {
             assert!(f.exists(), "{} missing", f.display());
         }
     }
+}
+
+/// host_torture (c/host_torture.c): what each mode leaks, all from torture_leak.
+pub mod torture {
+    pub const FUNCTION: &str = "torture_leak";
+    /// (mode, blocks, bytes per block)
+    pub const MODES: [(&str, u64, u64); 4] = [("keydtor", 40, 48), ("churn", 2000, 64), ("signal", 10, 32), ("stress32", 160, 24)];
 }
