@@ -38,6 +38,12 @@ struct Artifact {
 
 const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "libleaky.so", kind: Kind::Lib, sources: &["c/libleaky.c"], link: &[] },
+    Artifact {
+        out: "host_static",
+        kind: Kind::Exe,
+        sources: &["c/host_exit_variants.c"],
+        link: &["-static", "-pthread"],
+    },
     Artifact { out: "host_torture", kind: Kind::Exe, sources: &["c/host_torture.c"], link: &["-pthread"] },
     Artifact { out: "libhandles.so", kind: Kind::Lib, sources: &["c/libhandles.c"], link: &[] },
     Artifact { out: "libhandles_clean.so", kind: Kind::Lib, sources: &["c/libhandles_clean.c"], link: &[] },
