@@ -24,6 +24,8 @@ enum Kind {
     /// A C++ library, compiled and linked by g++ (libstdc++).
     CxxLib,
     Exe,
+    /// A C++ executable, compiled and linked by g++.
+    CxxExe,
     BenchExe,
 }
 
@@ -38,6 +40,7 @@ struct Artifact {
 
 const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "libleaky.so", kind: Kind::Lib, sources: &["c/libleaky.c"], link: &[] },
+    Artifact { out: "host_unwind", kind: Kind::CxxExe, sources: &["c/host_unwind.cc"], link: &["-lffi"] },
     Artifact {
         out: "host_static",
         kind: Kind::Exe,
@@ -106,10 +109,10 @@ fn build(manifest: &Path, dir: &Path, a: &Artifact) {
     let flags = match a.kind {
         Kind::Lib | Kind::CxxLib => LIB_FLAGS,
         Kind::TailCallLib => TAIL_LIB_FLAGS,
-        Kind::Exe => EXE_FLAGS,
+        Kind::Exe | Kind::CxxExe => EXE_FLAGS,
         Kind::BenchExe => BENCH_FLAGS,
     };
-    let compiler = if matches!(a.kind, Kind::CxxLib) { "g++" } else { "gcc" };
+    let compiler = if matches!(a.kind, Kind::CxxLib | Kind::CxxExe) { "g++" } else { "gcc" };
     let mut cmd = Command::new(compiler);
     cmd.args(flags).arg("-o").arg(dir.join(a.out));
     for s in a.sources {

@@ -251,5 +251,16 @@ mod tests {
 pub mod torture {
     pub const FUNCTION: &str = "torture_leak";
     /// (mode, blocks, bytes per block)
-    pub const MODES: [(&str, u64, u64); 4] = [("keydtor", 40, 48), ("churn", 2000, 64), ("signal", 10, 32), ("stress32", 160, 24)];
+    pub const MODES: [(&str, u64, u64); 4] =
+        [("keydtor", 40, 48), ("churn", 2000, 64), ("signal", 10, 32), ("stress32", 160, 24)];
+}
+
+/// host_unwind (c/host_unwind.cc): leaks left behind when control leaves hooked frames by a
+/// C++ throw or a longjmp.
+pub mod unwind {
+    pub const FUNCTION: &str = "unwind_leak";
+    pub const THROWN_BYTES: u64 = 33;
+    pub const AFTER_JUMP_BYTES: u64 = 44;
+    pub const AFTER_JUMP_FUNCTION: &str = "after_jump";
+    pub const JUMPER_FUNCTION: &str = "jumper";
 }

@@ -115,7 +115,11 @@ pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) 
     let mut end = n.min(skip + depth);
     end += python::frames(t, &mut buf[end..end + python::MAX_PY_FRAMES]);
     let foreign = t.foreign.get();
-    if foreign != 0 {
+    // Inside the foreign call, this frame is deeper (lower) than ffi_call's; above it, the call
+    // was left by longjmp and the value is stale.
+    let marker = 0u8;
+    let here = std::hint::black_box(&marker) as *const u8 as u64;
+    if foreign != 0 && here < t.foreign_sp.get() {
         buf[end] = residue_protocol::frame::foreign(foreign);
         end += 1;
     }
