@@ -3,51 +3,72 @@
 //! Batches from different threads arrive out of sequence order, and heap addresses are reused
 //! across threads (A frees X, B mallocs X). The rule that makes that safe (ARCHITECTURE.md):
 //! per image and per `(kind, id)`, the event with the highest sequence number wins. We keep
-//! exactly that latest event per id, so memory grows with the number of distinct ids (for the
-//! heap, roughly the peak number of live blocks, because allocators reuse addresses) and the
+//! exactly that latest event per id, so memory grows with the number of live ids and the
 //! number of distinct stacks, never with the number of events.
 //!
-//! Released ids are kept as tombstones on purpose: dropping them would let a late acquire of an
-//! earlier cycle (seq below the release we already saw) resurrect the id as a false leak.
+//! A release leaves a tombstone while it could still be overtaken: dropping it too early would
+//! let a late acquire of an earlier cycle (seq below the release) resurrect the id as a false
+//! leak. Each image tracks the highest seq below which every seq has arrived ([`SeqWindow`]);
+//! a release at or below it can no longer be overtaken, so its tombstone is dropped (at once,
+//! when batches arrive in order, which is the common case; by a sweep otherwise). If a seq
+//! never arrives, that mark stops and tombstones stay, as before: never a wrong answer.
 
-use std::collections::HashMap;
+use std::cell::OnceCell;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use residue_protocol::{Api, Kind, Record, Segment};
 
-/// FxHash: the ledger hashes millions of integer keys; SipHash's DoS resistance buys nothing
-/// here (the input comes from the target we launched) and costs several times the time.
+/// A multiplicative hasher for integer keys: the ledger hashes millions of them; SipHash's DoS
+/// resistance buys nothing here (the input comes from the target we launched) and costs
+/// several times the time. The 128-bit product is folded so that the high bits (hashbrown's
+/// tag) and the low bits (its bucket index) both depend on every bit of the key: heap
+/// addresses are 16-byte aligned, so a plain `key * K` would leave the low bits zero.
 #[derive(Default, Clone, Copy)]
 pub struct FxHasher(u64);
 
+impl FxHasher {
+    #[inline(always)]
+    fn add(&mut self, i: u64) {
+        let p = u128::from(self.0 ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
+    }
+}
+
 impl Hasher for FxHasher {
+    #[inline(always)]
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.write_u64(u64::from(b));
+            self.add(u64::from(b));
         }
     }
+    #[inline(always)]
     fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
+        self.add(u64::from(i));
     }
+    #[inline(always)]
     fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
+        self.add(u64::from(i));
     }
+    #[inline(always)]
     fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        self.add(i);
     }
+    #[inline(always)]
     fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
+        self.add(i as u64);
     }
 }
 
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
-/// The latest event seen for one `(kind, id)`.
+/// The latest event seen for one `(kind, id)`. 24 bytes: the ledger holds one per live
+/// resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
@@ -61,6 +82,214 @@ pub struct Entry {
     /// For a released entry: an acquire of this id was seen (if not, the resource was acquired
     /// before tracking started or by a path the interposer does not hook).
     pub origin_seen: bool,
+}
+
+/// Entries by `(kind, id)`. Heap blocks, nearly every entry, live in a map keyed by address
+/// alone (8-byte keys, one hash round); the other kinds share a second map.
+#[derive(Debug, Default)]
+pub struct Entries {
+    heap: FxMap<u64, Entry>,
+    other: FxMap<(Kind, u64), Entry>,
+}
+
+impl Entries {
+    pub fn get(&self, key: &(Kind, u64)) -> Option<&Entry> {
+        if key.0 == Kind::HEAP {
+            self.heap.get(&key.1)
+        } else {
+            self.other.get(key)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len() + self.other.len()
+    }
+
+    /// Used by tests (and `len` needs a twin for clippy).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = ((Kind, u64), &Entry)> {
+        self.heap.iter().map(|(&id, e)| ((Kind::HEAP, id), e)).chain(self.other.iter().map(|(&k, e)| (k, e)))
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        self.heap.retain(|_, e| keep(e));
+        self.other.retain(|_, e| keep(e));
+    }
+}
+
+impl std::ops::Index<&(Kind, u64)> for Entries {
+    type Output = Entry;
+    fn index(&self, key: &(Kind, u64)) -> &Entry {
+        self.get(key).expect("no entry for this (kind, id)")
+    }
+}
+
+/// Which seqs of an image have arrived: `done` (every seq in `1..=done` has) and a bitmap of
+/// the ones above it, starting at seq `base`. Seqs are numbered densely by the interposer, so
+/// `done` follows the stream closely and the bitmap spans only the batches in flight.
+#[derive(Debug, Default, Clone)]
+pub struct SeqWindow {
+    done: u64,
+    base: u64,
+    words: VecDeque<u64>,
+    /// A seq went missing for longer than the bitmap may grow: `done` stays where it is for
+    /// good (tombstones are then kept, which is always correct).
+    stalled: bool,
+}
+
+/// Bitmap limit: 2^24 seqs (2 MiB), seconds of events at full speed.
+const MAX_WINDOW_WORDS: u64 = 1 << 18;
+
+impl SeqWindow {
+    #[inline]
+    fn mark(&mut self, s: u64) {
+        if s == self.done.wrapping_add(1) && self.words.is_empty() {
+            self.done = s;
+            return;
+        }
+        if s <= self.done || self.stalled {
+            return;
+        }
+        if self.words.is_empty() {
+            self.base = self.done + 1;
+        }
+        let idx = s - self.base;
+        if idx / 64 >= MAX_WINDOW_WORDS {
+            self.stall();
+            return;
+        }
+        let w = (idx / 64) as usize;
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        self.words[w] |= 1 << (idx % 64);
+        // Invariant while words is non-empty: base <= done + 1 < base + 64.
+        while let Some(&front) = self.words.front() {
+            let off = self.done + 1 - self.base;
+            let run = u64::from((front >> off).trailing_ones()).min(64 - off);
+            self.done += run;
+            if off + run < 64 {
+                break;
+            }
+            self.words.pop_front();
+            self.base += 64;
+        }
+    }
+
+    fn stall(&mut self) {
+        self.stalled = true;
+        self.words = VecDeque::new();
+    }
+}
+
+/// Seqs that arrived while an image was tentative (after an `Exec`): whose seq space they are
+/// in is known only later, so they are replayed into the right [`SeqWindow`] then.
+#[derive(Debug, Default)]
+pub struct Pending {
+    seqs: Vec<u64>,
+    overflowed: bool,
+}
+
+/// Seqs kept for replay; beyond that, the image they end up in stops dropping tombstones.
+const MAX_PENDING_SEQS: usize = 1 << 16;
+
+impl Pending {
+    fn replay_into(self, w: &mut SeqWindow) {
+        if self.overflowed {
+            w.stall();
+        }
+        for s in self.seqs {
+            w.mark(s);
+        }
+    }
+}
+
+/// The distinct stacks of an image, compact: each stack is a run of varint indices into a
+/// table of distinct frame values (thousands of distinct values make up millions of frames),
+/// about 2 bytes a frame instead of 8. A stack is expanded only when the report asks for it,
+/// and only the stacks of unreleased resources ever are.
+#[derive(Debug, Default)]
+pub struct StackStore {
+    values: Vec<u64>,
+    value_index: FxMap<u64, u32>,
+    bytes: Vec<u8>,
+    by_id: FxMap<u32, StoredStack>,
+}
+
+#[derive(Debug)]
+struct StoredStack {
+    at: usize,
+    expanded: OnceCell<Box<[u64]>>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a varint this module wrote (trusted input: never past the end, never over 64 bits).
+fn get_varint(b: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = b[*pos];
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+impl StackStore {
+    /// Stores stack `id` (a repeated id replaces the earlier stack, as a map insert would).
+    pub fn insert(&mut self, id: u32, frames: &[u64]) {
+        let at = self.bytes.len();
+        put_varint(&mut self.bytes, frames.len() as u64);
+        for &f in frames {
+            let next = self.values.len() as u32;
+            let i = *self.value_index.entry(f).or_insert(next);
+            if i == next {
+                self.values.push(f);
+            }
+            put_varint(&mut self.bytes, u64::from(i));
+        }
+        self.by_id.insert(id, StoredStack { at, expanded: OnceCell::new() });
+    }
+
+    /// The frames of stack `id`, expanded on first use.
+    pub fn get(&self, id: &u32) -> Option<&[u64]> {
+        let s = self.by_id.get(id)?;
+        Some(s.expanded.get_or_init(|| self.expand(s.at)))
+    }
+
+    fn expand(&self, mut pos: usize) -> Box<[u64]> {
+        let n = get_varint(&self.bytes, &mut pos) as usize;
+        (0..n).map(|_| self.values[get_varint(&self.bytes, &mut pos) as usize]).collect()
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.bytes.shrink_to_fit();
+        self.values.shrink_to_fit();
+        // Only report-time lookups remain, and those go by stack id.
+        self.value_index = FxMap::default();
+    }
+
+    /// Adds every stack of `other` (replacing stacks of the same id).
+    pub fn extend(&mut self, other: StackStore) {
+        for (&id, s) in &other.by_id {
+            let frames = other.expand(s.at);
+            self.insert(id, &frames);
+        }
+    }
 }
 
 /// A module (executable or shared library) of an image.
@@ -102,8 +331,14 @@ pub struct Image {
     pub exec_path: Option<String>,
     /// Children forked by this image (not followed).
     pub forks: Vec<u32>,
-    pub entries: FxMap<(Kind, u64), Entry>,
-    pub stacks: FxMap<u32, Box<[u64]>>,
+    pub entries: Entries,
+    pub stacks: StackStore,
+    /// Which of this image's seqs have arrived (decides when tombstones can go).
+    pub seqs: SeqWindow,
+    /// While tentative: the seqs seen, for the image they turn out to belong to.
+    pub pending: Pending,
+    /// Sweep tombstones when the entries reach this many.
+    pub sweep_at: usize,
     pub modules: Vec<Module>,
     /// Live entries when this image was replaced by exec (its ledger is then dropped).
     pub live_at_exec: Option<u64>,
@@ -125,55 +360,119 @@ pub struct Image {
     pub tentative: bool,
 }
 
+/// Entries below this many are never swept.
+const MIN_SWEEP: usize = 1 << 16;
+
+/// A released entry whose release is at or below `done`: every earlier event of any id has
+/// arrived, so nothing can overtake it and any later event of its id replaces it anyway.
+/// Releases of unseen origin stay: they are counted at report time (and are rare).
+#[inline(always)]
+fn droppable(e: &Entry, done: u64) -> bool {
+    !e.live && e.origin_seen && e.seq <= done
+}
+
+/// "Highest seq wins" for one event in one map; true if the map grew.
+#[inline(always)]
+fn apply_event<K: Hash + Eq>(
+    map: &mut FxMap<K, Entry>,
+    key: K,
+    new: Entry,
+    done: u64,
+    descriptions: &mut FxMap<u64, String>,
+) -> bool {
+    use std::collections::hash_map::Entry as Slot;
+    match map.entry(key) {
+        Slot::Vacant(v) => {
+            // A release with nothing before it: origin unseen, kept (see `droppable`).
+            v.insert(new);
+            true
+        }
+        Slot::Occupied(mut o) => {
+            let old = o.get_mut();
+            if new.seq > old.seq {
+                if old.live && !descriptions.is_empty() {
+                    descriptions.remove(&old.seq);
+                }
+                // A release that follows an acquire we saw (or a release we already counted
+                // as unseen whose acquire is seen later) has a known origin.
+                let origin_seen = !new.live && (old.live || old.origin_seen);
+                *old = Entry { origin_seen: origin_seen || new.live, ..new };
+            } else if new.live && !old.live {
+                // An older acquire arriving late: the release we hold now has its origin.
+                old.origin_seen = true;
+            }
+            if droppable(old, done) {
+                o.remove();
+            }
+            false
+        }
+    }
+}
+
 impl Image {
     /// This image was replaced by exec: its address space is gone, so drop its ledger and
     /// keep a summary.
     fn retire(&mut self) {
         self.live_at_exec = Some(self.live().count() as u64);
-        self.entries = FxMap::default();
-        self.stacks = FxMap::default();
+        self.entries = Entries::default();
+        self.stacks = StackStore::default();
+        self.seqs = SeqWindow::default();
+        self.pending = Pending::default();
         self.modules = Vec::new();
         self.descriptions = FxMap::default();
         self.codes = FxMap::default();
         self.open_at_exit = Vec::new();
     }
 
-    /// Applies "highest seq wins" to one acquire or release.
-    fn event(&mut self, kind: Kind, id: u64, new: Entry) {
-        use std::collections::hash_map::Entry as Slot;
-        match self.entries.entry((kind, id)) {
-            Slot::Vacant(v) => {
-                v.insert(new);
+    /// Notes that an event with seq `s` arrived.
+    #[inline]
+    fn arrived(&mut self, s: u64) {
+        if self.tentative {
+            if self.pending.seqs.len() < MAX_PENDING_SEQS {
+                self.pending.seqs.push(s);
+            } else {
+                self.pending.overflowed = true;
             }
-            Slot::Occupied(mut o) => {
-                let old = o.get_mut();
-                if new.seq > old.seq {
-                    if old.live {
-                        self.descriptions.remove(&old.seq);
-                    }
-                    // A release that follows an acquire we saw (or a release we already counted
-                    // as unseen whose acquire is seen later) has a known origin.
-                    let origin_seen = !new.live && (old.live || old.origin_seen);
-                    *old = Entry { origin_seen: origin_seen || new.live, ..new };
-                } else if new.live && !old.live {
-                    // An older acquire arriving late: the release we hold now has its origin.
-                    old.origin_seen = true;
-                }
-            }
+        } else {
+            self.seqs.mark(s);
         }
+    }
+
+    /// Applies "highest seq wins" to one acquire or release.
+    #[inline]
+    fn event(&mut self, kind: Kind, id: u64, new: Entry) {
+        // A tentative image's seqs are not in its window (see `arrived`): `done` stays 0 there,
+        // so nothing is dropped until we know which image it is.
+        let done = self.seqs.done;
+        let grew = if kind == Kind::HEAP {
+            apply_event(&mut self.entries.heap, id, new, done, &mut self.descriptions)
+        } else {
+            apply_event(&mut self.entries.other, (kind, id), new, done, &mut self.descriptions)
+        };
+        if grew && self.entries.len() >= self.sweep_at.max(MIN_SWEEP) {
+            self.sweep();
+        }
+    }
+
+    /// Drops the tombstones that can no longer be overtaken (see the module comment). Run when
+    /// the entries doubled since the last sweep, so each entry costs O(1) sweeping on average.
+    fn sweep(&mut self) {
+        let done = self.seqs.done;
+        self.entries.retain(|e| !droppable(e, done));
+        self.sweep_at = (2 * self.entries.len()).max(MIN_SWEEP);
     }
 
     /// Live resources of this image: `(kind, id, entry)`.
     pub fn live(&self) -> impl Iterator<Item = (Kind, u64, &Entry)> {
-        self.entries.iter().filter(|(_, e)| e.live).map(|(&(k, id), e)| (k, id, e))
+        self.entries.iter().filter(|(_, e)| e.live).map(|((k, id), e)| (k, id, e))
     }
 
     /// Releases whose acquire was never seen, per kind.
     pub fn released_origin_unseen(&self) -> Vec<(Kind, u64)> {
         let mut per: FxMap<Kind, u64> = FxMap::default();
-        for ((kind, _), e) in &self.entries {
+        for ((kind, _), e) in self.entries.iter() {
             if !e.live && !e.origin_seen {
-                *per.entry(*kind).or_default() += 1;
+                *per.entry(kind).or_default() += 1;
             }
         }
         let mut v: Vec<_> = per.into_iter().collect();
@@ -270,8 +569,10 @@ impl Ledger {
         }
         let t = self.images.pop().expect("checked");
         let prev = self.images.last_mut().expect("checked");
-        for ((kind, id), e) in t.entries {
-            prev.event(kind, id, e);
+        // The tentative records were this image's: so were their seqs.
+        t.pending.replay_into(&mut prev.seqs);
+        for ((kind, id), e) in t.entries.iter() {
+            prev.event(kind, id, *e);
         }
         prev.stacks.extend(t.stacks);
         prev.descriptions.extend(t.descriptions);
@@ -300,6 +601,14 @@ impl Ledger {
                 self.images.push(Image { pid, exe, exec: true, untracked: true, ..Image::default() });
             }
         }
+        // Nothing more arrives: give back what only matching needed (tombstones, the map's
+        // room to grow) before the report symbolizes, which needs memory of its own.
+        if let Some(img) = self.images.last_mut() {
+            img.sweep();
+            img.entries.heap.shrink_to_fit();
+            img.entries.other.shrink_to_fit();
+            img.stacks.shrink_to_fit();
+        }
     }
 
     /// The image whose leaks are reported: the last one.
@@ -310,6 +619,36 @@ impl Ledger {
     /// The final image ended cleanly: nothing it recorded is missing.
     pub fn complete(&self) -> bool {
         self.final_image().is_some_and(|i| i.exited && !i.tentative)
+    }
+
+    /// A `Batch` record: a thread's run of events starts (the records after it go to the
+    /// current image, which may have to be created).
+    #[inline]
+    pub fn batch(&mut self) {
+        self.current();
+    }
+
+    /// An `Acquire` record, without building a [`Record`] (the stream's hot path).
+    #[inline]
+    pub fn acquire(&mut self, seq: u64, kind: Kind, api: Api, id: u64, size: u64, stack: u32) {
+        let img = self.current();
+        img.acquires += 1;
+        img.arrived(seq);
+        img.event(kind, id, Entry { seq, size, stack, api, live: true, origin_seen: true });
+    }
+
+    /// A `Release` record, without building a [`Record`].
+    #[inline]
+    pub fn release(&mut self, seq: u64, kind: Kind, api: Api, id: u64) {
+        let img = self.current();
+        img.releases += 1;
+        img.arrived(seq);
+        img.event(kind, id, Entry { seq, size: 0, stack: 0, api, live: false, origin_seen: false });
+    }
+
+    /// A `Stack` record.
+    pub fn stack(&mut self, id: u32, frames: &[u64]) {
+        self.current().stacks.insert(id, frames);
     }
 
     pub fn apply(&mut self, record: Record) {
@@ -326,6 +665,11 @@ impl Ledger {
                     let early = std::mem::replace(cur, start);
                     cur.entries = early.entries;
                     cur.stacks = early.stacks;
+                    // A placeholder's seqs are this image's already; a tentative image's are
+                    // this image's too, now that its ImageStart says it is a new image.
+                    cur.seqs = early.seqs;
+                    early.pending.replay_into(&mut cur.seqs);
+                    cur.sweep_at = early.sweep_at;
                     cur.descriptions = early.descriptions;
                     cur.codes = early.codes;
                     cur.open_at_exit = early.open_at_exit;
@@ -346,47 +690,47 @@ impl Ledger {
                     self.images.push(start);
                 }
             }
-            Record::Batch { .. } => {
-                self.current();
-            }
+            Record::Batch { .. } => self.batch(),
             Record::Module { id, base, path, build_id, segments } => {
                 self.current().add_module(id, base, path, build_id, segments)
             }
-            Record::ModuleUnload { id, .. } => {
-                if let Some(m) = self.current().modules.iter_mut().rev().find(|m| m.id == id) {
+            Record::ModuleUnload { seq, id } => {
+                let img = self.current();
+                img.arrived(seq);
+                if let Some(m) = img.modules.iter_mut().rev().find(|m| m.id == id) {
                     m.unloaded = true;
                 }
             }
-            Record::Stack { id, frames } => {
-                self.current().stacks.insert(id, frames.into_boxed_slice());
-            }
-            Record::Acquire { seq, kind, api, id, size, stack } => {
+            Record::Stack { id, frames } => self.stack(id, &frames),
+            Record::Acquire { seq, kind, api, id, size, stack } => self.acquire(seq, kind, api, id, size, stack),
+            Record::Release { seq, kind, api, id } => self.release(seq, kind, api, id),
+            Record::Fork { seq, child } => {
                 let img = self.current();
-                img.acquires += 1;
-                img.event(kind, id, Entry { seq, size, stack, api, live: true, origin_seen: true });
+                img.arrived(seq);
+                img.forks.push(child);
             }
-            Record::Release { seq, kind, api, id } => {
-                let img = self.current();
-                img.releases += 1;
-                img.event(kind, id, Entry { seq, size: 0, stack: 0, api, live: false, origin_seen: false });
-            }
-            Record::Fork { child, .. } => self.current().forks.push(child),
-            Record::Exec { path, .. } => {
+            Record::Exec { seq, path } => {
                 // A second exec attempt: the first failed, and what followed it was ours.
                 self.merge_tentative();
                 self.after_exec = false;
-                self.current().exec_path = Some(path);
+                let img = self.current();
+                img.arrived(seq);
+                img.exec_path = Some(path);
                 self.after_exec = true;
             }
-            Record::ImageExit { .. } => {
+            Record::ImageExit { seq } => {
                 // While tentative, this is either the new image's exit (its ImageStart still
                 // queued behind) or the old image's after a failed exec: the next ImageStart,
                 // Exec or the end of input decides, and carries `exited` along.
-                self.current().exited = true;
+                let img = self.current();
+                img.arrived(seq);
+                img.exited = true;
             }
             Record::Notice { text } => self.notices.push(text),
-            Record::OpenAtExit { seq: _, kind, id, text } => {
-                self.current().open_at_exit.push((kind, id, text));
+            Record::OpenAtExit { seq, kind, id, text } => {
+                let img = self.current();
+                img.arrived(seq);
+                img.open_at_exit.push((kind, id, text));
             }
             Record::Code { id, first_line, filename, name } => {
                 self.current().codes.insert(id, Code { first_line, filename, name });
@@ -451,6 +795,62 @@ mod tests {
             assert!(live_ids(&l).is_empty(), "order {order:?}");
             assert!(l.final_image().unwrap().released_origin_unseen().is_empty(), "order {order:?}");
         });
+    }
+
+    /// Tombstones go once every earlier seq has arrived, whatever order the batches came in;
+    /// the answer is the same as keeping them all.
+    #[test]
+    fn tombstones_drop_once_no_earlier_seq_can_arrive() {
+        // Two threads, dense seqs 1..=12. Thread 1: X acquired, released; thread 2 reuses X and
+        // keeps it; Y cycles twice on thread 1, and Z is acquired by thread 2 and kept.
+        let t1 = vec![Record::Batch { tid: 1 }, acq(1, 0x10, 8), acq(2, 0x20, 8), rel(3, 0x10), rel(5, 0x20)];
+        let t2 = vec![Record::Batch { tid: 2 }, acq(4, 0x10, 16), acq(6, 0x30, 8)];
+        let t1b = vec![Record::Batch { tid: 1 }, acq(7, 0x20, 8), rel(8, 0x20)];
+        let t2b = vec![Record::Batch { tid: 2 }, acq(9, 0x40, 8), rel(10, 0x40), acq(11, 0x50, 1), rel(12, 0x50)];
+        let batches = [t1, t2, t1b, t2b];
+        let mut idx: Vec<usize> = (0..batches.len()).collect();
+        let mut orders = 0;
+        permute(&mut idx, 0, &mut |order| {
+            let l = ledger(order.iter().flat_map(|&i| batches[i].clone()).collect());
+            let img = l.final_image().unwrap();
+            assert_eq!(live_ids(&l), vec![(0x10, 4), (0x30, 6)], "order {order:?}");
+            assert_eq!(img.seqs.done, 12, "order {order:?}");
+            assert!(img.released_origin_unseen().is_empty(), "order {order:?}");
+            // Released entries are gone: touched ones at once, the rest by the final sweep.
+            let mut l = l;
+            l.finish();
+            assert_eq!(l.final_image().unwrap().entries.len(), 2, "order {order:?}");
+            orders += 1;
+        });
+        assert_eq!(orders, 24);
+
+        // In order, a release is dropped as it arrives: the ledger never holds a tombstone.
+        let mut l = ledger(vec![]);
+        for i in 0..1000u64 {
+            l.apply(acq(2 * i + 1, 0x1000 + 16 * (i % 7), 8));
+            l.apply(rel(2 * i + 2, 0x1000 + 16 * (i % 7)));
+            assert!(l.final_image().unwrap().entries.is_empty());
+        }
+    }
+
+    /// A seq that never arrives stops the drops: the release after the gap stays a tombstone,
+    /// so an acquire of an earlier cycle arriving late cannot resurrect the id.
+    #[test]
+    fn a_missing_seq_keeps_tombstones() {
+        let mut l = ledger(vec![acq(1, 0x10, 8), rel(2, 0x10), acq(4, 0x10, 8), rel(5, 0x10)]);
+        assert_eq!(l.final_image().unwrap().seqs.done, 2);
+        assert_eq!(l.final_image().unwrap().entries.len(), 1, "release 5 may still be overtaken");
+        l.apply(acq(3, 0x10, 8)); // late, from before the release at 5
+        assert!(live_ids(&l).is_empty());
+        assert_eq!(l.final_image().unwrap().seqs.done, 5);
+        // Far out of order: the window grows, then catches up.
+        let mut l = ledger(vec![]);
+        for s in (2..=5000u64).rev() {
+            l.apply(Record::Fork { seq: s, child: 1 });
+        }
+        assert_eq!(l.final_image().unwrap().seqs.done, 0);
+        l.apply(Record::Fork { seq: 1, child: 1 });
+        assert_eq!(l.final_image().unwrap().seqs.done, 5000);
     }
 
     fn permute(v: &mut Vec<usize>, k: usize, f: &mut dyn FnMut(&[usize])) {

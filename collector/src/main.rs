@@ -1,9 +1,11 @@
 //! `residue`: run a program under the interposer and report which native library left what
 //! behind, or report from a saved trace.
 
+mod check;
 mod error;
 mod launch;
 mod ledger;
+mod noise;
 mod owner;
 mod report;
 mod stream;
@@ -51,9 +53,14 @@ enum Cmd {
         /// Deepest native stack to capture.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
         depth: u32,
-        /// Show every library, stack and frame instead of the top ones.
+        /// Show every library, stack and frame instead of the top ones, the Python interpreter's
+        /// and the loader's residue included.
         #[arg(long)]
         all: bool,
+        /// Set PYTHONMALLOC=malloc for the target, so that CPython's small objects (512 bytes or
+        /// less, otherwise served by pymalloc from its own arenas) are seen one by one.
+        #[arg(long)]
+        python_malloc: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         cmd: Vec<OsString>,
@@ -64,10 +71,15 @@ enum Cmd {
         /// Also write the report as JSON here (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Show every library, stack and frame instead of the top ones.
+        /// Show every library, stack and frame instead of the top ones, the Python interpreter's
+        /// and the loader's residue included.
         #[arg(long)]
         all: bool,
     },
+    /// Run CMD under the interposer and pass or fail it on what it left behind (for CI).
+    Check(check::cli::CheckArgs),
+    /// Show the built-in suppressions of `residue check`.
+    Suppressions(check::cli::SuppressionsArgs),
     /// Print every record of a trace, one per line (for debugging residue itself).
     #[command(hide = true)]
     Dump { trace: PathBuf },
@@ -76,8 +88,17 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run { output, json, depth, all, cmd } => run(&cmd, output.as_deref(), json.as_deref(), depth, all),
+        Cmd::Run { output, json, depth, all, python_malloc, cmd } => {
+            if python_malloc {
+                // Before any thread exists (set_var is unsound next to threads reading the
+                // environment); the target inherits it through launch::spawn.
+                std::env::set_var("PYTHONMALLOC", "malloc");
+            }
+            run(&cmd, output.as_deref(), json.as_deref(), depth, all)
+        }
         Cmd::Report { trace, json, all } => report_file(&trace, json.as_deref(), all),
+        Cmd::Check(a) => check::cli::run(a),
+        Cmd::Suppressions(a) => check::cli::suppressions(a),
         Cmd::Dump { trace } => dump(&trace),
     };
     match result {
@@ -179,7 +200,11 @@ fn run(argv: &[OsString], output: Option<&Path>, json: Option<&Path>, depth: u32
         write_json(&r, json);
         return Ok(status);
     }
-    let r = report::build(&state.ledger, &info, problems);
+    let mut r = report::build(&state.ledger, &info, problems);
+    r.run_environment(std::env::var_os("PYTHONMALLOC").as_deref());
+    if all {
+        r.show_all();
+    }
     out(&mut std::io::stderr(), &report::text::render(&r, limits(all)));
     write_json(&r, json);
     Ok(status)
@@ -232,7 +257,10 @@ fn load_trace(trace: &Path) -> Result<(report::Report, Option<String>)> {
 /// was decoded (marked incomplete), then the decoder's sentence on stderr and exit status 1,
 /// so scripts notice the damage.
 fn report_file(trace: &Path, json: Option<&Path>, all: bool) -> Result<i32> {
-    let (r, truncated) = load_trace(trace)?;
+    let (mut r, truncated) = load_trace(trace)?;
+    if all {
+        r.show_all();
+    }
     out(&mut std::io::stdout(), &report::text::render(&r, limits(all)));
     if let Some(j) = json {
         report::json::write(&r, j)?;

@@ -12,6 +12,37 @@ pub fn is_machinery(module: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p)) || name == "ld.so"
 }
 
+/// CPython's memory API: functions that allocate for their caller. Names as symbolized (the
+/// outermost function of a frame's inline chain), 3.8 to 3.13; the pymalloc internals that
+/// allocate arenas are not among them (an arena is shared, not its trigger's).
+pub fn is_python_allocator(function: &str) -> bool {
+    const NAMES: [&str; 22] = [
+        "_PyMem_DebugRawAlloc",
+        "PyMem_Malloc",
+        "PyMem_Calloc",
+        "PyMem_Realloc",
+        "PyMem_RawMalloc",
+        "PyMem_RawCalloc",
+        "PyMem_RawRealloc",
+        "_PyMem_RawMalloc",
+        "_PyMem_RawCalloc",
+        "_PyMem_RawRealloc",
+        "PyObject_Malloc",
+        "PyObject_Calloc",
+        "PyObject_Realloc",
+        "_PyObject_Malloc",
+        "_PyObject_Calloc",
+        "_PyObject_Realloc",
+        "_PyMem_DebugMalloc",
+        "_PyMem_DebugCalloc",
+        "_PyMem_DebugRealloc",
+        "_PyMem_DebugRawMalloc",
+        "_PyMem_DebugRawCalloc",
+        "_PyMem_DebugRawRealloc",
+    ];
+    NAMES.contains(&function)
+}
+
 /// The interposer's own frames are never shown: they are the same in every stack.
 pub fn is_interposer(module: &str) -> bool {
     Path::new(module).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libresidue"))

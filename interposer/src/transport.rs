@@ -5,8 +5,16 @@
 //! handed to the writer through a bounded channel: when the collector is slow, the channel
 //! fills and the sending thread waits (backpressure; nothing is dropped). The writer also
 //! *steals* partly filled chunks from idle threads every tick, and from every thread at exec and
-//! exit, which is why a slot has a lock: the owner takes it (uncontended) around each event, the
-//! writer around a steal. No lock is ever held while sending or writing.
+//! exit, which is why a slot has a lock: the writer takes it around a steal, the owner around a
+//! chunk change. No lock is ever held while sending or writing.
+//!
+//! The owner encodes an event without the lock (a locked instruction costs about as much as the
+//! rest of recording a free): it raises the slot's `active` flag, loads the chunk and writes.
+//! A stealer takes the chunk away under the lock, then runs `membarrier` (a full barrier on
+//! every running thread of the process) and waits for `active` to drop: after that barrier,
+//! either the stealer sees the owner's `active`, or the owner sees the chunk gone (an
+//! asymmetric Dekker handshake: the cost of the barrier is on the rare side). Where the kernel
+//! lacks `membarrier`, and on slots shared by several threads, the owner takes the lock.
 //!
 //! Writes never raise SIGPIPE in the host: the writer thread blocks the signal, and a direct
 //! write from another thread (when there is no writer any more) blocks it for the call and
@@ -15,7 +23,7 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -38,7 +46,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 #[repr(C)]
 pub struct Chunk {
-    len: usize,
+    /// Written by the owner, read by a stealer deciding whether a chunk is worth taking.
+    len: AtomicUsize,
     enc: Encoder,
     data: [u8; CHUNK_DATA],
 }
@@ -67,11 +76,27 @@ static WRITER_ALIVE: AtomicBool = AtomicBool::new(false);
 static OUT_FD: AtomicI32 = AtomicI32::new(-1);
 static DEAD: AtomicBool = AtomicBool::new(false);
 static WRITE_LOCK: SpinLock = SpinLock::new();
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` works here: owners encode without the lock.
+static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 
-/// One thread's current chunk. `lock` is held by the owner while it encodes an event and by
-/// the writer while it steals the chunk.
+// linux/membarrier.h
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+fn membarrier(cmd: libc::c_long) -> bool {
+    // SAFETY: membarrier takes integer arguments only and touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long, 0 as libc::c_long) == 0 }
+}
+
+/// One thread's current chunk. `lock` is held by a stealer while it takes the chunk, and by
+/// the owner while it changes chunks (or, on a shared slot, encodes).
 pub struct Slot {
     lock: SpinLock,
+    /// The owner is encoding into the chunk it loaded without the lock.
+    active: AtomicBool,
+    /// Several threads use this slot (more threads than slots): all of them take the lock.
+    /// Never cleared.
+    shared: AtomicBool,
     in_use: AtomicBool,
     chunk: AtomicPtr<Chunk>,
     tid: AtomicU32,
@@ -80,6 +105,8 @@ pub struct Slot {
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_SLOT: Slot = Slot {
     lock: SpinLock::new(),
+    active: AtomicBool::new(false),
+    shared: AtomicBool::new(false),
     in_use: AtomicBool::new(false),
     chunk: AtomicPtr::new(ptr::null_mut()),
     tid: AtomicU32::new(0),
@@ -99,8 +126,8 @@ fn new_chunk(tid: u32) -> Option<NonNull<Chunk>> {
     })?;
     // SAFETY: p is a chunk we own exclusively (fresh, or taken from the pool).
     let c = unsafe { &mut *p.as_ptr() };
-    c.len = 0;
-    c.len = c.enc.batch(&mut c.data, 0, tid);
+    let len = c.enc.batch(&mut c.data, 0, tid);
+    c.len.store(len, Ordering::Relaxed);
     Some(p)
 }
 
@@ -114,10 +141,14 @@ fn recycle(p: NonNull<Chunk>) {
 }
 
 /// Bytes of events in a chunk beyond its batch header (a chunk with only a header is empty).
-fn has_events(c: &Chunk) -> bool {
+/// Reads only `len`, through a raw pointer: the owner may be writing the other fields.
+fn has_events(c: *const Chunk) -> bool {
     let mut e = Encoder::default();
     let mut hdr = [0u8; MAX_SMALL_RECORD];
-    c.len > e.batch(&mut hdr, 0, 0) + 4
+    // SAFETY: c points to a live chunk; `len` is atomic and no reference to the whole chunk is
+    // formed.
+    let len = unsafe { &(*c).len }.load(Ordering::Relaxed);
+    len > e.batch(&mut hdr, 0, 0) + 4
 }
 
 /// Sets up the channel and starts the writer thread. Called once, from the constructor.
@@ -133,6 +164,7 @@ pub fn start(fd: i32) -> bool {
     if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
         THREAD_KEY.store(key, Ordering::Relaxed);
     }
+    ASYMMETRIC.store(membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED), Ordering::Relaxed);
     WRITER_ALIVE.store(true, Ordering::Release);
     if !spawn_writer(rx) {
         WRITER_ALIVE.store(false, Ordering::Release);
@@ -283,15 +315,39 @@ pub fn emit(t: &Thread, need: usize, f: impl FnOnce(&mut Encoder, &mut [u8], usi
     }
     let Some(slot) = slot_of(t) else { return };
     let mut f = Some(f);
+    if ASYMMETRIC.load(Ordering::Relaxed) {
+        slot.active.store(true, Ordering::Relaxed);
+        // Keeps the compiler from moving the loads below above the store; the CPU is kept from
+        // it by the stealer's membarrier (see the module comment).
+        compiler_fence(Ordering::SeqCst);
+        let c = slot.chunk.load(Ordering::Relaxed);
+        if !c.is_null() && !slot.shared.load(Ordering::Relaxed) {
+            // SAFETY: `active` is up and the chunk was in the slot after it rose: a stealer
+            // that takes it waits for `active` to drop before touching it, so until then the
+            // chunk is ours. Fields are borrowed separately: a stealer may read `len`.
+            let (len, enc, data) = unsafe { (&(*c).len, &mut (*c).enc, &mut (*c).data) };
+            let at = len.load(Ordering::Relaxed);
+            if at + need <= CHUNK_DATA {
+                if let Some(f) = f.take() {
+                    len.store(f(enc, data, at), Ordering::Relaxed);
+                }
+                slot.active.store(false, Ordering::Release);
+                return;
+            }
+        }
+        slot.active.store(false, Ordering::Release);
+    }
     loop {
         slot.lock.lock();
         let c = slot.chunk.load(Ordering::Relaxed);
-        if let Some(mut p) = NonNull::new(c) {
-            // SAFETY: the slot's lock is held, so the chunk it holds is ours until we unlock.
-            let chunk = unsafe { p.as_mut() };
-            if chunk.len + need <= CHUNK_DATA {
+        if !c.is_null() {
+            // SAFETY: the slot's lock is held and only the owner (us, or on a shared slot
+            // whoever holds the lock) writes without it, so the chunk is ours until we unlock.
+            let (len, enc, data) = unsafe { (&(*c).len, &mut (*c).enc, &mut (*c).data) };
+            let at = len.load(Ordering::Relaxed);
+            if at + need <= CHUNK_DATA {
                 if let Some(f) = f.take() {
-                    chunk.len = f(&mut chunk.enc, &mut chunk.data, chunk.len);
+                    len.store(f(enc, data, at), Ordering::Relaxed);
                 }
                 slot.lock.unlock();
                 return;
@@ -333,7 +389,11 @@ fn slot_of(t: &Thread) -> Option<&'static Slot> {
     }
     let slot = chosen.unwrap_or_else(|| {
         t.shared.set(true);
-        &SLOT_TABLE[start]
+        let slot = &SLOT_TABLE[start];
+        // Its owner may be encoding without the lock: from now on it takes the lock too.
+        slot.shared.store(true, Ordering::Relaxed);
+        quiesce(&[slot]);
+        slot
     });
     slot.tid.store(tid, Ordering::Relaxed);
     t.slot.set(slot as *const Slot as *mut Slot);
@@ -398,32 +458,72 @@ fn send_msg(mut msg: Msg) -> Result<(), Msg> {
 }
 
 fn write_chunk(c: NonNull<Chunk>) {
-    // SAFETY: we own c.
-    let chunk = unsafe { c.as_ref() };
-    if has_events(chunk) {
-        write_out(&chunk.data[..chunk.len]);
+    if has_events(c.as_ptr()) {
+        // SAFETY: we own c.
+        let chunk = unsafe { c.as_ref() };
+        write_out(&chunk.data[..chunk.len.load(Ordering::Relaxed)]);
     }
     recycle(c);
 }
 
+/// Waits until no owner of `slots` can still be encoding into a chunk taken from it: the
+/// stealer's half of the handshake in the module comment.
+fn quiesce(slots: &[&Slot]) {
+    if slots.is_empty() || !ASYMMETRIC.load(Ordering::Relaxed) {
+        return;
+    }
+    if !membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) {
+        // Registered, so this does not fail; if it ever did, owners take the lock from now on
+        // and waiting for `active` below is the best left to do.
+        ASYMMETRIC.store(false, Ordering::Relaxed);
+    }
+    for slot in slots {
+        let mut spins = 0;
+        while slot.active.load(Ordering::Acquire) {
+            crate::sync::backoff(&mut spins);
+        }
+    }
+}
+
 /// Takes every slot's chunk that holds events and writes it.
 fn steal_all() {
+    // Chunks are taken a batch at a time, so that one barrier serves many slots.
+    const BATCH: usize = 64;
+    let mut slots: [&Slot; BATCH] = [&SLOT_TABLE[0]; BATCH];
+    let mut chunks = [ptr::null_mut::<Chunk>(); BATCH];
+    let mut n = 0;
+    let settle = |slots: &[&Slot], chunks: &[*mut Chunk]| {
+        quiesce(slots);
+        for &c in chunks {
+            if let Some(c) = NonNull::new(c) {
+                write_chunk(c);
+            }
+        }
+    };
     for slot in &SLOT_TABLE {
         if !slot.in_use.load(Ordering::Acquire) && slot.chunk.load(Ordering::Relaxed).is_null() {
             continue;
         }
         slot.lock.lock();
         let c = slot.chunk.load(Ordering::Relaxed);
-        // SAFETY: the slot's lock is held, so the chunk cannot be written or taken meanwhile.
-        let take = !c.is_null() && has_events(unsafe { &*c });
+        // An owner may be encoding into it (not if it holds the lock): `len` may lag by an
+        // event, which only matters for whether a nearly empty chunk is taken now or later.
+        let take = !c.is_null() && has_events(c);
         if take {
             slot.chunk.store(ptr::null_mut(), Ordering::Relaxed);
         }
         slot.lock.unlock();
-        if let (true, Some(c)) = (take, NonNull::new(c)) {
-            write_chunk(c);
+        if take {
+            slots[n] = slot;
+            chunks[n] = c;
+            n += 1;
+            if n == BATCH {
+                settle(&slots[..n], &chunks[..n]);
+                n = 0;
+            }
         }
     }
+    settle(&slots[..n], &chunks[..n]);
 }
 
 /// Blocks SIGPIPE for the calling thread for the rest of its life (the writer thread).

@@ -69,3 +69,20 @@ fn readme_example_reports_the_unfreed_titles() {
         "every leak is greeting_title's strdup\n{ctx}"
     );
 }
+
+#[test]
+fn ctypes_leaks_stay_exact_when_every_python_object_is_a_malloc() {
+    // PYTHONMALLOC=malloc: the interpreter's own millions of small allocations and frees go
+    // through the hooks too, from several threads; libleaky's count must not move.
+    let o = run([
+        "python3".as_ref(),
+        py_script("threaded_fixture.py").as_os_str(),
+        fixture("libleaky.so").as_os_str(),
+        "3".as_ref(),
+    ])
+    .env("PYTHONMALLOC", "malloc")
+    .go();
+    assert_eq!(o.finished.code(), 0, "{}", o.context());
+    assert_eq!(o.report.complete(), Some(true), "{}", o.context());
+    assert_leaky_exact(&o, 3);
+}

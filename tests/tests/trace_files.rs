@@ -11,6 +11,19 @@ use residue_tests::{
     Report, TempDir,
 };
 
+/// `residue run --output` writes an 8-byte magic, the stream as one zstd frame, then the exit
+/// status as raw records after the frame. This gives the raw stream (which `residue report`
+/// reads as well), whose record boundaries the tests can walk.
+fn raw_trace(file: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    assert_eq!(&file[..8], b"RESIDUEZ", "a compressed trace");
+    let mut z = zstd::stream::read::Decoder::new(&file[8..]).expect("zstd").single_frame();
+    let mut raw = Vec::new();
+    z.read_to_end(&mut raw).expect("the compressed frame decodes");
+    z.finish().read_to_end(&mut raw).expect("the raw tail");
+    raw
+}
+
 fn report_cmd(trace: &Path, json: &Path) -> Finished {
     let mut cmd = Command::new(&tools().residue);
     cmd.arg("report").arg(trace).arg("--json").arg(json);
@@ -151,11 +164,23 @@ fn saved_trace_reports_what_the_live_run_did_and_broken_copies_are_errors() {
     assert_eq!(again.exit_status(), Some(0), "the saved trace carries the exit status\n{ctx}");
     assert_eq!(again.complete(), Some(true), "{ctx}");
 
-    let t = std::fs::read(&trace).expect("reading the saved trace");
-    let recs = records(&t);
-    let (start, len) = *recs.iter().filter(|r| r.1 > 4).nth(recs.len() / 2).or(recs.last()).expect("records");
-    assert_rejected(&tmp, "real-cut.residue", &t[..start + len / 2], "truncated");
-    let mut zero = t.clone();
-    zero[start] = 0;
-    assert_rejected(&tmp, "real-tag-zero.residue", &zero, "corrupt");
+    // The saved file is the collector's own container (today: a magic, a zstd frame holding
+    // the stream, then the exit record), so it is damaged without knowing its layout: cut in
+    // the middle, cut by a couple of bytes at the end, and one byte flipped in the middle.
+    let z = std::fs::read(&trace).expect("reading the saved trace");
+    // Cut inside the compressed frame: truncated, never a panic or a clean report.
+    assert_rejected(&tmp, "real-z-cut.residue", &z[..z.len() / 2], "truncated");
+    let t = raw_trace(&z);
+    // The raw form of the same trace reports alike.
+    let raw = tmp.join("raw.residue");
+    std::fs::write(&raw, &t).expect("writing the raw trace");
+    let f = report_cmd(&raw, &tmp.join("raw.json"));
+    assert_eq!(f.code(), 0, "{}", f.stderr);
+    assert_leaky_report(&read_report(&tmp.join("raw.json"), &f, "residue report (raw trace)"), 1, &f.stderr);
+    assert!(t.len() > 64, "a trace of {} bytes", t.len());
+    assert_rejected(&tmp, "real-cut-middle.residue", &t[..t.len() / 2], "truncated");
+    assert_rejected(&tmp, "real-cut-end.residue", &t[..t.len() - 2], "truncated");
+    let mut flipped = t.clone();
+    flipped[t.len() / 2] ^= 0x55;
+    assert_rejected(&tmp, "real-flipped.residue", &flipped, "corrupt");
 }

@@ -2,7 +2,10 @@
 //! (for people, on stderr) and as JSON (for scripts). Both renderers read the same model so
 //! they can never disagree about what leaked.
 
+pub mod github;
 pub mod json;
+pub mod junit;
+pub mod sarif;
 mod stack;
 pub mod text;
 
@@ -12,6 +15,7 @@ use residue_protocol::Kind;
 use serde::Serialize;
 
 use crate::ledger::Ledger;
+use crate::noise::{self, Origin};
 use crate::symbolize::{ModuleMap, Symbolizer};
 
 pub const SCHEMA: &str = "residue-report/1";
@@ -81,6 +85,26 @@ pub struct FrameOut {
     pub inlined: bool,
 }
 
+/// One Python frame of a stack (`"python"`: innermost first).
+#[derive(Debug, Serialize)]
+pub struct PythonFrameOut {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// The function a ctypes/cffi call (libffi `ffi_call`) was calling when a resource was
+/// acquired: named even when its own frame is not on the stack (a tail call compiled to a
+/// jump).
+#[derive(Debug, Serialize)]
+pub struct ForeignCallOut {
+    pub function: Option<String>,
+    /// The library it is in.
+    pub module: Option<String>,
+    /// Its runtime address (hex).
+    pub address: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct StackOut {
     pub kind: String,
@@ -97,6 +121,13 @@ pub struct StackOut {
     pub descriptions: Vec<String>,
     /// The stack record never arrived (the target died before flushing it).
     pub stack_missing: bool,
+    /// The Python frames that led here, innermost first (also merged into `frames`); empty for
+    /// a stack no Python thread ran.
+    pub python: Vec<PythonFrameOut>,
+    /// The ctypes/cffi call this was acquired under, if any.
+    pub foreign_call: Option<ForeignCallOut>,
+    /// Whose it is (`noise`): `user`, `interpreter` or `loader`.
+    pub origin: Origin,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,9 +135,44 @@ pub struct Library {
     /// Absolute path of the owning module; `[unknown]` when no frame is in a known module,
     /// `[stack not in trace]` when the stack record is missing.
     pub module: String,
+    /// Whose leaks these are (`noise`). Only `user` entries are listed by default; the others
+    /// are summarized in `runtime_residue` unless the report was asked for everything (`--all`).
+    /// A module can have one entry per origin (`_ctypes` for its own state and for the
+    /// loader's records of the libraries it dlopened).
+    pub origin: Origin,
     /// Per kind name (`heap`, `fd`, ...).
     pub unreleased: BTreeMap<String, Count>,
     pub stacks: Vec<StackOut>,
+}
+
+/// What the runtime itself kept until exit, of one origin.
+#[derive(Debug, Default, Serialize)]
+pub struct ResidueSummary {
+    pub unreleased: BTreeMap<String, Count>,
+    pub count: u64,
+    pub bytes: u64,
+    /// Distinct stacks.
+    pub stacks: usize,
+    /// Its modules (absolute paths), heaviest first.
+    pub modules: Vec<String>,
+    /// Listed in `libraries` too (the report was asked for everything).
+    pub listed: bool,
+}
+
+/// The interpreter's and the loader's residue (`noise`): not the user's leaks.
+#[derive(Debug, Default, Serialize)]
+pub struct RuntimeResidue {
+    pub interpreter: ResidueSummary,
+    pub loader: ResidueSummary,
+}
+
+/// Set when the target ran a Python interpreter.
+#[derive(Debug, Default, Serialize)]
+pub struct PythonOut {
+    /// pymalloc served small objects (512 bytes or less) from its arenas, invisible to residue:
+    /// `true` when its arenas were seen or the run did not set `PYTHONMALLOC=malloc`, `false`
+    /// when it did, `null` when unknown (a saved trace whose arenas were all released).
+    pub pymalloc: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,6 +239,70 @@ pub struct Report {
     pub notices: Vec<String>,
     /// Problems with the trace itself (truncation, corruption, missing stacks), one sentence each.
     pub problems: Vec<String>,
+    /// The interpreter's and the loader's residue, summarized (`libraries` lists them only
+    /// under `--all`).
+    pub runtime_residue: RuntimeResidue,
+    /// The target ran CPython (`null` otherwise).
+    pub python: Option<PythonOut>,
+    /// Runtime-residue entries not listed in `libraries` (see [`Report::show_all`]).
+    #[serde(skip)]
+    pub runtime: Vec<Library>,
+}
+
+impl Report {
+    /// What `residue run` knows that the trace does not: whether the target ran with
+    /// `PYTHONMALLOC` (its value, if set; `malloc` and `malloc_debug` bypass pymalloc).
+    pub fn run_environment(&mut self, pythonmalloc: Option<&std::ffi::OsStr>) {
+        if let Some(p) = self.python.as_mut() {
+            if p.pymalloc.is_none() {
+                p.pymalloc = Some(!pythonmalloc.is_some_and(|v| v == "malloc" || v == "malloc_debug"));
+            }
+        }
+    }
+
+    /// Lists the interpreter's and the loader's residue in `libraries` too (`--all`), after the
+    /// user's libraries, each entry with its `origin`; totals then count them.
+    pub fn show_all(&mut self) {
+        self.libraries.append(&mut self.runtime);
+        self.runtime_residue.interpreter.listed = true;
+        self.runtime_residue.loader.listed = true;
+        self.totals = totals(&self.libraries, &self.unattributed);
+    }
+}
+
+fn weight(l: &Library) -> (u64, u64) {
+    let c = l.unreleased.values().fold(Count::default(), |mut acc, c| {
+        acc.add(*c);
+        acc
+    });
+    (c.bytes, c.count)
+}
+
+fn totals(libraries: &[Library], unattributed: &[Library]) -> Totals {
+    let mut t = Totals { libraries: libraries.len(), ..Totals::default() };
+    for l in libraries.iter().chain(unattributed) {
+        t.stacks += l.stacks.len();
+        for (k, c) in &l.unreleased {
+            t.unreleased.entry(k.clone()).or_default().add(*c);
+            t.count += c.count;
+            t.bytes += c.bytes;
+        }
+    }
+    t
+}
+
+fn summarize(libs: &[Library], origin: Origin) -> ResidueSummary {
+    let mut s = ResidueSummary::default();
+    for l in libs.iter().filter(|l| l.origin == origin) {
+        s.modules.push(l.module.clone());
+        s.stacks += l.stacks.len();
+        for (k, c) in &l.unreleased {
+            s.unreleased.entry(k.clone()).or_default().add(*c);
+            s.count += c.count;
+            s.bytes += c.bytes;
+        }
+    }
+    s
 }
 
 fn kind_name(k: Kind) -> String {
@@ -216,7 +346,7 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
     let mut released_origin_unseen = BTreeMap::new();
     let mut open_at_exit_origin_unseen = Vec::new();
     let mut own = Count::default();
-    let mut totals = Totals::default();
+    let mut python = None;
     if let Some(img) = ledger.final_image() {
         for (k, n) in img.released_origin_unseen() {
             released_origin_unseen.insert(kind_name(k), n);
@@ -249,7 +379,8 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
         }
         let modules = ModuleMap::new(&img.modules);
         let mut sym = Symbolizer::new();
-        let mut by_lib: HashMap<String, usize> = HashMap::new();
+        let mut by_lib: HashMap<(String, Origin), usize> = HashMap::new();
+        let mut arenas = false;
         let mut missing = 0usize;
         let mut interposer_own = Count::default();
         for ((stack_id, kind, api), (count, mut descriptions)) in groups {
@@ -257,26 +388,23 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
             let raw = img.stacks.get(&stack_id);
             let stack_missing = raw.is_none();
             missing += usize::from(stack_missing);
-            let raw: &[u64] = raw.map(|r| &r[..]).unwrap_or(&[]);
-            let (lib, frames, owner_frame) = match stack::resolve(img, &modules, &mut sym, raw) {
+            let raw: &[u64] = raw.unwrap_or(&[]);
+            let (lib, frames, owner_frame, python, foreign_call) = match stack::resolve(img, &modules, &mut sym, raw) {
                 stack::Resolved::InterposerOwn => {
                     interposer_own.add(count);
                     continue;
                 }
-                stack::Resolved::Stack { library, frames, owner_frame } => {
-                    (if stack_missing { "[stack not in trace]".to_owned() } else { library }, frames, owner_frame)
-                }
+                stack::Resolved::Stack { library, frames, owner_frame, python, foreign_call } => (
+                    if stack_missing { "[stack not in trace]".to_owned() } else { library },
+                    frames,
+                    owner_frame,
+                    python,
+                    foreign_call,
+                ),
             };
-            let idx = *by_lib.entry(lib.clone()).or_insert_with(|| {
-                libraries.push(Library { module: lib, unreleased: BTreeMap::new(), stacks: Vec::new() });
-                libraries.len() - 1
-            });
-            let l = &mut libraries[idx];
-            l.unreleased.entry(kind_name(kind)).or_default().add(count);
-            totals.unreleased.entry(kind_name(kind)).or_default().add(count);
-            totals.count += count.count;
-            totals.bytes += count.bytes;
-            l.stacks.push(StackOut {
+            // pymalloc's arenas are mmap'd by this function and never unmapped before exit.
+            arenas |= frames.iter().any(|f| f.function.as_deref() == Some("_PyObject_ArenaMmap"));
+            let mut st = StackOut {
                 kind: kind_name(kind),
                 api: api.to_string(),
                 count: count.count,
@@ -286,9 +414,35 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
                 owner_frame,
                 descriptions,
                 stack_missing,
+                python,
+                foreign_call,
+                origin: Origin::User,
+            };
+            let origin = noise::classify(&st, &lib);
+            st.origin = origin;
+            // The loader's bookkeeping is listed under the loader (with --all), not under whoever
+            // called dlopen: one entry per module, and the caller is still the owner frame.
+            let lib = match origin {
+                Origin::Loader => st
+                    .frames
+                    .iter()
+                    .take(st.owner_frame.map_or(0, |o| o + 1))
+                    .find_map(|f| f.module.as_deref().filter(|m| noise::is_loader(m)))
+                    .map_or(lib, str::to_owned),
+                _ => lib,
+            };
+            let idx = *by_lib.entry((lib.clone(), origin)).or_insert_with(|| {
+                libraries.push(Library { module: lib, origin, unreleased: BTreeMap::new(), stacks: Vec::new() });
+                libraries.len() - 1
             });
+            let l = &mut libraries[idx];
+            l.unreleased.entry(kind_name(kind)).or_default().add(count);
+            l.stacks.push(st);
         }
         own = interposer_own;
+        if !img.codes.is_empty() || img.modules.iter().any(|m| noise::is_interpreter(&m.path)) {
+            python = Some(PythonOut { pymalloc: arenas.then_some(true) });
+        }
         if missing > 0 {
             problems.push(format!(
                 "{missing} stack(s) referenced by unreleased resources never arrived in the trace; their frames are unknown"
@@ -298,18 +452,15 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
     for l in &mut libraries {
         l.stacks.sort_by(|a, b| (b.bytes, b.count, a.stack_id).cmp(&(a.bytes, a.count, b.stack_id)));
     }
-    let weight = |l: &Library| {
-        let c = l.unreleased.values().fold(Count::default(), |mut acc, c| {
-            acc.add(*c);
-            acc
-        });
-        (c.bytes, c.count)
-    };
-    libraries.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.module.cmp(&b.module)));
+    libraries.sort_by(|a, b| (a.origin, weight(b)).cmp(&(b.origin, weight(a))).then_with(|| a.module.cmp(&b.module)));
     let (unattributed, libraries): (Vec<Library>, Vec<Library>) =
         libraries.into_iter().partition(|l| l.module.starts_with('['));
-    totals.libraries = libraries.len();
-    totals.stacks = libraries.iter().chain(&unattributed).map(|l| l.stacks.len()).sum();
+    let (runtime, libraries): (Vec<Library>, Vec<Library>) = libraries.into_iter().partition(|l| l.origin.is_runtime());
+    let runtime_residue = RuntimeResidue {
+        interpreter: summarize(&runtime, Origin::Interpreter),
+        loader: summarize(&runtime, Origin::Loader),
+    };
+    let totals = totals(&libraries, &unattributed);
 
     let images = ledger
         .images
@@ -356,5 +507,8 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
         images,
         notices: ledger.notices.clone(),
         problems,
+        runtime_residue,
+        python,
+        runtime,
     }
 }

@@ -9,8 +9,9 @@
 
 use residue_protocol::frame::{classify, Frame as Value};
 
-use super::FrameOut;
+use super::{ForeignCallOut, FrameOut, PythonFrameOut};
 use crate::ledger::Image;
+use crate::noise::{self, is_libffi};
 use crate::owner;
 use crate::symbolize::{Frame, ModuleMap, Symbolizer};
 
@@ -22,16 +23,23 @@ pub enum Resolved {
         library: String,
         frames: Vec<FrameOut>,
         owner_frame: Option<usize>,
+        /// The Python frames alone, innermost first (also merged into `frames`).
+        python: Vec<PythonFrameOut>,
+        /// The function a ctypes/cffi call was calling when this was acquired.
+        foreign_call: Option<ForeignCallOut>,
     },
+}
+
+fn is_libc(module: &str) -> bool {
+    std::path::Path::new(module)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
 }
 
 /// The native frame that runs Python frames (3.11 and 3.12 name it the same).
 fn is_eval_loop(f: &Frame) -> bool {
     f.function.as_deref().is_some_and(|n| n == "_PyEval_EvalFrameDefault")
-}
-
-fn is_libffi(module: &str) -> bool {
-    std::path::Path::new(module).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libffi"))
 }
 
 fn native_out(f: &Frame) -> FrameOut {
@@ -71,18 +79,70 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
         return Resolved::InterposerOwn;
     }
     let mut owner = owner::owner_index(&mods);
+    // CPython's memory API (PyMem_Malloc, PyObject_Malloc) allocates for its caller: an
+    // extension module's PyMem_Malloc is the extension's, libpython's own use stays libpython's.
+    if let Some(o) = owner.filter(|&o| mods[o].is_some_and(noise::is_interpreter)) {
+        let outer_function = |sym: &mut Symbolizer, i: usize| {
+            sym.symbolize(modules, natives[i]).last().and_then(|f| f.function.clone()).unwrap_or_default()
+        };
+        let mut j = o;
+        while j < natives.len() && mods[j] == mods[o] && owner::is_python_allocator(&outer_function(sym, j)) {
+            j += 1;
+        }
+        if j > o && j < natives.len() {
+            owner = Some(j);
+        }
+    }
     let mut library = owner.and_then(|i| mods[i]).unwrap_or("[unknown]").to_owned();
     // A foreign call: the function ctypes/cffi called owns what was allocated under it, unless
     // a frame of some library inside the call already does.
     let ffi = mods.iter().position(|m| m.is_some_and(is_libffi));
+    // ctypes.CDLL(None).strdup is found by dlsym, which answers with our hook: the C library's
+    // function the user called, and reported as the C library's.
+    let libc = || img.modules.iter().find(|m| is_libc(&m.path)).map(|m| m.path.clone());
+    let foreign_module = |f: u64| {
+        modules.find(f).map(|m| m.path.clone()).and_then(|p| if owner::is_interposer(&p) { libc() } else { Some(p) })
+    };
     let foreign_owner = match (foreign, ffi, owner) {
-        (Some(f), Some(ffi), Some(o)) if o >= ffi => modules.find(f).map(|m| (f, ffi, m.path.clone())),
+        (Some(f), Some(ffi), Some(o)) if o >= ffi => foreign_module(f).map(|p| (f, ffi, p)),
         _ => None,
     };
     if let Some((_, _, path)) = &foreign_owner {
         library = path.clone();
         owner = None;
     }
+
+    let foreign_frames = |sym: &mut Symbolizer, f: u64| {
+        let mut out: Vec<FrameOut> = sym.symbolize_function(modules, f).iter().map(native_out).collect();
+        let module = foreign_module(f);
+        for o in &mut out {
+            o.kind = "foreign";
+            if o.module != module {
+                // Our hook standing for the C library's function (`__strdup` is an alias).
+                o.module.clone_from(&module);
+                o.function = o.function.take().map(|n| n.trim_start_matches("__").to_owned());
+                o.file = None;
+                o.line = None;
+            }
+        }
+        out
+    };
+    let foreign_call = foreign.map(|f| {
+        let sf = foreign_frames(sym, f);
+        ForeignCallOut {
+            // The outermost of an inline chain is the function itself.
+            function: sf.last().and_then(|s| s.function.clone()),
+            module: foreign_module(f),
+            address: format!("{f:#x}"),
+        }
+    });
+    let python: Vec<PythonFrameOut> = pythons
+        .iter()
+        .map(|&(code, line, _)| {
+            let f = python_out(img, code, line);
+            PythonFrameOut { function: f.function.unwrap_or_default(), file: f.file, line: f.line }
+        })
+        .collect();
 
     let mut frames = Vec::new();
     let mut owner_frame = None;
@@ -92,10 +152,7 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
             if i == *ffi {
                 // The called foreign function, just inside libffi.
                 owner_frame = Some(frames.len());
-                let mut out: Vec<FrameOut> = sym.symbolize_function(modules, *f).iter().map(native_out).collect();
-                for o in &mut out {
-                    o.kind = "foreign";
-                }
+                let out = foreign_frames(sym, *f);
                 frames.extend(out);
             }
         }
@@ -118,7 +175,7 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
     // Python frames no evaluation loop claimed (its native frame was beyond the captured
     // depth, or not symbolized): keep them, outermost last.
     frames.extend(py.map(|(code, line, _)| python_out(img, code, line)));
-    Resolved::Stack { library, frames, owner_frame }
+    Resolved::Stack { library, frames, owner_frame, python, foreign_call }
 }
 
 fn python_out(img: &Image, code: u32, line: u32) -> FrameOut {
@@ -176,7 +233,9 @@ mod tests {
             (0x1000_0000_0000u64, 0x2000_0000_0000u64, 0x3000_0000_0000u64, 0x4000_0000_0000u64);
         let modules =
             vec![module(1, libc, b_libc), module(2, &ffi, b_ffi), module(3, &wrap, b_wrap), module(4, &eval, b_eval)];
-        let mut img = Image { modules, ..Image::default() };
+        let mut img = Image::default();
+        // Private ledger fields rule out struct-update syntax.
+        img.modules.extend(modules);
         img.codes.insert(7, Code { first_line: 1, filename: "app.py".into(), name: "inner".into() });
         img.codes.insert(8, Code { first_line: 5, filename: "app.py".into(), name: "outer".into() });
         let raw = [
@@ -189,10 +248,15 @@ mod tests {
         ];
         let map = ModuleMap::new(&img.modules);
         let mut s = Symbolizer::new();
-        let Resolved::Stack { library, frames, owner_frame } = resolve(&img, &map, &mut s, &raw) else {
+        let Resolved::Stack { library, frames, owner_frame, python, foreign_call } = resolve(&img, &map, &mut s, &raw)
+        else {
             panic!("not the interposer's")
         };
         assert_eq!(library, wrap.to_str().unwrap());
+        let fc = foreign_call.expect("the foreign value");
+        assert_eq!((fc.function.as_deref(), fc.module.as_deref()), (Some("wrap_dup"), wrap.to_str()));
+        let py: Vec<_> = python.iter().map(|p| (p.function.as_str(), p.file.as_deref(), p.line)).collect();
+        assert_eq!(py, [("inner", Some("app.py"), Some(3)), ("outer", Some("app.py"), Some(9))]);
         let names: Vec<_> = frames.iter().map(|f| (f.kind, f.function.clone().unwrap_or_default())).collect();
         let kinds: Vec<_> = names.iter().map(|n| n.0).collect();
         assert_eq!(kinds, ["native", "foreign", "native", "python", "python"], "{names:?}");
@@ -204,8 +268,11 @@ mod tests {
         assert_eq!(owner_frame, Some(1));
 
         // Without the foreign value, the owner rule stops at libffi, the first non-machinery.
-        let Resolved::Stack { library, owner_frame, .. } = resolve(&img, &map, &mut s, &raw[..5]) else { panic!() };
+        let Resolved::Stack { library, owner_frame, foreign_call, .. } = resolve(&img, &map, &mut s, &raw[..5]) else {
+            panic!()
+        };
         assert_eq!((library.as_str(), owner_frame), (ffi.to_str().unwrap(), Some(1)));
+        assert!(foreign_call.is_none());
 
         // Only machinery and the interposer: the interposer's own thread.
         let own = compile_so(&dir, "libresidue.so", "void writer(void) { __asm__ volatile(\"nop\"); }\n");

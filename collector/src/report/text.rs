@@ -4,7 +4,8 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use super::{Count, FrameOut, Report};
+use super::{Count, FrameOut, Report, ResidueSummary};
+use crate::noise::Origin;
 
 /// How much of the report to show.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +92,19 @@ fn frame_line(i: usize, f: &FrameOut, owner: bool) -> String {
     s
 }
 
+/// One line for the runtime's residue of one origin, when there is some and it is not listed.
+fn residue_line(origin: &str, what: &str, s: &ResidueSummary) -> Option<String> {
+    if s.count == 0 || s.listed {
+        return None;
+    }
+    let stacks = if s.stacks == 1 { "stack" } else { "stacks" };
+    Some(format!(
+        "{origin} residue: {} in {} {stacks}, {what}, kept until exit; not your leaks (--all shows it)",
+        amounts(&s.unreleased),
+        s.stacks
+    ))
+}
+
 /// Renders the whole report.
 pub fn render(r: &Report, limits: Limits) -> String {
     let mut out = String::new();
@@ -123,6 +137,12 @@ pub fn render(r: &Report, limits: Limits) -> String {
     for pr in &r.problems {
         let _ = writeln!(out, "residue: {pr}");
     }
+    if r.python.as_ref().is_some_and(|p| p.pymalloc != Some(false)) {
+        let _ = writeln!(
+            out,
+            "residue: note: Python objects of 512 bytes or less come from pymalloc's arenas and are not seen one by one; `residue run --python-malloc` (PYTHONMALLOC=malloc) shows them"
+        );
+    }
     if !r.tracked {
         return out;
     }
@@ -141,7 +161,9 @@ pub fn render(r: &Report, limits: Limits) -> String {
             let _ = writeln!(out, "\n... {} more libraries (--all shows them)", rest.len());
             break;
         }
-        let _ = writeln!(out, "\n{}: {} unreleased", lib.module, amounts(&lib.unreleased));
+        let origin =
+            if lib.origin == Origin::User { String::new() } else { format!(" [{} residue]", lib.origin.name()) };
+        let _ = writeln!(out, "\n{}{origin}: {} unreleased", lib.module, amounts(&lib.unreleased));
         for (si, st) in lib.stacks.iter().enumerate() {
             if si == limits.stacks {
                 let _ = writeln!(out, "  ... {} more stacks (--all shows them)", lib.stacks.len() - si);
@@ -157,6 +179,10 @@ pub fn render(r: &Report, limits: Limits) -> String {
             }
             if st.stack_missing {
                 let _ = writeln!(out, "      (stack not in trace)");
+            }
+            if let Some(fc) = &st.foreign_call {
+                let module = fc.module.as_deref().map_or("no module", basename);
+                let _ = writeln!(out, "    foreign call: {} ({module})", fc.function.as_deref().unwrap_or(&fc.address));
             }
             // Keep the owner frame in view even when the allocator's own frames are many.
             let start = match st.owner_frame {
@@ -174,6 +200,23 @@ pub fn render(r: &Report, limits: Limits) -> String {
                 let _ = writeln!(out, "{}", frame_line(fi, f, st.owner_frame == Some(fi)));
             }
         }
+    }
+
+    let mut residue = String::new();
+    for (origin, what, s) in [
+        (
+            "interpreter",
+            "the Python interpreter's own (interned objects, module state, caches)",
+            &r.runtime_residue.interpreter,
+        ),
+        ("loader", "the dynamic loader's records of what it loaded (dlopen, TLS)", &r.runtime_residue.loader),
+    ] {
+        if let Some(line) = residue_line(origin, what, s) {
+            let _ = writeln!(residue, "{line}");
+        }
+    }
+    if !residue.is_empty() {
+        let _ = write!(out, "\n{residue}");
     }
 
     let mut summary = String::from("\nsummary: ");

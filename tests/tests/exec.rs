@@ -1,0 +1,26 @@
+//! A target that replaces itself with exec is tracked on into the new image, and the report is
+//! the final image's: nothing of the old image's heap survives an exec.
+
+use residue_tests::{assert_leaky_exact, fixture, run};
+
+#[test]
+fn exec_is_followed_and_only_the_final_image_is_reported() {
+    // host_exec leaks libleaky's table twice, then execs host_leaky, which leaks it once.
+    let o = run([fixture("host_exec"), fixture("host_leaky")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.finished.stdout, "fixture host: done\n", "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_leaky_exact(&o, 1);
+}
+
+#[test]
+fn exec_through_a_shell_is_followed() {
+    // A launcher script that execs the real program, like the pyenv shim.
+    let script = format!("exec '{}' 2", fixture("host_leaky").display());
+    let o = run(["/bin/sh", "-c", &script]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_leaky_exact(&o, 2);
+}

@@ -1,0 +1,393 @@
+//! Python under residue (issue 4): each leak names the script's file and line, a tail-called
+//! wrapper is named by the function ctypes called, threads keep their own Python stacks, what
+//! CPython frees during finalization is released, and the interpreter's and the loader's own
+//! residue is summarized instead of listed.
+//!
+//! The script is fixtures-c/py/python_lines.py; its docstring has the table of leaks these
+//! tests assert exactly. `python3` is the machine's CPython 3.11 (a pyenv shim that execs it);
+//! 3.12 and 3.13 are run when installed (pyenv here), and say so when they are not.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use residue_tests::{
+    fixture, fixtures::leaky, py_script, read_report, run, run_captured, Amount, Outcome, Report, RunBuilder, TempDir,
+};
+use serde_json::Value;
+
+const STDLIB_ONLY: &str = "import json, ssl, sqlite3, ctypes, decimal";
+
+fn script() -> PathBuf {
+    py_script("python_lines.py")
+}
+
+/// The line of python_lines.py that carries `# LEAK:<name>`.
+fn line_of(name: &str) -> u64 {
+    let text = std::fs::read_to_string(script()).expect("python_lines.py");
+    let marker = format!("# LEAK:{name}");
+    let hits: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.ends_with(&marker)).map(|(i, _)| i + 1).collect();
+    assert_eq!(hits.len(), 1, "exactly one line of python_lines.py ends with {marker}");
+    hits[0] as u64
+}
+
+fn lines_run(python: &str, mode: &str) -> RunBuilder {
+    run([
+        python.as_ref(),
+        script().as_os_str(),
+        fixture("libleaky.so").as_os_str(),
+        fixture("libtail.so").as_os_str(),
+        mode.as_ref(),
+    ])
+}
+
+/// Runs without the shared harness's invariant check: under `--all` the report lists a module
+/// once per origin, which `Report::library` (one entry per file name) does not expect.
+fn go_raw(b: RunBuilder, label: &str) -> (residue_tests::Finished, Report, String) {
+    let tmp = TempDir::new(label);
+    let json = tmp.join("report.json");
+    let finished = run_captured(b.command(&json), label);
+    let report = read_report(&json, &finished, label);
+    let ctx = format!(
+        "{label}\nresidue exit {}\nstderr:\n{}\nreport:\n{}",
+        finished.code(),
+        finished.stderr,
+        serde_json::to_string_pretty(&report.json).unwrap_or_default()
+    );
+    (finished, report, ctx)
+}
+
+fn file_name(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
+/// `libraries[]` entries whose module's file name is `name`, as raw JSON.
+fn entries<'a>(r: &'a Report, name: &str) -> Vec<&'a Value> {
+    r.libraries().into_iter().filter(|l| l["module"].as_str().is_some_and(|m| file_name(m) == name)).collect()
+}
+
+fn stacks_of<'a>(r: &'a Report, name: &str) -> Vec<&'a Value> {
+    entries(r, name).into_iter().flat_map(|l| l["stacks"].as_array().into_iter().flatten()).collect()
+}
+
+fn amount(v: &Value) -> Amount {
+    Amount::new(v["count"].as_u64().unwrap_or(u64::MAX), v["bytes"].as_u64().unwrap_or(u64::MAX))
+}
+
+/// `(function, file, line)` of a stack's `python` frames, innermost first.
+fn python_frames(stack: &Value) -> Vec<(String, String, u64)> {
+    stack["python"]
+        .as_array()
+        .expect("every stack has a `python` array")
+        .iter()
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap_or("").to_owned(),
+                f["file"].as_str().unwrap_or("").to_owned(),
+                f["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn user_library_names(r: &Report) -> Vec<String> {
+    let mut v: Vec<String> =
+        r.libraries().iter().map(|l| file_name(l["module"].as_str().unwrap()).to_owned()).collect();
+    v.sort();
+    v
+}
+
+/// The innermost Python frame is `function` at the script's `marker` line.
+fn assert_innermost(stack: &Value, function: &str, marker: &str, ctx: &str) {
+    let py = python_frames(stack);
+    let script = script();
+    let want = (function.to_owned(), script.to_str().unwrap().to_owned(), line_of(marker));
+    assert_eq!(py.first(), Some(&want), "innermost Python frame of a stack\n{ctx}");
+}
+
+fn assert_user_only(r: &Report, ctx: &str) {
+    for l in r.libraries() {
+        assert_eq!(l["origin"], "user", "the default report lists the user's libraries only\n{ctx}");
+    }
+}
+
+#[test]
+fn each_leak_names_the_scripts_line_and_the_noise_is_one_line_each() {
+    let o = lines_run("python3", "lines").go();
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.finished.stdout, "python_lines: lines\n", "{ctx}");
+    assert_eq!(r.complete(), Some(true), "{ctx}");
+    // Exactly the script's libraries: nothing of libpython, _ctypes, the loader.
+    assert_eq!(user_library_names(r), ["libc.so.6", "libleaky.so", "libtail.so"], "{ctx}");
+    assert_user_only(r, &ctx);
+    assert!(r.json["unattributed"].as_array().is_some_and(Vec::is_empty), "{ctx}");
+
+    // libleaky: fx_strdup_names (10 x 24) from leak_names, fx_make_struct (16 + 100) from
+    // leak_struct, each through its own line, called from main().
+    let names = leaky::LEAKS.iter().find(|l| l.function == "leaky_strdup_names").unwrap();
+    let strukt = leaky::LEAKS.iter().find(|l| l.function == "leaky_make_struct").unwrap();
+    assert_eq!(
+        r.heap("libleaky.so"),
+        Amount::new(names.count + strukt.count, names.bytes + strukt.bytes),
+        "libleaky.so: the two scenarios the script ran, nothing else\n{ctx}"
+    );
+    for s in stacks_of(r, "libleaky.so") {
+        let (marker, func) = match s["api"].as_str() {
+            Some("strdup") => ("names", "leak_names"),
+            Some("malloc") => ("struct", "leak_struct"),
+            other => panic!("unexpected api {other:?}\n{ctx}"),
+        };
+        assert_innermost(s, func, marker, &ctx);
+        assert_eq!(python_frames(s)[1].0, "main", "{ctx}");
+        assert_eq!(s["origin"], "user", "{ctx}");
+    }
+    let strdups: Vec<_> = stacks_of(r, "libleaky.so").into_iter().filter(|s| s["api"] == "strdup").collect();
+    assert_eq!(strdups.len(), 1, "{ctx}");
+    assert_eq!(amount(strdups[0]), Amount::new(names.count, names.bytes), "{ctx}");
+
+    // libtail: tail_dup is `jmp strdup`: no frame of libtail on the stack, yet the leak is
+    // libtail's, named by the function ctypes called. 3 x "tail-called!" + NUL; the 4 freed
+    // ones and the buffer freed at finalization are not here.
+    assert_eq!(r.heap("libtail.so"), Amount::new(3, 3 * 13), "{ctx}");
+    let tail = stacks_of(r, "libtail.so");
+    assert_eq!(tail.len(), 1, "{ctx}");
+    let t = tail[0];
+    assert_eq!(t["foreign_call"]["function"], "tail_dup", "{ctx}");
+    assert_eq!(t["foreign_call"]["module"].as_str().map(file_name), Some("libtail.so"), "{ctx}");
+    let frames = t["frames"].as_array().unwrap();
+    let owner = &frames[t["owner_frame"].as_u64().expect("an owner frame") as usize];
+    assert_eq!((owner["kind"].as_str(), owner["function"].as_str()), (Some("foreign"), Some("tail_dup")), "{ctx}");
+    assert!(
+        frames.iter().all(|f| f["kind"] == "foreign" || f["module"].as_str().map(file_name) != Some("libtail.so")),
+        "tail_dup jumped to strdup: no native frame of libtail is on the stack\n{ctx}"
+    );
+    assert_innermost(t, "leak_tail", "tail", &ctx);
+
+    // The C library's own strdup called from Python: tracked like any caller, and the 5
+    // strdup/free pairs matched. 2 x "from-libc!" + NUL.
+    assert_eq!(r.heap("libc.so.6"), Amount::new(2, 2 * 11), "{ctx}");
+    let libc = stacks_of(r, "libc.so.6");
+    assert_eq!(libc.len(), 1, "{ctx}");
+    assert_eq!(libc[0]["foreign_call"]["function"], "strdup", "{ctx}");
+    assert_innermost(libc[0], "leak_libc", "libc", &ctx);
+
+    // The text report: Python frames inline, the foreign call named, the residue in one line each.
+    let err = &o.finished.stderr;
+    let script = script();
+    let tail_line = format!("leak_tail at {}:{} [python]", script.display(), line_of("tail"));
+    assert!(err.contains(&tail_line), "text report shows {tail_line:?}\n{ctx}");
+    assert!(err.contains("foreign call: tail_dup (libtail.so)"), "{ctx}");
+    for origin in ["interpreter", "loader"] {
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(&format!("{origin} residue: "))).collect();
+        assert_eq!(lines.len(), 1, "one summary line for the {origin}'s residue\n{ctx}");
+        assert!(lines[0].ends_with("(--all shows it)"), "{ctx}");
+        let s = &r.json["runtime_residue"][origin];
+        assert!(s["count"].as_u64().unwrap_or(0) > 0, "{origin} residue was seen (and kept out)\n{ctx}");
+        assert_eq!(s["listed"], false, "{ctx}");
+    }
+    assert!(!err.contains("libpython3.11.so.1.0:"), "libpython is not listed as a library\n{ctx}");
+    let summary = format!("summary: 17 heap blocks ({} bytes) unreleased in 3 libraries", 356 + 39 + 22);
+    assert!(err.contains(&summary), "{summary:?}\n{ctx}");
+}
+
+#[test]
+fn what_finalization_frees_is_released() {
+    // Same buffer, same call site: freed by __del__ during Py_FinalizeEx in `lines` mode (see the
+    // test above: 3 blocks), kept in `nofree` mode: exactly one more block of 33 bytes.
+    let o = lines_run("python3", "nofree").go();
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(r.heap("libtail.so"), Amount::new(4, 3 * 13 + 33), "{ctx}");
+    let kept: Vec<_> = stacks_of(r, "libtail.so").into_iter().filter(|s| s["bytes"] == 33).collect();
+    assert_eq!(kept.len(), 1, "{ctx}");
+    assert_eq!(python_frames(kept[0])[0].0, "Kept.__init__", "{ctx}");
+
+    let o = lines_run("python3", "lines").go();
+    let ctx = o.context();
+    assert!(
+        stacks_of(&o.report, "libtail.so").iter().all(|s| s["bytes"] != 33),
+        "the buffer __del__ freed at finalization is not reported\n{ctx}"
+    );
+    assert_eq!(o.report.heap("libtail.so"), Amount::new(3, 3 * 13), "{ctx}");
+}
+
+#[test]
+fn threads_keep_their_own_python_stacks() {
+    let o = lines_run("python3", "threads").go();
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(user_library_names(r), ["libleaky.so"], "{ctx}");
+    let names = leaky::LEAKS.iter().find(|l| l.function == "leaky_strdup_names").unwrap();
+    assert_eq!(r.heap("libleaky.so"), Amount::new(2 * names.count, 2 * names.bytes), "{ctx}");
+    let stacks = stacks_of(r, "libleaky.so");
+    assert_eq!(stacks.len(), 2, "one stack per thread: same native stack, different Python stacks\n{ctx}");
+    let mut seen = Vec::new();
+    for s in stacks {
+        assert_eq!(amount(s), Amount::new(names.count, names.bytes), "{ctx}");
+        let py = python_frames(s);
+        let func = py[0].0.clone();
+        assert!(func == "thread_a" || func == "thread_b", "{ctx}");
+        assert_innermost(s, &func, &func, &ctx);
+        // The thread's own stack: it starts in threading's bootstrap, not in main().
+        assert_eq!(py.last().map(|f| f.0.as_str()), Some("Thread._bootstrap"), "{ctx}");
+        assert!(py.iter().all(|f| f.0 != "main" && f.0 != "<module>"), "{ctx}");
+        seen.push(func);
+    }
+    seen.sort();
+    assert_eq!(seen, ["thread_a", "thread_b"], "{ctx}");
+}
+
+fn interpreter_only(python: &str, extra: &[&str]) -> Outcome {
+    let mut b = run([python, "-c", STDLIB_ONLY]);
+    for e in extra {
+        b = b.option(e);
+    }
+    b.go()
+}
+
+fn assert_nothing_reported(o: &Outcome) {
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(r.complete(), Some(true), "{ctx}");
+    assert!(r.libraries().is_empty(), "an interpreter-only script leaks nothing of the user's\n{ctx}");
+    assert!(r.json["unattributed"].as_array().is_some_and(Vec::is_empty), "{ctx}");
+    assert_eq!(r.json["totals"]["count"], 0, "{ctx}");
+    // Not vacuous: the interpreter ran under residue and its residue was seen and kept apart.
+    assert!(r.json["runtime_residue"]["interpreter"]["count"].as_u64().unwrap_or(0) > 0, "{ctx}");
+    assert!(r.json["runtime_residue"]["loader"]["count"].as_u64().unwrap_or(0) > 0, "{ctx}");
+    assert!(o.finished.stderr.contains("\nsummary: no unreleased resources"), "{ctx}");
+}
+
+#[test]
+fn interpreter_only_script_reports_nothing() {
+    let o = interpreter_only("python3", &[]);
+    assert_nothing_reported(&o);
+    let ctx = o.context();
+    assert_eq!(o.report.json["python"]["pymalloc"], true, "{ctx}");
+    assert!(o.finished.stderr.contains("`residue run --python-malloc` (PYTHONMALLOC=malloc) shows them"), "{ctx}");
+
+    // Every small object seen one by one: far more residue, still none of it the user's.
+    let m = interpreter_only("python3", &["--python-malloc"]);
+    assert_nothing_reported(&m);
+    let ctx = m.context();
+    assert_eq!(m.report.json["python"]["pymalloc"], false, "{ctx}");
+    assert!(!m.finished.stderr.contains("--python-malloc"), "no hint once it is on\n{ctx}");
+    let count = |o: &Outcome| o.report.json["runtime_residue"]["interpreter"]["count"].as_u64().unwrap();
+    assert!(count(&m) > 5 * count(&o), "PYTHONMALLOC=malloc shows the small objects\n{ctx}");
+}
+
+#[test]
+fn a_static_interpreter_is_the_interpreter_too() {
+    // Debian's /usr/bin/python3.11 has libpython linked in: the executable is the interpreter.
+    let debian = Path::new("/usr/bin/python3.11");
+    if !debian.exists() {
+        eprintln!("skipped: no /usr/bin/python3.11 here");
+        return;
+    }
+    assert_nothing_reported(&interpreter_only(debian.to_str().unwrap(), &[]));
+}
+
+#[test]
+fn python_malloc_flag_reaches_the_target() {
+    let code = "import os; print(os.environ.get('PYTHONMALLOC'))";
+    let o = run(["python3", "-c", code]).option("--python-malloc").go();
+    assert_eq!(o.finished.stdout, "malloc\n", "{}", o.context());
+    let o = run(["python3", "-c", code]).go();
+    assert_eq!(o.finished.stdout, "None\n", "{}", o.context());
+}
+
+#[test]
+fn all_lists_the_runtime_residue_with_its_origin() {
+    let (f, r, ctx) = go_raw(run(["python3", "-c", STDLIB_ONLY]).option("--all"), "python-all");
+    assert_eq!(f.code(), 0, "{ctx}");
+    let libs = r.libraries();
+    assert!(!libs.is_empty(), "{ctx}");
+    let mut sum = [Amount::ZERO, Amount::ZERO];
+    for l in &libs {
+        let module = l["module"].as_str().unwrap();
+        let i = match l["origin"].as_str() {
+            Some("interpreter") => 0,
+            Some("loader") => 1,
+            other => panic!("{module}: origin {other:?} in an interpreter-only run\n{ctx}"),
+        };
+        for s in l["stacks"].as_array().unwrap() {
+            assert_eq!(s["origin"], l["origin"], "{ctx}");
+            sum[i] = sum[i] + amount(s);
+        }
+        if i == 1 {
+            assert!(file_name(module).starts_with("ld-linux"), "the loader's entry is the loader's\n{ctx}");
+        }
+    }
+    for (i, origin) in ["interpreter", "loader"].iter().enumerate() {
+        let s = &r.json["runtime_residue"][origin];
+        assert_eq!(sum[i], amount(s), "{origin}: listed stacks vs summary\n{ctx}");
+        assert_eq!(s["listed"], true, "{ctx}");
+    }
+    assert_eq!(r.json["totals"]["count"].as_u64(), Some(sum[0].count + sum[1].count), "{ctx}");
+    assert!(f.stderr.contains("libpython3.11.so.1.0 [interpreter residue]:"), "{ctx}");
+    assert!(!f.stderr.contains("(--all shows it)"), "{ctx}");
+}
+
+/// `pythonX.Y` when it runs here, else `None` and a line saying so. pyenv installs several, but
+/// its shims run only the selected ones: look in its versions directory first.
+fn python_version(v: &str) -> Option<String> {
+    let exe = format!("python{v}");
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
+    let mut candidates: Vec<PathBuf> = root
+        .and_then(|r| std::fs::read_dir(r.join("versions")).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&format!("{v}."))))
+        .map(|e| e.path().join("bin").join(&exe))
+        .collect();
+    candidates.sort();
+    candidates.push(PathBuf::from(&exe));
+    let found = candidates
+        .into_iter()
+        .find(|c| Command::new(c).args(["-c", "pass"]).output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        eprintln!("skipped: {exe} is not installed here");
+    }
+    found.map(|p| p.to_string_lossy().into_owned())
+}
+
+#[test]
+fn python_312_frames_name_the_lines() {
+    let Some(py) = python_version("3.12") else { return };
+    let o = lines_run(&py, "lines").go();
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(user_library_names(r), ["libc.so.6", "libleaky.so", "libtail.so"], "{ctx}");
+    assert_eq!(r.heap("libtail.so"), Amount::new(3, 3 * 13), "{ctx}");
+    assert_innermost(stacks_of(r, "libtail.so")[0], "leak_tail", "tail", &ctx);
+    for s in stacks_of(r, "libleaky.so") {
+        let (marker, func) = if s["api"] == "strdup" { ("names", "leak_names") } else { ("struct", "leak_struct") };
+        assert_innermost(s, func, marker, &ctx);
+    }
+}
+
+#[test]
+fn unknown_python_versions_degrade_with_one_notice() {
+    // 3.13 (layout not read yet) and 3.10 (no Py_Version: found through Py_GetVersion).
+    for v in ["3.13", "3.10"] {
+        let Some(py) = python_version(v) else { continue };
+        let o = lines_run(&py, "lines").go();
+        let (r, ctx) = (&o.report, o.context());
+        assert_eq!(o.finished.code(), 0, "{ctx}");
+        let notices: Vec<&str> = r.json["notices"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        let about: Vec<&&str> = notices.iter().filter(|n| n.starts_with(&format!("Python {v} "))).collect();
+        assert_eq!(about.len(), 1, "one notice about the version\n{ctx}");
+        let line = format!("residue: note: {}", about[0]);
+        assert_eq!(o.finished.stderr.matches(&line).count(), 1, "printed once: {line:?}\n{ctx}");
+        // Native-only stacks, the same leaks, the foreign call still named.
+        assert_eq!(user_library_names(r), ["libc.so.6", "libleaky.so", "libtail.so"], "{ctx}");
+        assert_eq!(r.heap("libtail.so"), Amount::new(3, 3 * 13), "{ctx}");
+        for s in stacks_of(r, "libtail.so").into_iter().chain(stacks_of(r, "libleaky.so")) {
+            assert!(python_frames(s).is_empty(), "no Python frames from an unknown layout\n{ctx}");
+        }
+        assert_eq!(stacks_of(r, "libtail.so")[0]["foreign_call"]["function"], "tail_dup", "{ctx}");
+    }
+}
