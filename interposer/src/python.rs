@@ -277,8 +277,9 @@ fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize
         };
         let instr = word(f + l.frame_prev_instr as u64, checked)?;
         let offset = instr.wrapping_sub(code + l.code_adaptive as u64) as i64;
-        let id = code_id(t, code, checked)?;
-        let line = line_of(code, offset);
+        let ident = identity(code, checked)?;
+        let id = code_id(t, &ident, checked)?;
+        let line = line_of(ident.key, code, offset);
         out[n] = frame::python(id, line, entry);
         n += 1;
         f = word(f + l.frame_previous as u64, checked)?;
@@ -299,8 +300,8 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 /// The line `offset` (bytes into the code) is on: cached, else asked of CPython.
-fn line_of(code: u64, offset: i64) -> u32 {
-    let key = mix(code, offset as u64);
+fn line_of(code_key: u64, code: u64, offset: i64) -> u32 {
+    let key = mix(code_key, offset as u64);
     let i = key as usize % TABLE;
     if LINE_KEYS[i].load(Ordering::Acquire) == key {
         let line = LINES[i].load(Ordering::Acquire);
@@ -323,13 +324,32 @@ fn line_of(code: u64, offset: i64) -> u32 {
     line
 }
 
-/// The interned id of a code object, sending its record the first time. A code object freed
-/// and replaced at the same address by another is told apart by its name and file objects.
-fn code_id(t: &Thread, code: u64, checked: bool) -> Option<u32> {
+/// What tells one code object from another that later occupies the same memory: its address,
+/// the addresses of its file and name objects, the name's length and cached hash, and its first
+/// line. Each is one load; a code object freed and replaced by one with the same addresses,
+/// name length, name hash and first line is the only confusion left.
+struct Identity {
+    key: u64,
+    filename: u64,
+    qualname: u64,
+    first_line: u32,
+}
+
+fn identity(code: u64, checked: bool) -> Option<Identity> {
     let l = layout();
     let filename = word(code + l.code_filename as u64, checked)?;
     let qualname = word(code + l.code_qualname as u64, checked)?;
-    let key = mix(code, filename ^ qualname.rotate_left(17));
+    let name_len = word(qualname + l.ascii_length as u64, checked)?;
+    // PyASCIIObject.hash, right after the length in every version read here.
+    let name_hash = word(qualname + l.ascii_length as u64 + 8, checked)?;
+    let first_line = word(code + (l.code_firstlineno as u64 & !7), checked)? >> ((l.code_firstlineno % 8) * 8);
+    let salt = filename ^ qualname.rotate_left(17) ^ name_hash.rotate_left(7) ^ name_len ^ (first_line << 40);
+    Some(Identity { key: mix(code, salt), filename, qualname, first_line: first_line as u32 })
+}
+
+/// The interned id of a code object, sending its record the first time.
+fn code_id(t: &Thread, ident: &Identity, checked: bool) -> Option<u32> {
+    let key = ident.key;
     let mut i = key as usize % TABLE;
     for _ in 0..32 {
         let k = CODE_KEYS[i].load(Ordering::Acquire);
@@ -339,19 +359,19 @@ fn code_id(t: &Thread, code: u64, checked: bool) -> Option<u32> {
                 return Some(id);
             }
         } else if k == 0 && CODE_KEYS[i].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            let id = send_code(t, code, filename, qualname, checked)?;
+            let id = send_code(t, ident, checked)?;
             CODE_IDS[i].store(id, Ordering::Release);
             return Some(id);
         }
         i = (i + 1) % TABLE;
     }
     // Table full: send the code again under a fresh id (correct, larger trace).
-    send_code(t, code, filename, qualname, checked)
+    send_code(t, ident, checked)
 }
 
-fn send_code(t: &Thread, code: u64, filename: u64, qualname: u64, checked: bool) -> Option<u32> {
-    let l = layout();
-    let first_line = (word(code + (l.code_firstlineno as u64 & !7), checked)? >> ((l.code_firstlineno % 8) * 8)) as u32;
+fn send_code(t: &Thread, ident: &Identity, checked: bool) -> Option<u32> {
+    let (filename, qualname) = (ident.filename, ident.qualname);
+    let first_line = ident.first_line;
     let mut fbuf = [0u8; 512];
     let mut nbuf = [0u8; 256];
     let fname = string(filename, &mut fbuf, checked)?;
