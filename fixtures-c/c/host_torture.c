@@ -9,6 +9,10 @@
  *   signal   the main thread mallocs and frees in a loop while a 50 us interval timer's SIGALRM
  *            handler mallocs and frees too (glibc malloc is not async-signal-safe, but the
  *            interposer must add no deadlock of its own); then leaks 10 x 32.
+ *   exitsig  the main thread mallocs and frees without end; a 20 us timer's SIGALRM handler calls
+ *            exit(7) on its 500th signal, usually while the interrupted thread is inside an
+ *            allocation hook: the exit must not wait forever on what the interrupted code holds.
+ *            Leaks nothing of its own (MODES has no entry; the test checks the status).
  *   stress32 32 threads, each allocating 20000 blocks of 24 bytes into a shared ring and freeing
  *            blocks other threads made; what is left in the ring at the end is freed except the
  *            last 5 slots of each thread's lane. Leaks 32 x 5 x 24. */
@@ -61,6 +65,14 @@ static void on_alarm(int sig) {
     *(volatile char *)p = 1;
     free(p);
     in_handler = 0;
+}
+
+/* exitsig */
+static volatile int alarms;
+static void exit_on_alarm(int sig) {
+    (void)sig;
+    if (++alarms == 500)
+        exit(7);
 }
 
 /* stress32 */
@@ -121,6 +133,19 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 10; i++)
             keep(torture_leak(32));
         return 0;
+    }
+    if (strcmp(mode, "exitsig") == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = exit_on_alarm;
+        sigaction(SIGALRM, &sa, NULL);
+        struct itimerval it = {{0, 20}, {0, 20}};
+        setitimer(ITIMER_REAL, &it, NULL);
+        for (unsigned i = 0;; i++) {
+            void *p = malloc(1 + i % 500);
+            *(volatile char *)p = 1;
+            free(p);
+        }
     }
     if (strcmp(mode, "stress32") == 0) {
         pthread_t t[THREADS];

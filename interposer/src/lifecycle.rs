@@ -111,10 +111,17 @@ extern "C" fn fini() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {
-        let _g = Guard::enter_any();
-        // What is still open, as the process lists it: descriptors of unknown origin included.
-        crate::hooks::fd::open_at_exit();
+        let g = Guard::enter_any();
+        if g.is_none() {
+            // exit() from a signal handler that interrupted one of our hooks on this thread: its
+            // slot is held by code that will never run again. Nothing more goes through it.
+            transport::abandon_own_slot();
+        } else {
+            // What is still open, as the process lists it: descriptors of unknown origin included.
+            crate::hooks::fd::open_at_exit();
+        }
         transport::flush_all(Some(next_seq()), None);
+        drop(g);
     });
 }
 
@@ -165,8 +172,12 @@ pub fn before_abrupt_end() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {
-        let _g = Guard::enter_any();
+        let g = Guard::enter_any();
+        if g.is_none() {
+            transport::abandon_own_slot();
+        }
         transport::flush_all(None, Some(std::time::Instant::now() + std::time::Duration::from_secs(2)));
+        drop(g);
     });
 }
 

@@ -164,7 +164,10 @@ pub fn start(fd: i32) -> bool {
     if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
         THREAD_KEY.store(key, Ordering::Relaxed);
     }
-    ASYMMETRIC.store(membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED), Ordering::Relaxed);
+    // RESIDUE_LOCKED_SLOTS=1 keeps every event under its slot's lock instead: membarrier
+    // interrupts every CPU that runs one of the process's threads, which some hosts may not want.
+    let locked = crate::ffi::getenv(c"RESIDUE_LOCKED_SLOTS").is_some_and(|v| v == b"1");
+    ASYMMETRIC.store(!locked && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED), Ordering::Relaxed);
     WRITER_ALIVE.store(true, Ordering::Release);
     if !spawn_writer(rx) {
         WRITER_ALIVE.store(false, Ordering::Release);
@@ -308,49 +311,67 @@ pub fn write_raw(bytes: &[u8]) {
 
 /// Encodes one record into this thread's chunk; `need` bounds its size. `f` gets the batch's
 /// encoder, the chunk's bytes and the position to write at, and returns the new position.
-#[inline]
+#[inline(always)]
 pub fn emit(t: &Thread, need: usize, f: impl FnOnce(&mut Encoder, &mut [u8], usize) -> usize) {
     if need > CHUNK_DATA / 2 {
         return;
     }
     let Some(slot) = slot_of(t) else { return };
-    let mut f = Some(f);
+    let mut c = ptr::null_mut();
+    let mut locked = false;
     if ASYMMETRIC.load(Ordering::Relaxed) {
         slot.active.store(true, Ordering::Relaxed);
         // Keeps the compiler from moving the loads below above the store; the CPU is kept from
         // it by the stealer's membarrier (see the module comment).
         compiler_fence(Ordering::SeqCst);
-        let c = slot.chunk.load(Ordering::Relaxed);
-        if !c.is_null() && !slot.shared.load(Ordering::Relaxed) {
-            // SAFETY: `active` is up and the chunk was in the slot after it rose: a stealer
-            // that takes it waits for `active` to drop before touching it, so until then the
-            // chunk is ours. Fields are borrowed separately: a stealer may read `len`.
-            let (len, enc, data) = unsafe { (&(*c).len, &mut (*c).enc, &mut (*c).data) };
-            let at = len.load(Ordering::Relaxed);
-            if at + need <= CHUNK_DATA {
-                if let Some(f) = f.take() {
-                    len.store(f(enc, data, at), Ordering::Relaxed);
-                }
-                slot.active.store(false, Ordering::Release);
-                return;
-            }
+        c = slot.chunk.load(Ordering::Relaxed);
+        // SAFETY: `active` is up and the chunk was in the slot after it rose: a stealer that
+        // takes it waits for `active` to drop before touching it. Only `len` is read.
+        if c.is_null() || slot.shared.load(Ordering::Relaxed) || unsafe { !fits(c, need) } {
+            slot.active.store(false, Ordering::Release);
+            c = ptr::null_mut();
         }
+    }
+    if c.is_null() {
+        match locked_chunk(t, slot, need) {
+            Some(l) => c = l,
+            None => return,
+        }
+        locked = true;
+    }
+    // SAFETY: the chunk is ours until `active` drops or the lock is released: see above, and
+    // `locked_chunk`. Fields are borrowed separately: a stealer may read `len` meanwhile.
+    let (len, enc, data) = unsafe { (&(*c).len, &mut (*c).enc, &mut (*c).data) };
+    len.store(f(enc, data, len.load(Ordering::Relaxed)), Ordering::Relaxed);
+    if locked {
+        slot.lock.unlock();
+    } else {
         slot.active.store(false, Ordering::Release);
     }
+}
+
+/// Whether `need` more bytes fit in chunk `c`.
+///
+/// # Safety
+/// `c` points to a live chunk.
+#[inline(always)]
+unsafe fn fits(c: *const Chunk, need: usize) -> bool {
+    // SAFETY: per the contract; `len` is atomic and nothing else is read.
+    unsafe { &(*c).len }.load(Ordering::Relaxed) + need <= CHUNK_DATA
+}
+
+/// The slow path of [`emit`]: returns the slot's chunk, with room for `need` bytes, with the
+/// slot's lock held (the caller unlocks). A full chunk goes to the writer and a fresh one is
+/// installed on the way. `None` if no chunk could be had.
+#[inline(never)]
+fn locked_chunk(t: &Thread, slot: &Slot, need: usize) -> Option<*mut Chunk> {
     loop {
         slot.lock.lock();
         let c = slot.chunk.load(Ordering::Relaxed);
         if !c.is_null() {
-            // SAFETY: the slot's lock is held and only the owner (us, or on a shared slot
-            // whoever holds the lock) writes without it, so the chunk is ours until we unlock.
-            let (len, enc, data) = unsafe { (&(*c).len, &mut (*c).enc, &mut (*c).data) };
-            let at = len.load(Ordering::Relaxed);
-            if at + need <= CHUNK_DATA {
-                if let Some(f) = f.take() {
-                    len.store(f(enc, data, at), Ordering::Relaxed);
-                }
-                slot.lock.unlock();
-                return;
+            // SAFETY: c is the slot's chunk and we hold the lock.
+            if unsafe { fits(c, need) } {
+                return Some(c);
             }
             slot.chunk.store(ptr::null_mut(), Ordering::Relaxed);
         }
@@ -358,7 +379,7 @@ pub fn emit(t: &Thread, need: usize, f: impl FnOnce(&mut Encoder, &mut [u8], usi
         if let Some(full) = NonNull::new(c) {
             send(full);
         }
-        let Some(fresh) = new_chunk(t.tid()) else { return };
+        let fresh = new_chunk(t.tid())?;
         slot.lock.lock();
         let installed =
             slot.chunk.compare_exchange(ptr::null_mut(), fresh.as_ptr(), Ordering::Relaxed, Ordering::Relaxed).is_ok();
@@ -479,10 +500,46 @@ fn quiesce(slots: &[&Slot]) {
     }
     for slot in slots {
         let mut spins = 0;
-        while slot.active.load(Ordering::Acquire) {
+        // An abandoned owner never lowers `active`; what it wrote is consistent up to `len`,
+        // which it stores only after a whole record.
+        while slot.active.load(Ordering::Acquire) && !abandoned(slot) {
             crate::sync::backoff(&mut spins);
         }
     }
+}
+
+/// A slot whose thread is ending the process from inside one of our hooks (a signal handler that
+/// calls exit or _exit interrupted it): the code it interrupted holds the slot, locked or
+/// `active`, and will never run again. Stealers skip it instead of waiting forever, and the exit
+/// record is withheld (what that thread had not flushed is lost: the trace is incomplete).
+static ABANDONED: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
+static LOST_IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+
+fn abandoned(slot: &Slot) -> bool {
+    ptr::eq(ABANDONED.load(Ordering::Acquire), slot)
+}
+
+/// The calling thread is inside one of our hooks (re-entered from a signal handler) and is about
+/// to end the process: see [`ABANDONED`].
+pub fn abandon_own_slot() {
+    LOST_IN_FLIGHT.store(true, Ordering::Release);
+    ABANDONED.store(thread().slot.get(), Ordering::Release);
+}
+
+/// Takes the slot's lock, unless the slot is (or becomes, while we wait) abandoned.
+fn lock_unless_abandoned(slot: &Slot) -> bool {
+    let mut spins = 0;
+    while !slot.lock.try_lock() {
+        if abandoned(slot) {
+            return false;
+        }
+        crate::sync::backoff(&mut spins);
+    }
+    if abandoned(slot) {
+        slot.lock.unlock();
+        return false;
+    }
+    true
 }
 
 /// Takes every slot's chunk that holds events and writes it.
@@ -504,7 +561,9 @@ fn steal_all() {
         if !slot.in_use.load(Ordering::Acquire) && slot.chunk.load(Ordering::Relaxed).is_null() {
             continue;
         }
-        slot.lock.lock();
+        if !lock_unless_abandoned(slot) {
+            continue;
+        }
         let c = slot.chunk.load(Ordering::Relaxed);
         // An owner may be encoding into it (not if it holds the lock): `len` may lag by an
         // event, which only matters for whether a nearly empty chunk is taken now or later.
@@ -621,7 +680,9 @@ fn handle(m: Msg) -> bool {
         }
         Msg::Finish(seq, done) => {
             steal_all();
-            image_exit_record(seq);
+            if !LOST_IN_FLIGHT.load(Ordering::Acquire) {
+                image_exit_record(seq);
+            }
             done.store(true, Ordering::Release);
             true
         }
@@ -664,8 +725,10 @@ fn writer(rx: Receiver<Msg>) {
 /// holding locks the writer needs).
 pub fn flush_all(exit_seq: Option<u64>, deadline: Option<std::time::Instant>) {
     static DONE: AtomicBool = AtomicBool::new(false);
-    // Our own chunk first, so it precedes whatever the writer steals.
-    flush_own();
+    // Our own chunk first, so it precedes whatever the writer steals (not if we abandoned it).
+    if !thread().slot.get().is_null() && !ptr::eq(ABANDONED.load(Ordering::Acquire), thread().slot.get()) {
+        flush_own();
+    }
     let t = thread();
     if WRITER_ALIVE.load(Ordering::Acquire) && !t.writer.get() {
         DONE.store(false, Ordering::Release);
@@ -689,7 +752,7 @@ pub fn flush_all(exit_seq: Option<u64>, deadline: Option<std::time::Instant>) {
     // No writer (it stepped aside, or we are it): do its work here. Stealing twice is harmless
     // and the exit record is written once.
     steal_all();
-    if let Some(seq) = exit_seq {
+    if let (Some(seq), false) = (exit_seq, LOST_IN_FLIGHT.load(Ordering::Acquire)) {
         image_exit_record(seq);
     }
 }

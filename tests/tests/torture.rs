@@ -37,3 +37,38 @@ fn signal_handler_allocating_over_interrupted_hooks() {
 fn thirty_two_threads_freeing_each_others_blocks() {
     mode("stress32");
 }
+
+/// exit() from a signal handler that interrupted an allocation hook (a common way for C programs
+/// to handle SIGTERM): the exit flush must not wait for what the interrupted code holds. Run with
+/// every event under its slot's lock (RESIDUE_LOCKED_SLOTS=1), where the interrupted code most
+/// often holds one, and many times over, since the signal lands somewhere different each time.
+/// The watchdog only catches a hang; it asserts nothing about speed.
+#[test]
+fn exit_from_a_signal_handler_inside_a_hook_does_not_hang() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    for run in 0..30 {
+        let mut child = Command::new(&residue_tests::tools().residue)
+            .env("RESIDUE_LOCKED_SLOTS", "1")
+            .arg("run")
+            .arg("--")
+            .arg(fixture("host_torture"))
+            .arg("exitsig")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting residue");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("waiting for residue") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("run {run}: residue run host_torture exitsig hung");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(7), "run {run}: the handler's exit status");
+    }
+}
