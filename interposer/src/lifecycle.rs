@@ -112,15 +112,20 @@ extern "C" fn fini() {
     }
     let _ = std::panic::catch_unwind(|| {
         let g = Guard::enter_any();
-        if g.is_none() {
-            // exit() from a signal handler that interrupted one of our hooks on this thread: its
-            // slot is held by code that will never run again. Nothing more goes through it.
+        if g.is_none() && !thread().writer.get() {
+            // exit() from a signal handler that interrupted one of our hooks on this thread. The
+            // interrupted code may hold this thread's slot, or a lock inside the channel, and
+            // will never run again: flushing could wait forever. Stop here; the trace ends
+            // without its exit record, so the report says it is incomplete.
             transport::abandon_own_slot();
-        } else {
-            // What is still open, as the process lists it: descriptors of unknown origin included.
-            crate::hooks::fd::open_at_exit();
+            return;
         }
-        transport::flush_all(Some(next_seq()), None);
+        // What is still open, as the process lists it: descriptors of unknown origin included.
+        crate::hooks::fd::open_at_exit();
+        // Bounded, generously: the writer may be stuck behind a lock the code interrupted by a
+        // signal handler holds (exit() there is undefined behaviour, but must not hang the host
+        // forever). Past it, the trace ends without its exit record and is reported incomplete.
+        transport::flush_all(Some(next_seq()), Some(std::time::Instant::now() + std::time::Duration::from_secs(30)));
         drop(g);
     });
 }
@@ -173,8 +178,10 @@ pub fn before_abrupt_end() {
     }
     let _ = std::panic::catch_unwind(|| {
         let g = Guard::enter_any();
-        if g.is_none() {
+        if g.is_none() && !thread().writer.get() {
+            // From a signal handler inside one of our hooks: see fini.
             transport::abandon_own_slot();
+            return;
         }
         transport::flush_all(None, Some(std::time::Instant::now() + std::time::Duration::from_secs(2)));
         drop(g);

@@ -585,14 +585,19 @@ fn steal_all() {
     settle(&slots[..n], &chunks[..n]);
 }
 
-/// Blocks SIGPIPE for the calling thread for the rest of its life (the writer thread).
-fn block_sigpipe() {
-    // SAFETY: sigset_t is plain data initialized by sigemptyset; pthread_sigmask only affects
-    // this thread.
+/// Blocks every asynchronous signal on the calling thread (the writer) for the rest of its life:
+/// SIGPIPE, so a dead collector is a write error; and the host's signals, so that its handlers
+/// (which may call exit) always run on its own threads, never in the middle of our writes.
+fn block_signals() {
+    // SAFETY: sigset_t is plain data initialized by sigfillset; pthread_sigmask only affects
+    // this thread. The signals the kernel sends for a fault stay deliverable (they cannot be
+    // blocked usefully), which is what a bug in the writer deserves.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::sigfillset(&mut set);
+        for sync in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP] {
+            libc::sigdelset(&mut set, sync);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, ptr::null_mut());
     }
 }
@@ -690,7 +695,7 @@ fn handle(m: Msg) -> bool {
 }
 
 fn writer(rx: Receiver<Msg>) {
-    block_sigpipe();
+    block_signals();
     loop {
         match rx.recv_timeout(TICK) {
             Ok(m) => {

@@ -961,34 +961,45 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
 /// thinks live that is not open (closed by a raw syscall). Called from the exit path after
 /// recording stopped, so the opendir/closedir used here are not recorded.
 pub(crate) fn open_at_exit() {
+    // Raw open + getdents64 into a stack buffer, not opendir: the exit path must not allocate,
+    // because exit() may run in a signal handler that interrupted malloc with its lock held.
     let own = transport::out_fd();
-    // SAFETY: a NUL-terminated path; the DIR is only used below and closed.
-    let dir = unsafe { libc::opendir(c"/proc/self/fd".as_ptr()) };
-    if dir.is_null() {
+    // SAFETY: a NUL-terminated path; the descriptor is only used below and closed.
+    let listing =
+        unsafe { libc::open(c"/proc/self/fd".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if listing < 0 {
         return;
     }
-    // SAFETY: dir is an open DIR.
-    let listing = unsafe { libc::dirfd(dir) };
     let t = state::thread();
+    let mut buf = [0u8; 4096];
     loop {
-        // SAFETY: dir is an open DIR; the entry is valid until the next readdir.
-        let e = unsafe { libc::readdir64(dir) };
-        if e.is_null() {
+        // SAFETY: getdents64 writes at most buf.len() bytes of dirent64 records into buf.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, listing, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
             break;
         }
-        // SAFETY: d_name is NUL-terminated.
-        let name = unsafe { CStr::from_ptr((*e).d_name.as_ptr()) }.to_bytes();
-        let Some(fd) = crate::ffi::parse_u64(name).and_then(|n| c_int::try_from(n).ok()) else { continue };
-        if fd == own || fd == listing {
-            continue;
+        let mut at = 0usize;
+        while at + 19 < n as usize {
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+            let reclen = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+            if reclen == 0 || at + reclen > n as usize {
+                break;
+            }
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            at += reclen;
+            let Some(fd) = crate::ffi::parse_u64(name).and_then(|n| c_int::try_from(n).ok()) else { continue };
+            if fd == own || fd == listing {
+                continue;
+            }
+            let text = fd_target(fd);
+            let text = text.bytes();
+            let seq = next_seq();
+            transport::emit(t, text.len() + MAX_SMALL_RECORD, |enc, b, pos| {
+                enc.open_at_exit(b, pos, seq, Kind::FD, fd as u64, text)
+            });
         }
-        let text = fd_target(fd);
-        let text = text.bytes();
-        let seq = next_seq();
-        transport::emit(t, text.len() + MAX_SMALL_RECORD, |enc, b, pos| {
-            enc.open_at_exit(b, pos, seq, Kind::FD, fd as u64, text)
-        });
     }
-    // SAFETY: dir is an open DIR, closed once.
-    unsafe { libc::closedir(dir) };
+    // SAFETY: closing the descriptor opened above, once.
+    unsafe { libc::close(listing) };
 }
