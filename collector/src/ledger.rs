@@ -84,18 +84,173 @@ pub struct Entry {
     pub origin_seen: bool,
 }
 
-/// Entries by `(kind, id)`. Heap blocks, nearly every entry, live in a map keyed by address
-/// alone (8-byte keys, one hash round); the other kinds share a second map.
+/// Entries by `(kind, id)`. Heap blocks, nearly every entry, live in a [`HeapTable`] keyed by
+/// address alone; the other kinds share a map.
 #[derive(Debug, Default)]
 pub struct Entries {
-    heap: FxMap<u64, Entry>,
+    heap: HeapTable,
     other: FxMap<(Kind, u64), Entry>,
+}
+
+/// One slot of a [`HeapTable`]: 32 bytes, two to a cache line.
+#[derive(Clone, Copy, Debug)]
+struct HeapSlot {
+    /// 0: empty (address 0 is kept apart, in `HeapTable::zero`).
+    key: u64,
+    e: Entry,
+}
+
+const EMPTY: HeapSlot =
+    HeapSlot { key: 0, e: Entry { seq: 0, size: 0, stack: 0, api: Api(0), live: false, origin_seen: false } };
+
+/// Heap entries by address: open addressing with linear probing and backward-shift deletion
+/// (no tombstones of its own). Every event costs a lookup at a random place in a table of
+/// megabytes, i.e. a cache miss; unlike a std map, this one can tell where a key will be looked
+/// up, so the stream reader prefetches the slots of the next events ([`Ledger::prefetch`]) and
+/// their misses overlap instead of queueing.
+#[derive(Debug, Default)]
+pub struct HeapTable {
+    slots: Vec<HeapSlot>,
+    len: usize,
+    /// 64 - log2(capacity): the slot is the top bits of the key's hash.
+    shift: u32,
+    zero: Option<Entry>,
+}
+
+impl HeapTable {
+    #[inline(always)]
+    fn home(&self, key: u64) -> usize {
+        let p = u128::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        (((p as u64) ^ ((p >> 64) as u64)) >> self.shift) as usize
+    }
+
+    fn len(&self) -> usize {
+        self.len + usize::from(self.zero.is_some())
+    }
+
+    fn get(&self, key: u64) -> Option<&Entry> {
+        if key == 0 {
+            return self.zero.as_ref();
+        }
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let s = &self.slots[i];
+            if s.key == key {
+                return Some(&s.e);
+            }
+            if s.key == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Starts loading the slot `key` would be looked up at.
+    #[inline(always)]
+    fn prefetch(&self, key: u64) {
+        if let Some(s) = self.slots.get(self.home(key) & self.slots.len().wrapping_sub(1)) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint: it never faults and has no visible effect; SSE is
+            // part of the x86-64 baseline. The pointer is in bounds anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    (s as *const HeapSlot).cast::<i8>(),
+                );
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = s;
+        }
+    }
+
+    /// The slot holding `key` (`Ok`), or the empty slot where it would go (`Err`), after making
+    /// room for one more.
+    #[inline(always)]
+    fn find(&mut self, key: u64) -> Result<usize, usize> {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.rebuild((self.len + 1) * 2);
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let k = self.slots[i].key;
+            if k == key {
+                return Ok(i);
+            }
+            if k == 0 {
+                return Err(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Empties slot `i`, shifting back the entries that probed past it.
+    fn remove_at(&mut self, i: usize) {
+        let mask = self.slots.len() - 1;
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        loop {
+            let k = self.slots[j].key;
+            if k == 0 {
+                break;
+            }
+            // The entry at j may fill the hole if the hole lies between its home and j.
+            let home = self.home(k);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots[hole] = self.slots[j];
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.slots[hole].key = 0;
+        self.len -= 1;
+    }
+
+    /// Re-lays the table with room for `room` entries at most three quarters full.
+    fn rebuild(&mut self, room: usize) {
+        let cap = (room * 4 / 3 + 1).next_power_of_two().max(16);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; cap]);
+        self.shift = 64 - cap.trailing_zeros();
+        let mask = cap - 1;
+        for s in old.into_iter().filter(|s| s.key != 0) {
+            let mut i = self.home(s.key);
+            while self.slots[i].key != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = s;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        self.slots.iter().filter(|s| s.key != 0).map(|s| (s.key, &s.e)).chain(self.zero.iter().map(|e| (0, e)))
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        for s in &mut self.slots {
+            if s.key != 0 && !keep(&s.e) {
+                s.key = 0;
+                self.len -= 1;
+            }
+        }
+        if self.zero.as_ref().is_some_and(|e| !keep(e)) {
+            self.zero = None;
+        }
+        // Emptied slots broke probe runs: lay the survivors out again.
+        self.rebuild(self.len);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.rebuild(self.len);
+    }
 }
 
 impl Entries {
     pub fn get(&self, key: &(Kind, u64)) -> Option<&Entry> {
         if key.0 == Kind::HEAP {
-            self.heap.get(&key.1)
+            self.heap.get(key.1)
         } else {
             self.other.get(key)
         }
@@ -112,11 +267,11 @@ impl Entries {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = ((Kind, u64), &Entry)> {
-        self.heap.iter().map(|(&id, e)| ((Kind::HEAP, id), e)).chain(self.other.iter().map(|(&k, e)| (k, e)))
+        self.heap.iter().map(|(id, e)| ((Kind::HEAP, id), e)).chain(self.other.iter().map(|(&k, e)| (k, e)))
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
-        self.heap.retain(|_, e| keep(e));
+        self.heap.retain(&mut keep);
         self.other.retain(|_, e| keep(e));
     }
 }
@@ -276,11 +431,16 @@ impl StackStore {
         (0..n).map(|_| self.values[get_varint(&self.bytes, &mut pos) as usize]).collect()
     }
 
-    fn shrink_to_fit(&mut self) {
-        self.bytes.shrink_to_fit();
-        self.values.shrink_to_fit();
-        // Only report-time lookups remain, and those go by stack id.
-        self.value_index = FxMap::default();
+    /// Drops every stack whose id is not in `ids`, and what only adding stacks needed.
+    fn keep_only(&mut self, ids: &std::collections::HashSet<u32, BuildHasherDefault<FxHasher>>) {
+        let mut kept = StackStore::default();
+        for (&id, s) in &self.by_id {
+            if ids.contains(&id) {
+                kept.insert(id, &self.expand(s.at));
+            }
+        }
+        kept.value_index = FxMap::default();
+        *self = kept;
     }
 
     /// Adds every stack of `other` (replacing stacks of the same id).
@@ -371,8 +531,24 @@ fn droppable(e: &Entry, done: u64) -> bool {
     !e.live && e.origin_seen && e.seq <= done
 }
 
-/// "Highest seq wins" for one event in one map; true if the map grew.
+/// "Highest seq wins": `new` arrives for an id whose latest event so far is `old`.
 #[inline(always)]
+fn merge(old: &mut Entry, new: Entry, descriptions: &mut FxMap<u64, String>) {
+    if new.seq > old.seq {
+        if old.live && !descriptions.is_empty() {
+            descriptions.remove(&old.seq);
+        }
+        // A release that follows an acquire we saw (or a release we already counted as unseen
+        // whose acquire is seen later) has a known origin.
+        let origin_seen = !new.live && (old.live || old.origin_seen);
+        *old = Entry { origin_seen: origin_seen || new.live, ..new };
+    } else if new.live && !old.live {
+        // An older acquire arriving late: the release we hold now has its origin.
+        old.origin_seen = true;
+    }
+}
+
+/// One event in the map of the other kinds; true if the map grew.
 fn apply_event<K: Hash + Eq>(
     map: &mut FxMap<K, Entry>,
     key: K,
@@ -388,23 +564,45 @@ fn apply_event<K: Hash + Eq>(
             true
         }
         Slot::Occupied(mut o) => {
-            let old = o.get_mut();
-            if new.seq > old.seq {
-                if old.live && !descriptions.is_empty() {
-                    descriptions.remove(&old.seq);
-                }
-                // A release that follows an acquire we saw (or a release we already counted
-                // as unseen whose acquire is seen later) has a known origin.
-                let origin_seen = !new.live && (old.live || old.origin_seen);
-                *old = Entry { origin_seen: origin_seen || new.live, ..new };
-            } else if new.live && !old.live {
-                // An older acquire arriving late: the release we hold now has its origin.
-                old.origin_seen = true;
-            }
-            if droppable(old, done) {
+            merge(o.get_mut(), new, descriptions);
+            if droppable(o.get(), done) {
                 o.remove();
             }
             false
+        }
+    }
+}
+
+/// One heap event; true if the table grew.
+#[inline(always)]
+fn apply_heap_event(t: &mut HeapTable, id: u64, new: Entry, done: u64, descriptions: &mut FxMap<u64, String>) -> bool {
+    if id == 0 {
+        return match t.zero.as_mut() {
+            Some(old) => {
+                merge(old, new, descriptions);
+                if droppable(old, done) {
+                    t.zero = None;
+                }
+                false
+            }
+            None => {
+                t.zero = Some(new);
+                true
+            }
+        };
+    }
+    match t.find(id) {
+        Ok(i) => {
+            merge(&mut t.slots[i].e, new, descriptions);
+            if droppable(&t.slots[i].e, done) {
+                t.remove_at(i);
+            }
+            false
+        }
+        Err(i) => {
+            t.slots[i] = HeapSlot { key: id, e: new };
+            t.len += 1;
+            true
         }
     }
 }
@@ -445,7 +643,7 @@ impl Image {
         // so nothing is dropped until we know which image it is.
         let done = self.seqs.done;
         let grew = if kind == Kind::HEAP {
-            apply_event(&mut self.entries.heap, id, new, done, &mut self.descriptions)
+            apply_heap_event(&mut self.entries.heap, id, new, done, &mut self.descriptions)
         } else {
             apply_event(&mut self.entries.other, (kind, id), new, done, &mut self.descriptions)
         };
@@ -607,7 +805,10 @@ impl Ledger {
             img.sweep();
             img.entries.heap.shrink_to_fit();
             img.entries.other.shrink_to_fit();
-            img.stacks.shrink_to_fit();
+            // The report needs the stacks of what is still live, nothing else.
+            let wanted: std::collections::HashSet<u32, BuildHasherDefault<FxHasher>> =
+                img.entries.iter().filter(|(_, e)| e.live).map(|(_, e)| e.stack).collect();
+            img.stacks.keep_only(&wanted);
         }
     }
 
@@ -644,6 +845,16 @@ impl Ledger {
         img.releases += 1;
         img.arrived(seq);
         img.event(kind, id, Entry { seq, size: 0, stack: 0, api, live: false, origin_seen: false });
+    }
+
+    /// Starts loading what an event for heap block `id` will touch (see [`HeapTable`]).
+    #[inline(always)]
+    pub fn prefetch(&self, kind: Kind, id: u64) {
+        if kind == Kind::HEAP {
+            if let Some(img) = self.images.last() {
+                img.entries.heap.prefetch(id);
+            }
+        }
     }
 
     /// A `Stack` record.

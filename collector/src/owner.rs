@@ -91,6 +91,13 @@ mod tests {
     }
 
     #[test]
+    fn python_memory_api_allocates_for_its_caller() {
+        assert!(is_python_allocator("PyMem_Malloc") && is_python_allocator("_PyObject_Malloc"));
+        assert!(!is_python_allocator("_PyObject_ArenaMmap"), "an arena is nobody's in particular");
+        assert!(!is_python_allocator("PyList_New"));
+    }
+
+    #[test]
     fn names_match_by_file_name_only() {
         assert!(is_machinery("/usr/lib/x86_64-linux-gnu/libc.so.6"));
         assert!(is_machinery("/lib/libc-2.31.so"));

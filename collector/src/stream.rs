@@ -45,10 +45,22 @@ pub struct StreamState {
     pub bytes: u64,
 }
 
+/// A decoded hot record, waiting to be applied.
+#[derive(Clone, Copy)]
+enum Event {
+    Batch,
+    Acquire { seq: u64, kind: Kind, api: Api, id: u64, size: u64, stack: u32 },
+    Release { seq: u64, kind: Kind, api: Api, id: u64 },
+}
+
+/// Hot records are decoded this many ahead of applying them, their ledger slots prefetched:
+/// enough to overlap the cache misses of a large ledger.
+const LOOKAHEAD: usize = 16;
+
 /// What the hot path made of the record at the start of a buffer.
 enum Hot {
-    /// Decoded and applied; this many bytes.
-    Done(usize),
+    /// Decoded (and queued); this many bytes.
+    Done(usize, Event),
     /// The buffer ends inside the record.
     More,
     /// Not a hot record, or one that does not parse: the protocol decoder takes it.
@@ -119,19 +131,56 @@ impl StreamState {
 
     /// Decodes the whole records at the start of `buf`; returns how many bytes they took.
     fn decode(&mut self, buf: &[u8]) -> usize {
+        let mut queue = [Event::Batch; LOOKAHEAD];
+        let mut queued = 0;
+        let pos = self.decode_into(buf, &mut queue, &mut queued);
+        self.apply(&queue[..queued]);
+        pos
+    }
+
+    /// Applies queued hot records in stream order.
+    #[inline(always)]
+    fn apply(&mut self, events: &[Event]) {
+        for e in events {
+            match *e {
+                Event::Acquire { seq, kind, api, id, size, stack } => {
+                    self.ledger.acquire(seq, kind, api, id, size, stack)
+                }
+                Event::Release { seq, kind, api, id } => self.ledger.release(seq, kind, api, id),
+                Event::Batch => self.ledger.batch(),
+            }
+        }
+    }
+
+    /// Decodes whole records from the start of `buf`: hot ones into `queue` (applied when it
+    /// fills, and before any other record), the others straight into the ledger. Returns the
+    /// bytes consumed.
+    fn decode_into(&mut self, buf: &[u8], queue: &mut [Event; LOOKAHEAD], queued: &mut usize) -> usize {
         let mut pos = 0;
         while pos < buf.len() {
             if self.header_seen {
                 match self.hot(&buf[pos..]) {
-                    Hot::Done(n) => {
+                    Hot::Done(n, e) => {
                         pos += n;
                         self.offset += n as u64;
+                        if let Event::Acquire { kind, id, .. } | Event::Release { kind, id, .. } = e {
+                            self.ledger.prefetch(kind, id);
+                        }
+                        queue[*queued] = e;
+                        *queued += 1;
+                        if *queued == LOOKAHEAD {
+                            self.apply(&queue[..]);
+                            *queued = 0;
+                        }
                         continue;
                     }
                     Hot::More => break,
                     Hot::Other => {}
                 }
             }
+            // Any other record applies after the hot ones before it.
+            self.apply(&queue[..*queued]);
+            *queued = 0;
             let before = self.decoder.offset();
             match self.decoder.next(&buf[pos..]) {
                 Ok(Some((record, n))) => {
@@ -163,7 +212,7 @@ impl StreamState {
         pos
     }
 
-    /// Decodes and applies a hot record at the start of `b`.
+    /// Decodes a hot record at the start of `b`.
     #[inline(always)]
     fn hot(&mut self, b: &[u8]) -> Hot {
         let t = b[0];
@@ -196,8 +245,7 @@ impl StreamState {
                 let id = self.last_id.wrapping_add(unzigzag(did));
                 self.last_seq = seq;
                 self.last_id = id;
-                self.ledger.acquire(seq, Kind(kind), Api(api), id, size, stack);
-                Some(())
+                Some(Event::Acquire { seq, kind: Kind(kind), api: Api(api), id, size, stack })
             })(),
             tag::RELEASE => (|| {
                 let ds = varint(p, &mut i)?;
@@ -209,20 +257,18 @@ impl StreamState {
                 let id = self.last_id.wrapping_add(unzigzag(did));
                 self.last_seq = seq;
                 self.last_id = id;
-                self.ledger.release(seq, Kind(kind), Api(api), id);
-                Some(())
+                Some(Event::Release { seq, kind: Kind(kind), api: Api(api), id })
             })(),
             _ => (|| {
                 u32::try_from(varint(p, &mut i)?).ok()?;
                 (i == p.len()).then_some(())?;
                 self.last_seq = 0;
                 self.last_id = 0;
-                self.ledger.batch();
-                Some(())
+                Some(Event::Batch)
             })(),
         };
         match ok {
-            Some(()) => Hot::Done(end),
+            Some(e) => Hot::Done(end, e),
             None => Hot::Other,
         }
     }

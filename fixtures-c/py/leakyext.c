@@ -12,14 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void *sink[64];
+/* Exported, so the compiler cannot drop the stores (and the mallocs with them). */
+void *leakyext_sink[64];
 static int sink_n;
 
 static PyObject *pymem(PyObject *self, PyObject *arg) {
     Py_ssize_t n = PyLong_AsSsize_t(arg);
     void *p = PyMem_Malloc(n);
     memset(p, 1, n);
-    sink[sink_n++ % 64] = p;
+    leakyext_sink[sink_n++ % 64] = p;
     Py_RETURN_NONE;
 }
 
@@ -27,7 +28,7 @@ static PyObject *raw(PyObject *self, PyObject *arg) {
     Py_ssize_t n = PyLong_AsSsize_t(arg);
     void *p = malloc(n);
     memset(p, 2, n);
-    sink[sink_n++ % 64] = p;
+    leakyext_sink[sink_n++ % 64] = p;
     Py_RETURN_NONE;
 }
 

@@ -34,3 +34,13 @@ fn children_started_without_the_exec_hooks_do_not_inherit_the_stream() {
     assert_eq!(o.finished.code(), 0, "{ctx}");
     assert_eq!(o.finished.stdout, "clean\n", "the spawned shell saw residue's stream descriptor\n{ctx}");
 }
+
+#[test]
+fn interposer_without_a_collector_is_passive() {
+    // libresidue.so preloaded by hand, no RESIDUE_FD: the program runs as it would without it.
+    let mut cmd = std::process::Command::new(fixture("host_fork"));
+    cmd.arg("exit").env("LD_PRELOAD", &tools().preload).env_remove("RESIDUE_FD").env_remove("RESIDUE_PID");
+    let f = residue_tests::run_captured(cmd, "host_fork exit with libresidue.so preloaded alone");
+    assert_eq!(f.code(), 0, "stderr:\n{}", f.stderr);
+    assert!(f.stdout.starts_with("host_fork: child ") && f.stdout.ends_with(" done\n"), "stdout: {:?}", f.stdout);
+}

@@ -85,7 +85,7 @@ fn mutated_real_traces_never_crash_the_collector() {
     let original = raw_trace(&compressed);
     assert!(original.len() > 1000, "a real trace to mutate");
 
-    let mut rng = Rng(0x5eed_0f_f00d);
+    let mut rng = Rng(0x005e_ed0f_f00d);
     let mutant = tmp.join("mutant.residue");
     let mut answered = [0u32; 3];
     for i in 0..100 {

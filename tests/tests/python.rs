@@ -391,3 +391,69 @@ fn unknown_python_versions_degrade_with_one_notice() {
         assert_eq!(stacks_of(r, "libtail.so")[0]["foreign_call"]["function"], "tail_dup", "{ctx}");
     }
 }
+
+/// Compiles fixtures-c/py/leakyext.c against `python`'s headers into `dir` (the tests build it:
+/// the fixture build does not assume Python headers). `None` when there are no headers.
+fn build_extension(python: &str, dir: &Path) -> Option<PathBuf> {
+    let q = "import sysconfig; print(sysconfig.get_paths()['include']); print(sysconfig.get_config_var('EXT_SUFFIX'))";
+    let out = Command::new(python).args(["-c", q]).output().expect("running python3");
+    let text = String::from_utf8(out.stdout).expect("utf-8 paths");
+    let mut lines = text.lines();
+    let (include, suffix) = (lines.next()?, lines.next()?);
+    if !Path::new(include).join("Python.h").exists() {
+        eprintln!("skipped: no Python.h under {include}");
+        return None;
+    }
+    let so = dir.join(format!("leakyext{suffix}"));
+    let src = py_script("leakyext.c");
+    // Like the C fixtures: the leaking function's frame stays on the stack.
+    let st = Command::new("gcc")
+        .args(["-g", "-O1", "-fno-optimize-sibling-calls", "-fPIC", "-shared", "-Wall"])
+        .arg(format!("-I{include}"))
+        .arg("-o")
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("gcc runs");
+    assert!(st.success(), "gcc failed on {}", src.display());
+    Some(so)
+}
+
+#[test]
+fn an_extension_modules_leaks_are_its_own_even_through_pymem_malloc() {
+    // An in-place build next to the script: neither site-packages nor the standard library.
+    // PyMem_Malloc's malloc is made by libpython's allocator; the block is the extension's.
+    let tmp = TempDir::new("leakyext");
+    let Some(so) = build_extension("python3", tmp.path()) else { return };
+    let ext = so.file_name().unwrap().to_str().unwrap().to_owned();
+    let script = tmp.join("use_ext.py");
+    let text = "import leakyext\n\
+                for _ in range(3):\n    leakyext.pymem(1000)\n\
+                leakyext.raw(2000)\n\
+                for _ in range(5):\n    leakyext.clean(1000)\n";
+    std::fs::write(&script, text).unwrap();
+    for extra in [None, Some("--python-malloc")] {
+        let mut b = run(["python3".as_ref(), script.as_os_str()]);
+        if let Some(e) = extra {
+            b = b.option(e);
+        }
+        let o = b.go();
+        let (r, ctx) = (&o.report, o.context());
+        assert_eq!(o.finished.code(), 0, "{ctx}");
+        assert_eq!(user_library_names(r), std::slice::from_ref(&ext), "{ctx}");
+        assert_eq!(r.heap(&ext), Amount::new(4, 3 * 1000 + 2000), "{ctx}");
+        let mut by: Vec<(String, Amount)> =
+            r.stacks(&ext).iter().map(|s| (s.owner_function(&ext).unwrap_or("?").to_owned(), s.amount)).collect();
+        by.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(by, [("pymem".to_owned(), Amount::new(3, 3000)), ("raw".to_owned(), Amount::new(1, 2000))], "{ctx}");
+        for s in stacks_of(r, &ext) {
+            // The owner frame is the extension's function, not libpython's allocator.
+            let frames = s["frames"].as_array().unwrap();
+            let owner = &frames[s["owner_frame"].as_u64().unwrap() as usize];
+            assert_eq!(owner["module"].as_str().map(file_name), Some(ext.as_str()), "{ctx}");
+            let line = if s["bytes"] == 3000 { 3 } else { 4 };
+            let want = ("<module>".to_owned(), script.to_str().unwrap().to_owned(), line);
+            assert_eq!(python_frames(s).first(), Some(&want), "{ctx}");
+        }
+    }
+}

@@ -178,9 +178,37 @@ fn saved_trace_reports_what_the_live_run_did_and_broken_copies_are_errors() {
     assert_eq!(f.code(), 0, "{}", f.stderr);
     assert_leaky_report(&read_report(&tmp.join("raw.json"), &f, "residue report (raw trace)"), 1, &f.stderr);
     assert!(t.len() > 64, "a trace of {} bytes", t.len());
-    assert_rejected(&tmp, "real-cut-middle.residue", &t[..t.len() / 2], "truncated");
+    // Cut inside a record (a cut that happens to fall between two records is a shorter trace,
+    // not a damaged one, as far as the records can tell).
+    let recs = records(&t);
+    let (start, len) = *recs.iter().filter(|r| r.1 > 2).nth(recs.len() / 2).or(recs.last()).expect("records");
+    assert_rejected(&tmp, "real-cut-middle.residue", &t[..start + len / 2], "truncated");
     assert_rejected(&tmp, "real-cut-end.residue", &t[..t.len() - 2], "truncated");
+    // A flipped byte in the raw stream is caught where it breaks the record structure; when it
+    // lands on a record's length the rest reads as one unfinished record, which "truncated"
+    // describes as honestly as "corrupt": any clear error will do.
     let mut flipped = t.clone();
     flipped[t.len() / 2] ^= 0x55;
-    assert_rejected(&tmp, "real-flipped.residue", &flipped, "corrupt");
+    assert_rejected(&tmp, "real-flipped.residue", &flipped, "");
+    // The compressed file is checksummed: a flipped byte there is damage, whatever it hits.
+    let mut zflipped = z.clone();
+    zflipped[z.len() / 2] ^= 0x55;
+    assert_rejected(&tmp, "real-z-flipped.residue", &zflipped, "corrupt");
+}
+
+#[test]
+fn saved_trace_missing_its_exit_record_is_an_error() {
+    // `residue run --output` always ends the file with the exit record it appends after the
+    // compressed stream. A file cut exactly there (a cut that takes just that record) decodes
+    // cleanly up to its end: only the missing exit record tells it was cut, and it must.
+    let tmp = TempDir::new("no-exit-record");
+    let trace = tmp.join("leaky.residue");
+    let live = run([fixture("host_leaky")]).option("--output").option(&trace).go();
+    assert_leaky_exact(&live, 1);
+    let z = std::fs::read(&trace).expect("reading the saved trace");
+    let t = raw_trace(&z);
+    let last = *records(&t).last().expect("records");
+    assert_eq!(t[last.0], residue_protocol::tag::PROCESS_END, "the saved stream ends with the exit record");
+    assert_rejected(&tmp, "compressed-without-exit.residue", &z[..z.len() - last.1], "");
+    assert_rejected(&tmp, "raw-without-exit.residue", &t[..last.0], "");
 }

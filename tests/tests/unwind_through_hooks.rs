@@ -6,7 +6,7 @@
 use residue_tests::{fixture, fixtures::unwind, run};
 use serde_json::Value;
 
-fn stack_of<'a>(json: &'a Value, bytes: u64) -> &'a Value {
+fn stack_of(json: &Value, bytes: u64) -> &Value {
     json["libraries"]
         .as_array()
         .into_iter()
