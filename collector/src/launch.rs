@@ -1,5 +1,5 @@
 //! Launching the target under the interposer: find `libresidue.so`, hand the child the write
-//! end of a pipe and the environment contract (ARCHITECTURE.md), keep the collector alive
+//! end of a socket pair and the environment contract (ARCHITECTURE.md), keep the collector alive
 //! through Ctrl-C, forward termination requests, and wait for the exit status.
 
 use std::ffi::{OsStr, OsString};
@@ -179,17 +179,33 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
             opts.preload.display()
         )));
     }
+    // A connected pair of Unix stream sockets rather than a pipe: the stream flows one way, and
+    // one byte flows back when the collector has read the final image's exit record. The exiting
+    // target waits for that byte (bounded), so the collector has seen every module record, and
+    // opened every module file, while the target and its mappings still exist: a library
+    // deleted right after it was loaded is still symbolized.
     let mut fds = [0i32; 2];
-    // SAFETY: fds is a valid 2-element array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::io("residue: cannot create the event pipe", std::io::Error::last_os_error()));
+    // SAFETY: fds is a valid 2-element array for socketpair to fill.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(Error::io("residue: cannot create the event socket", std::io::Error::last_os_error()));
     }
-    // SAFETY: pipe2 just returned these two descriptors; we own them from here on.
+    // SAFETY: socketpair just returned these two descriptors; we own them from here on.
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // A bigger pipe lets the target run ahead of the reader in bursts. Best effort: the limit
-    // for unprivileged users is /proc/sys/fs/pipe-max-size (1 MiB by default).
-    // SAFETY: fcntl on a descriptor we own; failure is harmless.
-    unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    // Bigger buffers let the target run ahead of the reader in bursts. Best effort: the kernel
+    // caps them at net.core.{w,r}mem_max.
+    for (fd, opt) in [(&write_end, libc::SO_SNDBUF), (&read_end, libc::SO_RCVBUF)] {
+        let size: libc::c_int = 1 << 20;
+        // SAFETY: setsockopt on a socket we own with a c_int option value; failure is harmless.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
 
     let child_fd = match opts.fd_limit {
         Some(l) if l.rlim_cur != libc::RLIM_INFINITY && l.rlim_cur <= CHILD_FD as u64 => (l.rlim_cur as i32 - 1).max(3),

@@ -426,6 +426,7 @@ pub fn spawn_live(
         let mut last_data = Instant::now();
         let mut exit_noticed: Option<Instant> = None;
         let mut stopped_on_idle = false;
+        let mut acked = false;
         let mut pipe = File::from(fd);
         loop {
             let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -468,6 +469,11 @@ pub fn spawn_live(
                 }
             }
             state.feed(&buf[..n]);
+            if !acked && state.ledger.complete() {
+                // The final image's exit record is in: let it exit (see launch.rs).
+                acked = true;
+                let _ = pipe.write_all(b"!");
+            }
         }
         state.finish();
         // End the compressed frame: the launcher appends the exit status after it.

@@ -126,6 +126,7 @@ extern "C" fn fini() {
         // signal handler holds (exit() there is undefined behaviour, but must not hang the host
         // forever). Past it, the trace ends without its exit record and is reported incomplete.
         transport::flush_all(Some(next_seq()), Some(std::time::Instant::now() + std::time::Duration::from_secs(30)));
+        await_ack(transport::out_fd());
         drop(g);
     });
 }
@@ -167,6 +168,33 @@ pub fn before_exec(path: &[u8]) -> bool {
     }
     transport::flush_all(None, None);
     true
+}
+
+/// When the stream is a socket (as `residue run` makes it), waits up to five seconds for the
+/// collector's one-byte answer to the exit record: until then the collector may still be
+/// opening the files of the modules it was told about, which for a deleted library only works
+/// while this process and its mappings exist. A file or pipe (no answer possible) is not waited
+/// on; neither is a collector that died (the read ends at once).
+fn await_ack(fd: i32) {
+    if fd < 0 {
+        return;
+    }
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`; a non-socket fails with ENOTSOCK.
+    let is_socket = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut len)
+    } == 0;
+    if !is_socket {
+        return;
+    }
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; the timeout bounds the wait.
+    if unsafe { libc::poll(&mut pfd, 1, 5000) } == 1 {
+        let mut b = 0u8;
+        // SAFETY: reads at most one byte into `b`, without blocking.
+        unsafe { libc::recv(fd, (&mut b as *mut u8).cast(), 1, libc::MSG_DONTWAIT) };
+    }
 }
 
 /// Before `_exit`, `_Exit` or `abort`: the image ends without its exit handlers, so the trace is
