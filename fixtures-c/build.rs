@@ -40,6 +40,7 @@ struct Artifact {
 
 const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "libleaky.so", kind: Kind::Lib, sources: &["c/libleaky.c"], link: &[] },
+    Artifact { out: "host_deepbind", kind: Kind::Exe, sources: &["c/host_deepbind.c"], link: &["-ldl"] },
     Artifact { out: "host_unwind", kind: Kind::CxxExe, sources: &["c/host_unwind.cc"], link: &["-lffi"] },
     Artifact {
         out: "host_static",

@@ -462,6 +462,9 @@ pub struct Module {
     pub build_id: Vec<u8>,
     pub segments: Vec<Segment>,
     pub unloaded: bool,
+    /// Loaded at run time (dlopen), not with the program: its record came after the image's
+    /// first event (the interposer sends the start-up set before it records anything).
+    pub runtime: bool,
     /// The file, opened when the Module record arrived: a library deleted or replaced on disk
     /// while the target ran is still readable through this descriptor at report time.
     pub file: Option<Arc<File>>,
@@ -697,7 +700,8 @@ impl Image {
             .find(|m| m.path == path && m.file.is_some())
             .and_then(|m| m.file.clone())
             .or_else(|| open_module(&path).or_else(|| open_mapped(self.pid, &path)).map(Arc::new));
-        self.modules.push(Module { id, base, path, build_id, segments, unloaded: false, file });
+        let runtime = self.acquires + self.releases > 0;
+        self.modules.push(Module { id, base, path, build_id, segments, unloaded: false, runtime, file });
     }
 }
 

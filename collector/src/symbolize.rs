@@ -176,6 +176,7 @@ mod tests {
             build_id: vec![],
             segments,
             unloaded: false,
+            runtime: false,
             file: std::fs::File::open(path).ok().map(std::sync::Arc::new),
         }
     }

@@ -316,7 +316,7 @@ impl Amount {
         Amount { count, bytes }
     }
 
-    fn of(v: &Value) -> Amount {
+    pub fn of(v: &Value) -> Amount {
         Amount { count: v["count"].as_u64().unwrap_or(0), bytes: v["bytes"].as_u64().unwrap_or(0) }
     }
 }

@@ -38,3 +38,48 @@ fn leak_in_library_whose_file_was_deleted_is_symbolized() {
     assert_eq!(stacks.len(), 1, "{ctx}");
     assert_eq!(stacks[0].owner_function("libgone.so"), Some(gone::FUNCTION), "{ctx}");
 }
+
+/// Issue 3's library lifecycle: a library loaded at run time is listed with whether it was
+/// unloaded and what it still held, and the report warns that what an unloaded library held can
+/// no longer be released.
+#[test]
+fn an_unloaded_library_still_holding_resources_is_warned_about() {
+    let o = run([fixture("host_dlclose")]).go();
+    let ctx = o.context();
+    let libs = o.report.json["runtime_libraries"].as_array().unwrap_or_else(|| panic!("no runtime_libraries\n{ctx}"));
+    let gone: Vec<_> =
+        libs.iter().filter(|l| l["module"].as_str().is_some_and(|m| m.ends_with("/libgone.so"))).collect();
+    assert_eq!(gone.len(), 1, "{ctx}");
+    assert_eq!(gone[0]["unloaded"].as_bool(), Some(true), "{ctx}");
+    assert_eq!(Amount::of(&gone[0]["still_held"]["heap"]), Amount::new(gone::COUNT, gone::BYTES), "{ctx}");
+    assert_eq!(gone[0]["still_held"]["fd"]["count"].as_u64(), Some(gone::FDS), "{ctx}");
+    assert!(
+        o.finished.stderr.contains(
+            "libgone.so was unloaded (dlclose) while still holding 1 heap block (4242 bytes), 1 file descriptor"
+        ),
+        "{ctx}"
+    );
+    // Libraries linked with the program are not "loaded at run time".
+    assert!(!libs.iter().any(|l| l["module"].as_str().is_some_and(|m| m.contains("libc.so"))), "{ctx}");
+}
+
+/// RTLD_DEEPBIND would bind the library to libc's malloc, hiding its allocations: residue
+/// removes the flag with a notice, and the library's leaks are counted exactly as without it.
+#[test]
+fn rtld_deepbind_is_removed_with_a_notice() {
+    let o = run([fixture("host_deepbind")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(
+        o.report.heap("libleaky.so"),
+        Amount::new(residue_tests::fixtures::leaky::COUNT, residue_tests::fixtures::leaky::BYTES),
+        "{ctx}"
+    );
+    let notices = o.report.json["notices"].as_array().expect("notices");
+    assert!(
+        notices.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.starts_with("RTLD_DEEPBIND removed from dlopen(") && n.contains("libleaky.so"))),
+        "{ctx}"
+    );
+}

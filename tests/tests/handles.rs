@@ -251,3 +251,22 @@ fn python_clean_twin_reports_no_handles_at_all() {
         assert!(!["fd", "stream", "dir"].contains(&s.kind.as_str()), "reported: {s:?}\n{ctx}");
     }
 }
+
+/// Issue 3's report shape: anonymous and file-backed mappings apart (libhandles.c: 4 anonymous
+/// mappings of 40,960 bytes in all, 1 file-backed of 8,192), and each handle stack's `target`.
+#[test]
+fn mappings_are_split_and_handles_carry_their_target() {
+    let o = run([fixture("host_handles")]).go();
+    let ctx = o.context();
+    let lib = o.report.library(LIB).unwrap_or_else(|| panic!("no {LIB}\n{ctx}"));
+    assert_eq!(Amount::of(&lib["mappings"]["anonymous"]), Amount::new(4, 40_960), "{ctx}");
+    assert_eq!(Amount::of(&lib["mappings"]["file"]), Amount::new(1, 8_192), "{ctx}");
+    let stacks = lib["stacks"].as_array().expect("stacks");
+    let target_of = |api: &str| -> Vec<&str> {
+        stacks.iter().filter(|s| s["api"] == api).filter_map(|s| s["target"].as_str()).collect()
+    };
+    assert_eq!(target_of("socket"), ["socket AF_INET stream"], "{ctx}");
+    assert_eq!(target_of("pipe"), ["pipe (write end)"], "{ctx}");
+    assert_eq!(target_of("creat"), ["/tmp/residue-hx-creat"], "{ctx}");
+    assert!(target_of("mmap").contains(&"anonymous"), "{ctx}");
+}

@@ -19,6 +19,8 @@ use crate::noise::{self, Origin};
 use crate::symbolize::{ModuleMap, Symbolizer};
 
 pub const SCHEMA: &str = "residue-report/1";
+/// How the interposer describes an anonymous mapping.
+const ANONYMOUS: &str = "anonymous";
 /// Distinct resource descriptions kept per stack.
 pub const MAX_DESCRIPTIONS: usize = 100;
 
@@ -119,6 +121,9 @@ pub struct StackOut {
     /// What the resources are, where the interposer said (paths, socket peers); at most
     /// `MAX_DESCRIPTIONS`, distinct.
     pub descriptions: Vec<String>,
+    /// What a handle points to (path, socket family and peer, pipe, "anonymous" for a
+    /// mapping): the first of `descriptions`, which lists them all when they differ.
+    pub target: Option<String>,
     /// The stack record never arrived (the target died before flushing it).
     pub stack_missing: bool,
     /// The Python frames that led here, innermost first (also merged into `frames`); empty for
@@ -142,7 +147,29 @@ pub struct Library {
     pub origin: Origin,
     /// Per kind name (`heap`, `fd`, ...).
     pub unreleased: BTreeMap<String, Count>,
+    /// `unreleased.mapping` split into anonymous and file-backed mappings (present when the
+    /// library holds mappings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mappings: Option<MappingSplit>,
     pub stacks: Vec<StackOut>,
+}
+
+/// Mappings by what backs them.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct MappingSplit {
+    pub anonymous: Count,
+    pub file: Count,
+}
+
+/// A library loaded at run time (dlopen), and what it still held when the process exited. One
+/// that was unloaded while holding resources is warned about: nothing can release them now.
+#[derive(Debug, Serialize)]
+pub struct RuntimeLibrary {
+    pub module: String,
+    /// dlclose'd before exit (its last load, when it was loaded several times).
+    pub unloaded: bool,
+    /// Per kind, what is still unreleased under this library (all origins).
+    pub still_held: BTreeMap<String, Count>,
 }
 
 /// What the runtime itself kept until exit, of one origin.
@@ -244,6 +271,9 @@ pub struct Report {
     pub runtime_residue: RuntimeResidue,
     /// The target ran CPython (`null` otherwise).
     pub python: Option<PythonOut>,
+    /// Libraries loaded at run time, in load order, whether they were unloaded, and what they
+    /// still held.
+    pub runtime_libraries: Vec<RuntimeLibrary>,
     /// Runtime-residue entries not listed in `libraries` (see [`Report::show_all`]).
     #[serde(skip)]
     pub runtime: Vec<Library>,
@@ -366,12 +396,17 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
                 }),
             }
         }
-        let mut groups: HashMap<(u32, Kind, residue_protocol::Api), (Count, Vec<String>)> = HashMap::new();
+        // Per (stack, kind, api): the amount, the distinct descriptions, and how much of it is
+        // anonymous memory (mappings the interposer described as "anonymous").
+        let mut groups: HashMap<(u32, Kind, residue_protocol::Api), (Count, Vec<String>, Count)> = HashMap::new();
         for (kind, _, e) in img.live() {
             let g = groups.entry((e.stack, kind, e.api)).or_default();
             g.0.add(Count { count: 1, bytes: e.size });
-            if let Some(d) = img.descriptions.get(&e.seq).map(String::as_str).or_else(|| exit_text.get(&e.seq).copied())
-            {
+            let d = img.descriptions.get(&e.seq).map(String::as_str).or_else(|| exit_text.get(&e.seq).copied());
+            if kind == Kind::MAPPING && d == Some(ANONYMOUS) {
+                g.2.add(Count { count: 1, bytes: e.size });
+            }
+            if let Some(d) = d {
                 if g.1.len() < MAX_DESCRIPTIONS && !g.1.iter().any(|x| x == d) {
                     g.1.push(d.to_owned());
                 }
@@ -383,7 +418,7 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
         let mut arenas = false;
         let mut missing = 0usize;
         let mut interposer_own = Count::default();
-        for ((stack_id, kind, api), (count, mut descriptions)) in groups {
+        for ((stack_id, kind, api), (count, mut descriptions, anonymous)) in groups {
             descriptions.sort();
             let raw = img.stacks.get(&stack_id);
             let stack_missing = raw.is_none();
@@ -412,6 +447,7 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
                 stack_id,
                 frames,
                 owner_frame,
+                target: descriptions.first().cloned(),
                 descriptions,
                 stack_missing,
                 python,
@@ -432,11 +468,22 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
                 _ => lib,
             };
             let idx = *by_lib.entry((lib.clone(), origin)).or_insert_with(|| {
-                libraries.push(Library { module: lib, origin, unreleased: BTreeMap::new(), stacks: Vec::new() });
+                libraries.push(Library {
+                    module: lib,
+                    origin,
+                    unreleased: BTreeMap::new(),
+                    mappings: None,
+                    stacks: Vec::new(),
+                });
                 libraries.len() - 1
             });
             let l = &mut libraries[idx];
             l.unreleased.entry(kind_name(kind)).or_default().add(count);
+            if kind == Kind::MAPPING {
+                let split = l.mappings.get_or_insert_with(MappingSplit::default);
+                split.anonymous.add(anonymous);
+                split.file.add(Count { count: count.count - anonymous.count, bytes: count.bytes - anonymous.bytes });
+            }
             l.stacks.push(st);
         }
         own = interposer_own;
@@ -461,6 +508,7 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
         loader: summarize(&runtime, Origin::Loader),
     };
     let totals = totals(&libraries, &unattributed);
+    let runtime_libraries = runtime_libraries(ledger, libraries.iter().chain(&runtime));
 
     let images = ledger
         .images
@@ -509,6 +557,30 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
         problems,
         runtime_residue,
         python,
+        runtime_libraries,
         runtime,
     }
+}
+
+/// The final image's libraries loaded at run time, once each (the last load decides whether it
+/// ended unloaded), with what is still held under each.
+fn runtime_libraries<'a>(ledger: &Ledger, entries: impl Iterator<Item = &'a Library> + Clone) -> Vec<RuntimeLibrary> {
+    let Some(img) = ledger.final_image() else { return Vec::new() };
+    let mut out: Vec<RuntimeLibrary> = Vec::new();
+    for m in img.modules.iter().filter(|m| m.runtime && !m.path.is_empty()) {
+        match out.iter_mut().find(|r| r.module == m.path) {
+            Some(r) => r.unloaded = m.unloaded,
+            None => {
+                out.push(RuntimeLibrary { module: m.path.clone(), unloaded: m.unloaded, still_held: BTreeMap::new() })
+            }
+        }
+    }
+    for r in &mut out {
+        for l in entries.clone().filter(|l| l.module == r.module) {
+            for (k, c) in &l.unreleased {
+                r.still_held.entry(k.clone()).or_default().add(*c);
+            }
+        }
+    }
+    out
 }

@@ -210,6 +210,7 @@ mod tests {
             build_id: vec![],
             segments: vec![Segment { vaddr: 0, memsz: 0x100_0000, offset: 0, flags: 5 }],
             unloaded: false,
+            runtime: false,
             file: std::fs::File::open(path).ok().map(Arc::new),
         }
     }

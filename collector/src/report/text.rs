@@ -137,6 +137,14 @@ pub fn render(r: &Report, limits: Limits) -> String {
     for pr in &r.problems {
         let _ = writeln!(out, "residue: {pr}");
     }
+    for l in r.runtime_libraries.iter().filter(|l| l.unloaded && !l.still_held.is_empty()) {
+        let _ = writeln!(
+            out,
+            "residue: warning: {} was unloaded (dlclose) while still holding {}: nothing can release them now",
+            basename(&l.module),
+            amounts(&l.still_held)
+        );
+    }
     if r.python.as_ref().is_some_and(|p| p.pymalloc != Some(false)) {
         let _ = writeln!(
             out,
@@ -163,7 +171,11 @@ pub fn render(r: &Report, limits: Limits) -> String {
         }
         let origin =
             if lib.origin == Origin::User { String::new() } else { format!(" [{} residue]", lib.origin.name()) };
-        let _ = writeln!(out, "\n{}{origin}: {} unreleased", lib.module, amounts(&lib.unreleased));
+        let split = lib
+            .mappings
+            .map(|m| format!(" (mappings: {} anonymous, {} file-backed)", m.anonymous.count, m.file.count))
+            .unwrap_or_default();
+        let _ = writeln!(out, "\n{}{origin}: {} unreleased{split}", lib.module, amounts(&lib.unreleased));
         for (si, st) in lib.stacks.iter().enumerate() {
             if si == limits.stacks {
                 let _ = writeln!(out, "  ... {} more stacks (--all shows them)", lib.stacks.len() - si);
