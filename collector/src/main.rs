@@ -8,6 +8,7 @@ mod ledger;
 mod noise;
 mod owner;
 mod report;
+mod session;
 mod stream;
 mod symbolize;
 #[cfg(test)]
@@ -18,8 +19,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use residue_protocol::{DecodeErrorKind, Encoder, MAX_SMALL_RECORD};
@@ -138,65 +137,25 @@ fn open_output(path: &Path) -> Result<File> {
 }
 
 fn run(argv: &[OsString], output: Option<&Path>, json: Option<&Path>, depth: u32, all: bool) -> Result<i32> {
-    let preload = launch::find_preload()?;
-    let check = launch::check_target(&argv[0]);
-    if let Some(reason) = check.reason() {
-        eprintln!("residue: warning: {reason}; it will run, but residue will likely see nothing");
-    }
     let tee = output.map(open_output).transpose()?;
     let mut trace_end = tee
         .as_ref()
         .map(File::try_clone)
         .transpose()
         .map_err(|e| Error::io("residue: cannot duplicate the trace file", e))?;
-    let fd_limit = launch::raise_fd_limit();
-
-    let mut launched = launch::spawn(&launch::Options { argv, preload: &preload, depth, fd_limit })?;
-    let pid = launched.child.id();
-    let root_exited = Arc::new(AtomicBool::new(false));
-    let reader = stream::spawn_live(launched.stream, tee, root_exited.clone())
-        .map_err(|e| Error::io("residue: cannot start the reader thread", e))?;
-    let (code, signal) = launch::wait(&mut launched.child);
-    root_exited.store(true, Ordering::Release);
-    let outcome =
-        reader.join().map_err(|_| Error::new("residue: the reader thread panicked; this is a bug in residue"))?;
-    let state = outcome.state;
-
-    let mut problems = Vec::new();
-    if let Some(e) = &state.error {
-        problems.push(e.to_string());
-    }
-    if let Some(e) = outcome.tee_error {
-        problems.push(format!("writing the trace file failed ({e}); it is incomplete, the report is not"));
-    }
-    if outcome.stopped_on_idle {
-        problems.push(
-            "the target exited but the stream stayed open (a descendant holds it) and went quiet; residue stopped reading after 1 s".into(),
-        );
-    }
+    let session::Traced { state, info, mut problems, untracked } = session::trace(argv, depth, tee, "residue")?;
     if let (Some(f), true) = (trace_end.as_mut(), state.error.is_none() && state.ledger.header_seen) {
         let mut buf = [0u8; MAX_SMALL_RECORD];
-        let n = Encoder::default().process_end(&mut buf, 0, pid, code.unwrap_or(0), signal.unwrap_or(0));
+        let pid = info.pid.unwrap_or(0);
+        let n = Encoder::default().process_end(&mut buf, 0, pid, info.code.unwrap_or(0), info.signal.unwrap_or(0));
         if let Err(e) = f.write_all(&buf[..n]) {
             problems.push(format!("appending the exit status to the trace file failed ({e})"));
         }
     }
-
-    let info = ProcessInfo {
-        pid: Some(pid),
-        argv: argv.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
-        code,
-        signal,
-    };
     let status = info.status().unwrap_or(1);
-    if !state.ledger.header_seen {
-        let why = check
-            .reason()
-            .unwrap_or_else(|| "it may be statically linked or set-user-ID, or it cleared LD_PRELOAD".to_owned());
-        let sentence = format!("residue: the target could not be tracked: no events arrived ({why})");
-        problems.push(sentence.trim_start_matches("residue: ").to_owned());
+    if let Some(sentence) = untracked {
         let r = report::build(&state.ledger, &info, problems);
-        eprintln!("{sentence}");
+        eprintln!("residue: {sentence}");
         write_json(&r, json);
         return Ok(status);
     }

@@ -306,6 +306,15 @@ impl StreamState {
         }
     }
 
+    /// A saved trace ends with the `ProcessEnd` record `residue run` appends once the target
+    /// is reaped. Without it, the file was cut, possibly exactly at a record boundary (where
+    /// nothing else tells): it is truncated there.
+    fn require_exit_record(&mut self) {
+        if self.error.is_none() && self.ledger.header_seen && self.ledger.process_end.is_none() {
+            self.error = Some(DecodeError::truncated(self.offset));
+        }
+    }
+
     /// The compressed data does not decompress: what follows the damage is unreadable.
     fn damaged(&mut self) {
         if self.error.is_none() {
@@ -354,6 +363,7 @@ pub fn read_file(path: &std::path::Path) -> std::io::Result<StreamState> {
             feed_all(&mut f, &mut state, &mut buf)?;
         }
         state.finish();
+        state.require_exit_record();
         return Ok(state);
     }
     let mut z = zstd::stream::read::Decoder::new(f)?.single_frame();
@@ -372,6 +382,7 @@ pub fn read_file(path: &std::path::Path) -> std::io::Result<StreamState> {
         Err(e) => return Err(e),
     }
     state.finish();
+    state.require_exit_record();
     Ok(state)
 }
 
@@ -418,8 +429,10 @@ pub fn spawn_live(
                 None
             }
         };
-        // A larger pipe (the kernel caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default)
-        // means fewer wake-ups of the target's writer and of us. Failure only costs speed.
+        // If the stream is a pipe, a larger one (the kernel caps it at
+        // /proc/sys/fs/pipe-max-size, 1 MiB by default) means fewer wake-ups of the target's
+        // writer and of us. On a socket (what `launch` makes; it sizes the socket buffers) this
+        // fails, harmlessly: failure only costs speed.
         // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ takes an int argument.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         let mut buf = vec![0u8; 1 << 20];

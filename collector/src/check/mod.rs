@@ -19,8 +19,6 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -30,8 +28,7 @@ use self::pattern::{basename, glob_match};
 use self::suppress::{Matched, Suppressions};
 use crate::error::{Error, Result};
 use crate::noise::Origin;
-use crate::report::{self, Count, Library, ProcessInfo, Report, StackOut};
-use crate::{launch, stream};
+use crate::report::{self, Count, Library, Report, StackOut};
 
 /// Exit statuses of `residue check`. A wrapper's convention (`timeout`, `env`, `git bisect
 /// run`): 125-127 are the wrapper's own, everything else the target's or the verdict.
@@ -671,64 +668,21 @@ fn write_file(path: &Path, what: &str, text: &str) -> std::result::Result<(), St
 /// Runs the target, traces it, and builds the report (what `residue run` does, without its
 /// text output). Also returns the modules the final image had loaded.
 fn trace(argv: &[OsString], depth: u32) -> Result<(Report, Vec<String>)> {
-    let preload = launch::find_preload().map_err(|mut e| {
-        e.exit_code = exit::RESIDUE_ERROR;
+    // residue's own failures (no interposer, a command line it cannot launch) are 125 here, so
+    // that CI can tell them from the target's statuses.
+    let traced = crate::session::trace(argv, depth, None, "residue check").map_err(|mut e| {
+        if e.exit_code == 2 {
+            e.exit_code = exit::RESIDUE_ERROR;
+        }
         e
     })?;
-    let check = launch::check_target(&argv[0]);
-    if let Some(reason) = check.reason() {
-        eprintln!("residue check: warning: {reason}; it will run, but residue will likely see nothing");
-    }
-    let fd_limit = launch::raise_fd_limit();
-    let mut launched =
-        launch::spawn(&launch::Options { argv, preload: &preload, depth, fd_limit }).map_err(|mut e| {
-            if e.exit_code == 2 {
-                e.exit_code = exit::RESIDUE_ERROR;
-            }
-            e
-        })?;
-    let pid = launched.child.id();
-    let root_exited = Arc::new(AtomicBool::new(false));
-    let reader = stream::spawn_live(launched.stream, None, root_exited.clone()).map_err(|e| {
-        let mut e = Error::io("residue: cannot start the reader thread", e);
-        e.exit_code = exit::RESIDUE_ERROR;
-        e
-    })?;
-    let (code, signal) = launch::wait(&mut launched.child);
-    root_exited.store(true, Ordering::Release);
-    let outcome = reader.join().map_err(|_| {
-        let mut e = Error::new("residue: the reader thread panicked; this is a bug in residue");
-        e.exit_code = exit::RESIDUE_ERROR;
-        e
-    })?;
-    let state = outcome.state;
-    let mut problems = Vec::new();
-    if let Some(e) = &state.error {
-        problems.push(e.to_string());
-    }
-    if outcome.stopped_on_idle {
-        problems.push(
-            "the target exited but the stream stayed open (a descendant holds it) and went quiet; residue stopped reading after 1 s".into(),
-        );
-    }
-    if !state.ledger.header_seen {
-        let why = check
-            .reason()
-            .unwrap_or_else(|| "it may be statically linked or set-user-ID, or it cleared LD_PRELOAD".to_owned());
-        problems.push(format!("the target could not be tracked: no events arrived ({why})"));
-    }
-    let info = ProcessInfo {
-        pid: Some(pid),
-        argv: argv.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
-        code,
-        signal,
-    };
-    let loaded = state
+    let loaded = traced
+        .state
         .ledger
         .final_image()
         .map(|img| img.modules.iter().map(|m| m.path.clone()).filter(|p| p.starts_with('/')).collect())
         .unwrap_or_default();
-    Ok((report::build(&state.ledger, &info, problems), loaded))
+    Ok((report::build(&traced.state.ledger, &traced.info, traced.problems), loaded))
 }
 
 /// `residue check`.

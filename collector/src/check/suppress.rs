@@ -185,6 +185,7 @@ mod tests {
             frames,
             owner_frame: Some(1),
             descriptions: vec![],
+            target: None,
             stack_missing: false,
             python: vec![],
             foreign_call: None,

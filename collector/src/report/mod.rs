@@ -353,6 +353,15 @@ pub fn command_line(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// The live resources of one (stack, kind, api): the amount, the distinct descriptions, and how
+/// much of it is anonymous memory (mappings the interposer described as "anonymous").
+#[derive(Default)]
+struct Group {
+    amount: Count,
+    descriptions: Vec<String>,
+    anonymous: Count,
+}
+
 /// Builds the report of the ledger's final image.
 pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> Report {
     let tracked = ledger.header_seen;
@@ -396,19 +405,17 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
                 }),
             }
         }
-        // Per (stack, kind, api): the amount, the distinct descriptions, and how much of it is
-        // anonymous memory (mappings the interposer described as "anonymous").
-        let mut groups: HashMap<(u32, Kind, residue_protocol::Api), (Count, Vec<String>, Count)> = HashMap::new();
+        let mut groups: HashMap<(u32, Kind, residue_protocol::Api), Group> = HashMap::new();
         for (kind, _, e) in img.live() {
             let g = groups.entry((e.stack, kind, e.api)).or_default();
-            g.0.add(Count { count: 1, bytes: e.size });
+            g.amount.add(Count { count: 1, bytes: e.size });
             let d = img.descriptions.get(&e.seq).map(String::as_str).or_else(|| exit_text.get(&e.seq).copied());
             if kind == Kind::MAPPING && d == Some(ANONYMOUS) {
-                g.2.add(Count { count: 1, bytes: e.size });
+                g.anonymous.add(Count { count: 1, bytes: e.size });
             }
             if let Some(d) = d {
-                if g.1.len() < MAX_DESCRIPTIONS && !g.1.iter().any(|x| x == d) {
-                    g.1.push(d.to_owned());
+                if g.descriptions.len() < MAX_DESCRIPTIONS && !g.descriptions.iter().any(|x| x == d) {
+                    g.descriptions.push(d.to_owned());
                 }
             }
         }
@@ -418,7 +425,7 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
         let mut arenas = false;
         let mut missing = 0usize;
         let mut interposer_own = Count::default();
-        for ((stack_id, kind, api), (count, mut descriptions, anonymous)) in groups {
+        for ((stack_id, kind, api), Group { amount: count, mut descriptions, anonymous }) in groups {
             descriptions.sort();
             let raw = img.stacks.get(&stack_id);
             let stack_missing = raw.is_none();
