@@ -649,6 +649,15 @@ mod tests {
             let live: Vec<_> = s.ledger.final_image().unwrap().live().map(|(_, id, _)| id).collect();
             assert_eq!(live, vec![0x1000], "{name}");
         }
+        // Without the exit record the file was cut, even exactly at a record boundary (here,
+        // at the end of the compressed frame): truncated, with what was decoded.
+        for (name, bytes) in [("z-no-end", compressed(&raw)), ("raw-no-end", raw.clone())] {
+            let s = read(name, &bytes);
+            let err = s.error.expect(name);
+            assert_eq!(err.kind, residue_protocol::DecodeErrorKind::Truncated, "{name}");
+            assert_eq!(err.offset, raw.len() as u64, "{name}");
+            assert_eq!(s.ledger.final_image().unwrap().live().count(), 1, "{name}");
+        }
     }
 
     /// A compressed trace cut short is truncated (what was decoded stands); damaged compressed

@@ -8,7 +8,8 @@
 //! `PyCode_Addr2Line`, cached per (code object, instruction): the line table walk happens once
 //! per call site. Code objects are interned: each is sent once as a `Code` record.
 //!
-//! Layouts are per version (3.11 read from its headers; 3.12 from CPython's source). Before the
+//! Layouts are per version: 3.11 and 3.12 from their headers; 3.13 from the offsets CPython
+//! publishes for debuggers at the start of `_PyRuntime` (`_Py_DebugOffsets`). Before the
 //! first walk is trusted, it is replayed with `process_vm_readv`, which fails instead of
 //! faulting, and every code object's type is checked; an unknown version or a failed check
 //! turns Python frames off with a one-line notice, never a crash.
@@ -24,8 +25,10 @@ use crate::transport::emit;
 /// Field offsets of one CPython version.
 struct Layout {
     version: (u8, u8),
+    /// The thread state's field that leads to the current frame: its `_PyCFrame` (3.11, 3.12,
+    /// then `cframe_current` in it) or the frame itself (3.13: `cframe_current` is `None`).
     tstate_cframe: usize,
-    cframe_current: usize,
+    cframe_current: Option<usize>,
     frame_code: usize,
     frame_previous: usize,
     frame_prev_instr: usize,
@@ -46,7 +49,7 @@ struct Layout {
 const PY311: Layout = Layout {
     version: (3, 11),
     tstate_cframe: 56,
-    cframe_current: 8,
+    cframe_current: Some(8),
     frame_code: 32,
     frame_previous: 48,
     frame_prev_instr: 56,
@@ -65,7 +68,7 @@ const PY311: Layout = Layout {
 const PY312: Layout = Layout {
     version: (3, 12),
     tstate_cframe: 56,
-    cframe_current: 0,
+    cframe_current: Some(0),
     frame_code: 0,
     frame_previous: 8,
     frame_prev_instr: 56,
@@ -112,9 +115,9 @@ pub fn detect() {
         return;
     }
     let version = sym(c"Py_Version");
+    // SAFETY: Py_Version is a `const unsigned long` in every CPython since 3.11.
+    let hex = if version != 0 { unsafe { *(version as *const u64) } } else { 0 };
     let (major, minor) = if version != 0 {
-        // SAFETY: Py_Version is a `const unsigned long` in every CPython since 3.11.
-        let hex = unsafe { *(version as *const u64) };
         ((hex >> 24) as u8, (hex >> 16) as u8)
     } else {
         // Before 3.11 there is no Py_Version, but the interpreter still needs its notice
@@ -124,10 +127,15 @@ pub fn detect() {
             None => return,
         }
     };
-    let layout: &'static Layout = match (major, minor) {
-        (3, 11) => &PY311,
-        (3, 12) => &PY312,
-        _ => {
+    let layout: Option<&'static Layout> = match (major, minor) {
+        (3, 11) => Some(&PY311),
+        (3, 12) => Some(&PY312),
+        (3, 13) => from_debug_offsets(hex),
+        _ => None,
+    };
+    let layout = match layout {
+        Some(l) => l,
+        None => {
             LAYOUT.store(usize::MAX, Ordering::Relaxed);
             crate::lifecycle::notice(
                 format!(
@@ -172,6 +180,42 @@ fn old_version() -> Option<(u8, u8)> {
     let mut parts = s.split(|&b| b == b'.' || b == b' ');
     let mut num = || std::str::from_utf8(parts.next()?).ok()?.parse::<u8>().ok();
     Some((num()?, num()?))
+}
+
+/// The 3.13 layout, from the `_Py_DebugOffsets` at the start of `_PyRuntime` (cookie
+/// "xdebugpy", then the version it describes): positions within that struct are fixed for a
+/// minor version (read from 3.13's headers); the offsets they hold are the interpreter's own.
+fn from_debug_offsets(hex: u64) -> Option<&'static Layout> {
+    let runtime = sym(c"_PyRuntime") as u64;
+    if runtime == 0 {
+        return None;
+    }
+    let field = |at: u64| word(runtime + at, true);
+    if field(0)?.to_le_bytes() != *b"xdebugpy" || field(8)? != hex {
+        return None;
+    }
+    let small = |at: u64| field(at).filter(|&v| v < 4096).map(|v| v as usize);
+    let ascii_size = small(560)?;
+    let layout = Layout {
+        version: (3, 13),
+        tstate_cframe: small(184)?,
+        cframe_current: None,
+        frame_code: small(240)?,
+        frame_previous: small(232)?,
+        frame_prev_instr: small(248)?,
+        frame_is_entry: None,
+        frame_owner: Some(small(264)?),
+        code_filename: small(280)?,
+        code_qualname: small(296)?,
+        code_firstlineno: small(312)?,
+        code_adaptive: small(344)?,
+        ascii_state: small(544)?,
+        ascii_length: small(552)?,
+        ascii_size,
+        // PyCompactUnicodeObject adds utf8_length and utf8 to PyASCIIObject.
+        compact_size: ascii_size + 16,
+    };
+    Some(Box::leak(Box::new(layout)))
 }
 
 fn layout() -> &'static Layout {
@@ -250,11 +294,12 @@ pub fn frames(t: &Thread, out: &mut [u64]) -> usize {
 fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize> {
     let l = layout();
     let code_type = CODE_TYPE.load(Ordering::Relaxed);
-    let cframe = word(tstate + l.tstate_cframe as u64, checked)?;
-    if cframe == 0 {
-        return Some(0);
-    }
-    let mut f = word(cframe + l.cframe_current as u64, checked)?;
+    let first = word(tstate + l.tstate_cframe as u64, checked)?;
+    let mut f = match l.cframe_current {
+        Some(_) if first == 0 => return Some(0),
+        Some(off) => word(first + off as u64, checked)?,
+        None => first,
+    };
     let mut n = 0;
     while f != 0 && n < out.len().min(MAX_PY_FRAMES) {
         if let Some(owner) = l.frame_owner {

@@ -9,6 +9,7 @@
 
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use crate::state::thread;
 
@@ -57,6 +58,129 @@ fn find_real() -> usize {
 /// `C-unwind`: the called function may throw (C++) or be cancelled (forced unwind), and that
 /// unwind must pass through this frame as it would through libffi's own.
 ///
+/// The functions residue hooks. Python can call the C library's own definition of one through
+/// ctypes (`CDLL("libc.so.6").malloc`: dlsym on a library's handle binds to that library's
+/// definition, not to ours), which would make its acquisitions and releases invisible; such a
+/// call is sent to our hook instead, which takes the same arguments. Keep in step with hooks/.
+const HOOKED: &[&CStr] = &[
+    c"malloc",
+    c"calloc",
+    c"realloc",
+    c"reallocarray",
+    c"free",
+    c"posix_memalign",
+    c"aligned_alloc",
+    c"memalign",
+    c"valloc",
+    c"pvalloc",
+    c"strdup",
+    c"__strdup",
+    c"strndup",
+    c"open",
+    c"open64",
+    c"openat",
+    c"openat64",
+    c"__open_2",
+    c"__open64_2",
+    c"__openat_2",
+    c"__openat64_2",
+    c"creat",
+    c"creat64",
+    c"dup",
+    c"dup2",
+    c"dup3",
+    c"fcntl",
+    c"fcntl64",
+    c"pipe",
+    c"pipe2",
+    c"socket",
+    c"socketpair",
+    c"accept",
+    c"accept4",
+    c"connect",
+    c"eventfd",
+    c"timerfd_create",
+    c"signalfd",
+    c"epoll_create",
+    c"epoll_create1",
+    c"inotify_init",
+    c"inotify_init1",
+    c"memfd_create",
+    c"recvmsg",
+    c"close",
+    c"close_range",
+    c"fopen",
+    c"fopen64",
+    c"fdopen",
+    c"freopen",
+    c"freopen64",
+    c"popen",
+    c"tmpfile",
+    c"tmpfile64",
+    c"fmemopen",
+    c"open_memstream",
+    c"fclose",
+    c"pclose",
+    c"opendir",
+    c"fdopendir",
+    c"closedir",
+    c"mmap",
+    c"mmap64",
+    c"munmap",
+    c"mremap",
+    c"dlopen",
+    c"dlclose",
+    c"fork",
+    c"execv",
+    c"execve",
+    c"execvp",
+    c"execvpe",
+    c"fexecve",
+    c"posix_spawn",
+    c"posix_spawnp",
+    c"system",
+    c"_exit",
+    c"_Exit",
+    c"abort",
+    c"pthread_exit",
+];
+
+/// (the C library's definition, ours) for each hooked function, built on the first foreign call.
+fn redirects() -> &'static [(usize, usize)] {
+    static TABLE: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut info = empty_dl_info();
+        // SAFETY: dladdr fills `info` for an address inside a loaded module (this function's).
+        if unsafe { libc::dladdr(redirects as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: RTLD_NOLOAD on our own, loaded, file returns a handle to it without loading.
+        let ours = unsafe { libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if ours.is_null() {
+            return Vec::new();
+        }
+        HOOKED
+            .iter()
+            .filter_map(|name| {
+                // SAFETY: dlsym on a valid handle and RTLD_NEXT with NUL-terminated names.
+                let (theirs, mine) = unsafe {
+                    (libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) as usize, libc::dlsym(ours, name.as_ptr()) as usize)
+                };
+                (theirs != 0 && mine != 0 && theirs != mine).then_some((theirs, mine))
+            })
+            .collect()
+    })
+}
+
+fn empty_dl_info() -> libc::Dl_info {
+    libc::Dl_info {
+        dli_fname: std::ptr::null(),
+        dli_fbase: std::ptr::null_mut(),
+        dli_sname: std::ptr::null(),
+        dli_saddr: std::ptr::null_mut(),
+    }
+}
+
 /// # Safety
 /// As libffi's ffi_call; only reached by programs that call it, which have it loaded.
 #[no_mangle]
@@ -67,8 +191,12 @@ pub unsafe extern "C-unwind" fn ffi_call(
     avalue: *mut *mut c_void,
 ) {
     let mut real = REAL.load(Ordering::Acquire);
+    let t = thread();
+    // Looking things up allocates (dlsym, dlopen): that is ours, not the caller's.
+    let was = t.busy.replace(true);
+    let f = redirects().iter().find(|r| r.0 == f as usize).map_or(f, |r| r.1 as *mut c_void);
+    t.busy.set(was);
     if real == 0 {
-        let t = thread();
         let was = t.busy.replace(true);
         real = find_real();
         t.busy.set(was);
@@ -78,7 +206,6 @@ pub unsafe extern "C-unwind" fn ffi_call(
         }
         REAL.store(real, Ordering::Release);
     }
-    let t = thread();
     // Nested calls (a callback into Python that calls C again) restore the outer function, also
     // when the call unwinds (an exception caught above us).
     struct Restore(&'static crate::state::Thread, u64, u64);
