@@ -169,6 +169,8 @@ pub struct Options<'a> {
     pub depth: u32,
     /// The descriptor limit the user had (restored in the child).
     pub fd_limit: Option<libc::rlimit>,
+    /// The socket children connect to, when they are followed.
+    pub children: Option<&'a Path>,
 }
 
 /// Starts the target with the interposer preloaded and the stream on `CHILD_FD`.
@@ -223,7 +225,11 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
         .env("LD_PRELOAD", preload)
         // A RESIDUE_PID inherited from an outer residue would make our root think it is an
         // unfollowed child and stay silent.
-        .env_remove("RESIDUE_PID");
+        .env_remove("RESIDUE_PID")
+        .env_remove("RESIDUE_SOCKET");
+    if let Some(socket) = opts.children {
+        cmd.env("RESIDUE_SOCKET", socket);
+    }
 
     // Ctrl-C and Ctrl-\ reach the target through the terminal's process group; the collector
     // must outlive the target to report. The child gets the user's dispositions back.

@@ -518,6 +518,9 @@ pub struct Image {
     pub untracked: bool,
     /// Its `ImageStart` has arrived.
     pub started: bool,
+    /// When it started (ns since the epoch, the target's clock): tells a launcher's helpers,
+    /// started before the final exec, from the program's own children.
+    pub time_ns: u64,
     /// Records that followed an `Exec`, before any `ImageStart`: a new image's if the exec
     /// succeeded, the old image's if it failed.
     pub tentative: bool,
@@ -869,9 +872,9 @@ impl Ledger {
     pub fn apply(&mut self, record: Record) {
         match record {
             Record::Header { .. } => self.header_seen = true,
-            Record::ImageStart { pid, ppid, root, exec, time_ns: _, exe, argv } => {
+            Record::ImageStart { pid, ppid, root, exec, time_ns, exe, argv } => {
                 self.after_exec = false;
-                let start = Image { pid, ppid, root, exec, exe, argv, started: true, ..Image::default() };
+                let start = Image { pid, ppid, root, exec, exe, argv, started: true, time_ns, ..Image::default() };
                 let adopt = self.images.last().is_some_and(|i| !i.started);
                 if adopt {
                     // Fill in the placeholder (or tentative image) that already holds this

@@ -2,6 +2,7 @@
 //! behind, or report from a saved trace.
 
 mod check;
+mod children;
 mod error;
 mod launch;
 mod ledger;
@@ -60,6 +61,9 @@ enum Cmd {
         /// less, otherwise served by pymalloc from its own arenas) are seen one by one.
         #[arg(long)]
         python_malloc: bool,
+        /// Do not follow child processes into sections of their own (they are then only listed).
+        #[arg(long)]
+        no_follow: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         cmd: Vec<OsString>,
@@ -87,13 +91,13 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run { output, json, depth, all, python_malloc, cmd } => {
+        Cmd::Run { output, json, depth, all, python_malloc, no_follow, cmd } => {
             if python_malloc {
                 // Before any thread exists (set_var is unsound next to threads reading the
                 // environment); the target inherits it through launch::spawn.
                 std::env::set_var("PYTHONMALLOC", "malloc");
             }
-            run(&cmd, output.as_deref(), json.as_deref(), depth, all)
+            run(&cmd, output.as_deref(), json.as_deref(), depth, all, !no_follow)
         }
         Cmd::Report { trace, json, all } => report_file(&trace, json.as_deref(), all),
         Cmd::Check(a) => check::cli::run(a),
@@ -136,14 +140,22 @@ fn open_output(path: &Path) -> Result<File> {
         })
 }
 
-fn run(argv: &[OsString], output: Option<&Path>, json: Option<&Path>, depth: u32, all: bool) -> Result<i32> {
+fn run(
+    argv: &[OsString],
+    output: Option<&Path>,
+    json: Option<&Path>,
+    depth: u32,
+    all: bool,
+    follow: bool,
+) -> Result<i32> {
     let tee = output.map(open_output).transpose()?;
     let mut trace_end = tee
         .as_ref()
         .map(File::try_clone)
         .transpose()
         .map_err(|e| Error::io("residue: cannot duplicate the trace file", e))?;
-    let session::Traced { state, info, mut problems, untracked } = session::trace(argv, depth, tee, "residue")?;
+    let session::Traced { state, children, info, mut problems, untracked } =
+        session::trace(argv, depth, tee, "residue", follow)?;
     if let (Some(f), true) = (trace_end.as_mut(), state.error.is_none() && state.ledger.header_seen) {
         let mut buf = [0u8; MAX_SMALL_RECORD];
         let pid = info.pid.unwrap_or(0);
@@ -159,8 +171,22 @@ fn run(argv: &[OsString], output: Option<&Path>, json: Option<&Path>, depth: u32
         write_json(&r, json);
         return Ok(status);
     }
-    let mut r = report::build(&state.ledger, &info, problems);
-    r.run_environment(std::env::var_os("PYTHONMALLOC").as_deref());
+    let mut sym = symbolize::Symbolizer::new();
+    let mut r = report::build_with(&state.ledger, &info, problems, &mut sym);
+    let pythonmalloc = std::env::var_os("PYTHONMALLOC");
+    r.run_environment(pythonmalloc.as_deref());
+    let children = children
+        .iter()
+        .map(|c| {
+            let mut cr = report::build_child(&c.ledger, c.error.iter().map(ToString::to_string).collect(), &mut sym);
+            cr.run_environment(pythonmalloc.as_deref());
+            if all {
+                cr.show_all();
+            }
+            (cr, c.ledger.images.first().map_or(0, |i| i.time_ns))
+        })
+        .collect();
+    r.attach_children(children, state.ledger.final_image().map_or(0, |i| i.time_ns));
     if all {
         r.show_all();
     }

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::children;
 use crate::error::{Error, Result};
 use crate::launch;
 use crate::report::ProcessInfo;
@@ -16,6 +17,8 @@ use crate::stream::{self, StreamState};
 /// (one sentence each, for the report).
 pub struct Traced {
     pub state: StreamState,
+    /// The streams of followed children (forked or exec'd), in the order they connected.
+    pub children: Vec<StreamState>,
     pub info: ProcessInfo,
     pub problems: Vec<String>,
     /// Why the target could not be tracked, when nothing arrived (also in `problems`).
@@ -23,17 +26,32 @@ pub struct Traced {
 }
 
 /// Runs `argv` under the interposer. `who` prefixes the up-front warning (`residue`,
-/// `residue check`); `tee` receives the raw stream (`--output`).
-pub fn trace(argv: &[OsString], depth: u32, tee: Option<File>, who: &str) -> Result<Traced> {
+/// `residue check`); `tee` receives the raw stream (`--output`); `follow` gives children
+/// streams of their own.
+pub fn trace(argv: &[OsString], depth: u32, tee: Option<File>, who: &str, follow: bool) -> Result<Traced> {
     let preload = launch::find_preload()?;
     let check = launch::check_target(&argv[0]);
     if let Some(reason) = check.reason() {
         eprintln!("{who}: warning: {reason}; it will run, but residue will likely see nothing");
     }
     let fd_limit = launch::raise_fd_limit();
-    let mut launched = launch::spawn(&launch::Options { argv, preload: &preload, depth, fd_limit })?;
+    let listener = if follow {
+        Some(
+            children::Listener::new()
+                .map_err(|e| Error::io("residue: cannot create the socket children connect to", e))?,
+        )
+    } else {
+        None
+    };
+    let socket = listener.as_ref().map(|l| l.path().to_owned());
+    let mut launched =
+        launch::spawn(&launch::Options { argv, preload: &preload, depth, fd_limit, children: socket.as_deref() })?;
     let pid = launched.child.id();
     let root_exited = Arc::new(AtomicBool::new(false));
+    let acceptor = listener
+        .map(|l| l.accept(root_exited.clone()))
+        .transpose()
+        .map_err(|e| Error::io("residue: cannot start the thread that accepts children", e))?;
     let reader = stream::spawn_live(launched.stream, tee, root_exited.clone())
         .map_err(|e| Error::io("residue: cannot start the reader thread", e))?;
     let (code, signal) = launch::wait(&mut launched.child);
@@ -41,6 +59,8 @@ pub fn trace(argv: &[OsString], depth: u32, tee: Option<File>, who: &str) -> Res
     let outcome =
         reader.join().map_err(|_| Error::new("residue: the reader thread panicked; this is a bug in residue"))?;
     let state = outcome.state;
+    let children: Vec<StreamState> =
+        acceptor.map(|a| a.finish().into_iter().map(|o| o.state).collect()).unwrap_or_default();
 
     let mut problems = Vec::new();
     if let Some(e) = &state.error {
@@ -67,5 +87,5 @@ pub fn trace(argv: &[OsString], depth: u32, tee: Option<File>, who: &str) -> Res
         code,
         signal,
     };
-    Ok(Traced { state, info, problems, untracked })
+    Ok(Traced { state, children, info, problems, untracked })
 }

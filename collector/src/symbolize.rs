@@ -74,6 +74,12 @@ impl Symbolizer {
         Self::default()
     }
 
+    /// Another process's stacks follow: its addresses mean other things (an exec'd child has its
+    /// own layout), but the module files already parsed can serve it too.
+    pub fn next_process(&mut self) {
+        self.cache.clear();
+    }
+
     fn loader(&mut self, m: &Module) -> Option<&Loader> {
         self.loaders.entry(m.path.clone()).or_insert_with(|| open_loader(m)).as_ref()
     }

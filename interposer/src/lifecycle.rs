@@ -13,6 +13,9 @@ use crate::{modules, stacks, transport};
 /// This image's pid: a hook running under another pid is in a vfork child sharing our memory.
 static OWN_PID: AtomicU32 = AtomicU32::new(0);
 static MAIN_EXITED: AtomicBool = AtomicBool::new(false);
+/// The process's arguments as the constructor got them (a forked child reports the same).
+static ARGC: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static ARGV: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 // glibc calls .init_array entries with (argc, argv, envp), after the libraries we depend on
 // (libc) are initialized; being preloaded, we run before the program and its libraries.
@@ -35,30 +38,34 @@ extern "C" fn init(argc: c_int, argv: *const *const c_char, _envp: *const *const
 }
 
 fn start(argc: c_int, argv: *const *const c_char) {
-    let Some(fd) = getenv(c"RESIDUE_FD").and_then(parse_u64) else {
-        // Preloaded outside `residue run`: stay out of the way.
-        state::set_state(PASSIVE);
-        return;
-    };
-    let fd = fd as i32;
+    ARGC.store(argc, Ordering::Relaxed);
+    ARGV.store(argv as usize, Ordering::Relaxed);
     let pid = ffi::getpid();
     OWN_PID.store(pid, Ordering::Relaxed);
-    let root = match getenv(c"RESIDUE_PID").and_then(parse_u64) {
-        None => {
-            let v = format!("{pid}\0");
-            // SAFETY: both strings are NUL-terminated; we are in the constructor, before the
-            // program runs, so no other thread reads the environment concurrently.
-            unsafe { libc::setenv(c"RESIDUE_PID".as_ptr(), v.as_ptr().cast(), 1) };
-            true
-        }
-        Some(p) if p == u64::from(pid) => false,
-        // A child of the traced process: not followed (yet); the parent's stream records the
-        // fork, and this image writes nothing.
-        Some(_) => {
+    let env_fd = getenv(c"RESIDUE_FD").and_then(parse_u64).map(|fd| fd as i32);
+    // Which stream this image writes: a new one (the process residue launched, or a child that
+    // connects to the collector's socket), or its own process's, continued after exec.
+    let (fd, new_stream) = match (getenv(c"RESIDUE_PID").and_then(parse_u64), env_fd) {
+        // Preloaded outside `residue run`: stay out of the way.
+        (_, None) => {
             state::set_state(PASSIVE);
             return;
         }
+        (None, Some(fd)) => (fd, true),
+        (Some(p), Some(fd)) if p == u64::from(pid) => (fd, false),
+        // A child of a traced process that exec'd (fork+exec, vfork, posix_spawn, system): it
+        // gets a stream of its own if the collector follows children, else it stays silent.
+        (Some(_), Some(_)) => match connect_to_collector() {
+            Some(fd) => (fd, true),
+            None => {
+                state::set_state(PASSIVE);
+                return;
+            }
+        },
     };
+    if new_stream {
+        claim_stream(pid, fd);
+    }
     // SAFETY: F_GETFD on any integer is safe; it fails with EBADF if fd is not open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         state::set_state(PASSIVE);
@@ -79,15 +86,85 @@ fn start(argc: c_int, argv: *const *const c_char) {
     }
     // SAFETY: the handler is an extern "C" fn with no arguments, as pthread_atfork requires.
     unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
-    if root {
+    begin_stream(pid, new_stream);
+}
+
+/// The image's first records: the header (on a new stream), its start, its modules, sent at
+/// once so that an image that ends with _exit or is killed still has them; then recording.
+fn begin_stream(pid: u32, new_stream: bool) {
+    if new_stream {
         transport::write_raw(&residue_protocol::header());
     }
-    image_start(pid, root, argc, argv);
+    image_start(pid, new_stream, ARGC.load(Ordering::Relaxed), ARGV.load(Ordering::Relaxed) as *const *const c_char);
     modules::rescan();
-    // The collector learns of the image and its modules now, not with the first full batch:
-    // an image that ends with _exit or is killed still has them in the stream.
     transport::flush_own();
     state::set_state(ACTIVE);
+}
+
+/// This process owns the stream on `fd` from now on: an exec'd image continues it (RESIDUE_PID
+/// is its pid, RESIDUE_FD the descriptor).
+fn claim_stream(pid: u32, fd: i32) {
+    let (p, f) = (format!("{pid}\0"), format!("{fd}\0"));
+    // SAFETY: NUL-terminated strings; this runs in the constructor or in fork's child handler,
+    // before the program's code runs on any other thread.
+    unsafe {
+        libc::setenv(c"RESIDUE_PID".as_ptr(), p.as_ptr().cast(), 1);
+        libc::setenv(c"RESIDUE_FD".as_ptr(), f.as_ptr().cast(), 1);
+    }
+}
+
+/// Connects to the collector's socket for children (`RESIDUE_SOCKET`, set unless it was asked
+/// not to follow them) and returns the descriptor, moved out of the range programs use and kept
+/// across exec.
+fn connect_to_collector() -> Option<i32> {
+    let path = getenv(c"RESIDUE_SOCKET")?;
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid empty address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.len() >= addr.sun_path.len() {
+        return None;
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(path) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: socket/connect/fcntl/close on descriptors we create; addr is initialized above.
+    unsafe {
+        let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return None;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if libc::connect(s, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+            libc::close(s);
+            return None;
+        }
+        // Not close-on-exec: the image this process execs continues the stream.
+        let high = libc::fcntl(s, libc::F_DUPFD, 900);
+        libc::close(s);
+        (high >= 0).then_some(high)
+    }
+}
+
+/// In a forked child of a traced process (fork without exec: Python's multiprocessing, servers
+/// that fork workers): start a stream of its own, if the collector follows children. Everything
+/// the interposer holds is a copy of the parent's, taken while threads that are gone here may
+/// have held it: it is all reset. The parent's stream descriptor is closed in the child.
+fn follow_forked_child() {
+    let Some(fd) = connect_to_collector() else { return };
+    let pid = ffi::getpid();
+    // SAFETY: the parent's stream descriptor, inherited; the child must not write to it.
+    unsafe { libc::close(transport::out_fd()) };
+    OWN_PID.store(pid, Ordering::Relaxed);
+    MAIN_EXITED.store(false, Ordering::Relaxed);
+    claim_stream(pid, fd);
+    transport::reset_after_fork();
+    stacks::new_stream();
+    crate::python::new_stream();
+    modules::forget_all();
+    if !transport::start(fd) {
+        return;
+    }
+    begin_stream(pid, true);
 }
 
 fn image_start(pid: u32, root: bool, argc: c_int, argv: *const *const c_char) {
@@ -132,12 +209,17 @@ extern "C" fn fini() {
 }
 
 /// In a forked child: everything of ours there is a copy of the parent's (buffers, the writer
-/// that no longer exists), so the child never records. Runs before any other atfork child
-/// handler that might allocate.
+/// that no longer exists), so the child stops recording at once, before any other atfork child
+/// handler might allocate; then, if the collector follows children, it starts a stream of its
+/// own.
 extern "C" fn atfork_child() {
+    let was_recording = state::state() == ACTIVE;
     state::go_passive();
     // The child's descriptor table is its own: whatever it execs must not inherit the stream.
     transport::set_cloexec(true);
+    if was_recording {
+        let _ = std::panic::catch_unwind(follow_forked_child);
+    }
 }
 
 /// A one-line message for the report.
@@ -197,10 +279,12 @@ fn await_ack(fd: i32) {
     }
 }
 
-/// Before `_exit`, `_Exit` or `abort`: the image ends without its exit handlers, so the trace is
-/// incomplete by design (no exit record), but everything recorded so far is flushed, within a
-/// bounded wait.
-pub fn before_abrupt_end() {
+/// Before `_exit`, `_Exit` (`complete`) or `abort`: the image ends without its exit handlers.
+/// Everything recorded so far is flushed, within a bounded wait. `_exit` is a deliberate end
+/// (how forked children leave, by convention): nothing recorded is missing, so the exit record
+/// is written and the trace is complete; what exit handlers would have released is reported,
+/// because it was not released. `abort` cuts the process short: no exit record, incomplete.
+pub fn before_abrupt_end(complete: bool) {
     if in_vfork_child() || !state::transition(ACTIVE, FINISHED) {
         return;
     }
@@ -211,7 +295,9 @@ pub fn before_abrupt_end() {
             transport::abandon_own_slot();
             return;
         }
-        transport::flush_all(None, Some(std::time::Instant::now() + std::time::Duration::from_secs(2)));
+        let exit = complete.then(next_seq);
+        transport::flush_all(exit, Some(std::time::Instant::now() + std::time::Duration::from_secs(2)));
+        await_ack(transport::out_fd());
         drop(g);
     });
 }

@@ -54,6 +54,16 @@ fn loader_counts() -> u64 {
     counts
 }
 
+/// A forked child starts its own stream: every module is sent again. The rescan lock may have
+/// been held by a thread that does not exist in the child.
+pub fn forget_all() {
+    RESCAN.unlock();
+    // SAFETY: the child is single-threaded here (fork's child handler), so nothing else touches
+    // KNOWN.
+    unsafe { (*std::ptr::addr_of_mut!(KNOWN)).clear() };
+    LAST_COUNTS.store(u64::MAX, Ordering::Relaxed);
+}
+
 /// The writer's periodic check: rescan only when the loader's counters moved (loads that did
 /// not go through our dlopen hook: libraries glibc loads itself, dlmopen...).
 pub fn rescan_if_changed() {

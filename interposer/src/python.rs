@@ -336,6 +336,14 @@ const TABLE: usize = 1 << 16;
 static CODE_KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
 static CODE_IDS: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
 static NEXT_CODE: AtomicU32 = AtomicU32::new(1);
+/// Bumped when a forked child starts its own stream: code ids sent on the parent's stream mean
+/// nothing on the child's, so every code object is sent again.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// See [`GENERATION`].
+pub fn new_stream() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
 static LINE_KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
 static LINES: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
 
@@ -388,7 +396,12 @@ fn identity(code: u64, checked: bool) -> Option<Identity> {
     // PyASCIIObject.hash, right after the length in every version read here.
     let name_hash = word(qualname + l.ascii_length as u64 + 8, checked)?;
     let first_line = word(code + (l.code_firstlineno as u64 & !7), checked)? >> ((l.code_firstlineno % 8) * 8);
-    let salt = filename ^ qualname.rotate_left(17) ^ name_hash.rotate_left(7) ^ name_len ^ (first_line << 40);
+    let salt = filename
+        ^ qualname.rotate_left(17)
+        ^ name_hash.rotate_left(7)
+        ^ name_len
+        ^ (first_line << 40)
+        ^ GENERATION.load(Ordering::Relaxed).rotate_left(52);
     Some(Identity { key: mix(code, salt), filename, qualname, first_line: first_line as u32 })
 }
 

@@ -42,6 +42,12 @@ pub fn configure(depth: usize, self_range: (u64, u64)) {
     SELF_END.store(self_range.1, Ordering::Relaxed);
 }
 
+/// A forked child starts its own stream: the stack ids interned so far were sent on the
+/// parent's, so from now on every stack is new (the generation is part of the hash).
+pub fn new_stream() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
 pub fn module_unloaded() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
     residue_unwind::invalidate();
@@ -112,14 +118,14 @@ pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) 
     let n = capture(&mut buf[..depth + OWN_FRAMES]);
     let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
     let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
-    let mut end = n.min(skip + depth);
+    let native_end = n.min(skip + depth);
+    let mut end = native_end;
     end += python::frames(t, &mut buf[end..end + python::MAX_PY_FRAMES]);
     let foreign = t.foreign.get();
-    // Inside the foreign call, this frame is deeper (lower) than ffi_call's; above it, the call
-    // was left by longjmp and the value is stale.
-    let marker = 0u8;
-    let here = std::hint::black_box(&marker) as *const u8 as u64;
-    if foreign != 0 && here < t.foreign_sp.get() {
+    // Inside a foreign call our ffi_call hook's frame is on the stack, below the leading frames
+    // of ours that were cut; after a longjmp out of the call (which skips the hook's restore)
+    // it is not, and the remembered function is stale.
+    if foreign != 0 && buf[skip..native_end].iter().any(|&a| a >= lo && a < hi) {
         buf[end] = residue_protocol::frame::foreign(foreign);
         end += 1;
     }

@@ -62,9 +62,6 @@ pub struct Thread {
     pub writer: Cell<bool>,
     /// The function a ctypes/cffi call (libffi's `ffi_call`) is calling, 0 outside one.
     pub foreign: Cell<u64>,
-    /// The stack position of that `ffi_call`: an acquisition higher up the stack (the call was
-    /// left by longjmp, skipping our restore) must not be attributed to the foreign function.
-    pub foreign_sp: Cell<u64>,
     /// Scratch space for one stack: reused, so that recording does not clear kilobytes of stack
     /// memory on every allocation.
     frames: UnsafeCell<[u64; FRAME_BUF]>,
@@ -83,7 +80,6 @@ thread_local! {
             shared: Cell::new(false),
             writer: Cell::new(false),
             foreign: Cell::new(0),
-            foreign_sp: Cell::new(0),
             frames: UnsafeCell::new([0; FRAME_BUF]),
         }
     };

@@ -24,7 +24,6 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -71,7 +70,14 @@ struct Channel {
     pool_rx: Receiver<ChunkPtr>,
 }
 
-static CHANNEL: OnceLock<Channel> = OnceLock::new();
+/// The current channel: replaced, never freed, in a forked child that starts its own stream (the
+/// old one may be mid-operation in a thread that does not exist there).
+static CHANNEL: AtomicPtr<Channel> = AtomicPtr::new(ptr::null_mut());
+
+fn channel() -> Option<&'static Channel> {
+    // SAFETY: a non-null CHANNEL points to a leaked, never freed Channel.
+    unsafe { CHANNEL.load(Ordering::Acquire).as_ref() }
+}
 static WRITER_ALIVE: AtomicBool = AtomicBool::new(false);
 static OUT_FD: AtomicI32 = AtomicI32::new(-1);
 static DEAD: AtomicBool = AtomicBool::new(false);
@@ -117,7 +123,7 @@ static SLOT_TABLE: [Slot; SLOTS] = [EMPTY_SLOT; SLOTS];
 static THREAD_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 
 fn new_chunk(tid: u32) -> Option<NonNull<Chunk>> {
-    let recycled = CHANNEL.get().and_then(|c| c.pool_rx.try_recv().ok()).map(|p| p.0);
+    let recycled = channel().and_then(|c| c.pool_rx.try_recv().ok()).map(|p| p.0);
     let p = recycled.or_else(|| {
         // SAFETY: Chunk has a non-zero size; all-zero bytes are a valid Chunk (len 0, default
         // encoder, zero data). Allocated in place: a 64 KiB value never touches the stack,
@@ -132,7 +138,7 @@ fn new_chunk(tid: u32) -> Option<NonNull<Chunk>> {
 }
 
 fn recycle(p: NonNull<Chunk>) {
-    if let Some(ch) = CHANNEL.get() {
+    if let Some(ch) = channel() {
         if let Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) = ch.pool_tx.try_send(ChunkPtr(p)) {
             // SAFETY: allocated by new_chunk with this layout, and owned by us.
             unsafe { dealloc(p.0.as_ptr().cast(), Layout::new::<Chunk>()) };
@@ -151,18 +157,20 @@ fn has_events(c: *const Chunk) -> bool {
     len > e.batch(&mut hdr, 0, 0) + 4
 }
 
-/// Sets up the channel and starts the writer thread. Called once, from the constructor.
+/// Sets up the channel and starts the writer thread: from the constructor, and again in a forked
+/// child that starts its own stream (after [`reset_after_fork`]).
 pub fn start(fd: i32) -> bool {
     OUT_FD.store(fd, Ordering::Relaxed);
     let (tx, rx) = bounded(CHANNEL_DEPTH);
     let (pool_tx, pool_rx) = bounded(POOL_DEPTH);
-    if CHANNEL.set(Channel { tx, pool_tx, pool_rx }).is_err() {
-        return false;
-    }
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: key is a valid out-pointer; thread_exit has the destructor signature.
-    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
-        THREAD_KEY.store(key, Ordering::Relaxed);
+    CHANNEL.store(Box::into_raw(Box::new(Channel { tx, pool_tx, pool_rx })), Ordering::Release);
+    // Once per process: a forked child restarting its stream keeps the key it inherited.
+    if THREAD_KEY.load(Ordering::Relaxed) == u32::MAX {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: key is a valid out-pointer; thread_exit has the destructor signature.
+        if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
+            THREAD_KEY.store(key, Ordering::Relaxed);
+        }
     }
     // RESIDUE_LOCKED_SLOTS=1 keeps every event under its slot's lock instead: membarrier
     // interrupts every CPU that runs one of the process's threads, which some hosts may not want.
@@ -173,6 +181,30 @@ pub fn start(fd: i32) -> bool {
         WRITER_ALIVE.store(false, Ordering::Release);
     }
     true
+}
+
+/// In a forked child that starts its own stream: everything here is a copy of the parent's, made
+/// while other threads (gone in the child) may have held slots, locks or the channel. Forget it
+/// all: chunks held by those threads are the parent's events, and the parent still sends them.
+pub fn reset_after_fork() {
+    for slot in &SLOT_TABLE {
+        slot.chunk.store(ptr::null_mut(), Ordering::Relaxed);
+        slot.active.store(false, Ordering::Relaxed);
+        slot.shared.store(false, Ordering::Relaxed);
+        slot.in_use.store(false, Ordering::Relaxed);
+        slot.tid.store(0, Ordering::Relaxed);
+        slot.lock.unlock();
+    }
+    WRITE_LOCK.unlock();
+    WRITER_ALIVE.store(false, Ordering::Release);
+    DEAD.store(false, Ordering::Release);
+    ABANDONED.store(ptr::null_mut(), Ordering::Release);
+    LOST_IN_FLIGHT.store(false, Ordering::Release);
+    EXIT_WRITTEN.store(false, Ordering::Release);
+    let t = thread();
+    t.slot.set(ptr::null_mut());
+    t.shared.set(false);
+    t.tid.set(0);
 }
 
 /// The descriptor the stream is written to (-1 before start).
@@ -464,7 +496,7 @@ fn send(c: NonNull<Chunk>) {
 /// the writer is gone. Polls rather than blocking inside crossbeam: its blocking path needs
 /// `thread::current()`, which is gone once a thread's TLS is torn down (thread exit, exit()).
 fn send_msg(mut msg: Msg) -> Result<(), Msg> {
-    let Some(ch) = CHANNEL.get() else { return Err(msg) };
+    let Some(ch) = channel() else { return Err(msg) };
     let mut spins = 0u32;
     loop {
         match ch.tx.try_send(msg) {
@@ -661,9 +693,10 @@ fn write_out(bytes: &[u8]) {
 }
 
 /// Writes the image-exit record, once: after it the collector knows the image's stream is whole.
+static EXIT_WRITTEN: AtomicBool = AtomicBool::new(false);
+
 fn image_exit_record(seq: u64) {
-    static WRITTEN: AtomicBool = AtomicBool::new(false);
-    if WRITTEN.swap(true, Ordering::AcqRel) {
+    if EXIT_WRITTEN.swap(true, Ordering::AcqRel) {
         return;
     }
     let mut buf = [0u8; MAX_SMALL_RECORD];

@@ -670,7 +670,7 @@ fn write_file(path: &Path, what: &str, text: &str) -> std::result::Result<(), St
 fn trace(argv: &[OsString], depth: u32) -> Result<(Report, Vec<String>)> {
     // residue's own failures (no interposer, a command line it cannot launch) are 125 here, so
     // that CI can tell them from the target's statuses.
-    let traced = crate::session::trace(argv, depth, None, "residue check").map_err(|mut e| {
+    let traced = crate::session::trace(argv, depth, None, "residue check", false).map_err(|mut e| {
         if e.exit_code == 2 {
             e.exit_code = exit::RESIDUE_ERROR;
         }

@@ -274,6 +274,15 @@ pub struct Report {
     /// Libraries loaded at run time, in load order, whether they were unloaded, and what they
     /// still held.
     pub runtime_libraries: Vec<RuntimeLibrary>,
+    /// Children that were followed (forked, or exec'd with their own stream), each a report of
+    /// the same shape, in the order they connected.
+    pub children: Vec<Report>,
+    /// For a child's report: the process that started it.
+    pub parent_pid: Option<u32>,
+    /// For a child's report: started by an image that later exec'd (a launcher script such as
+    /// pyenv's shim, before it became the program), or by one of those children, rather than by
+    /// the program itself.
+    pub from_launcher: bool,
     /// Runtime-residue entries not listed in `libraries` (see [`Report::show_all`]).
     #[serde(skip)]
     pub runtime: Vec<Library>,
@@ -363,7 +372,14 @@ struct Group {
 }
 
 /// Builds the report of the ledger's final image.
-pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> Report {
+pub fn build(ledger: &Ledger, info: &ProcessInfo, problems: Vec<String>) -> Report {
+    build_with(ledger, info, problems, &mut Symbolizer::new())
+}
+
+/// [`build`], with a symbolizer shared by the reports of several processes (the root and its
+/// children use the same libraries: each file is parsed once).
+pub fn build_with(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>, sym: &mut Symbolizer) -> Report {
+    sym.next_process();
     let tracked = ledger.header_seen;
     let mut argv = info.argv.clone();
     if argv.is_empty() {
@@ -420,7 +436,6 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
             }
         }
         let modules = ModuleMap::new(&img.modules);
-        let mut sym = Symbolizer::new();
         let mut by_lib: HashMap<(String, Origin), usize> = HashMap::new();
         let mut arenas = false;
         let mut missing = 0usize;
@@ -431,7 +446,7 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
             let stack_missing = raw.is_none();
             missing += usize::from(stack_missing);
             let raw: &[u64] = raw.unwrap_or(&[]);
-            let (lib, frames, owner_frame, python, foreign_call) = match stack::resolve(img, &modules, &mut sym, raw) {
+            let (lib, frames, owner_frame, python, foreign_call) = match stack::resolve(img, &modules, sym, raw) {
                 stack::Resolved::InterposerOwn => {
                     interposer_own.add(count);
                     continue;
@@ -565,7 +580,48 @@ pub fn build(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>) -> 
         runtime_residue,
         python,
         runtime_libraries,
+        children: Vec::new(),
+        parent_pid: None,
+        from_launcher: false,
         runtime,
+    }
+}
+
+/// Builds the report of a followed child's stream: how it ended is unknown to residue (it is not
+/// residue's child); its pid, parent and command come from the stream.
+pub fn build_child(ledger: &Ledger, problems: Vec<String>, sym: &mut Symbolizer) -> Report {
+    let mut r = build_with(ledger, &ProcessInfo::default(), problems, sym);
+    r.parent_pid = ledger.images.first().map(|i| i.ppid).filter(|&p| p != 0);
+    r
+}
+
+impl Report {
+    /// Attaches the followed children, in the order they connected: a pid seen twice is one
+    /// process that exec'd without carrying its stream over, and its last stream is its final
+    /// image. `started` is when each child's stream began, and `final_start` when the root's
+    /// final image did: children that began before it were started by a launcher (a script that
+    /// later exec'd the program, such as pyenv's shim), the others by the program itself.
+    /// Followed children are no longer "not followed".
+    pub fn attach_children(&mut self, children: Vec<(Report, u64)>, final_start: u64) {
+        let mut merged: Vec<(Report, u64)> = Vec::new();
+        for (c, started) in children {
+            match merged.iter().position(|(m, _)| m.process.pid.is_some() && m.process.pid == c.process.pid) {
+                // The earlier stream's start is the process's start.
+                Some(i) => merged[i].0 = c,
+                None => merged.push((c, started)),
+            }
+        }
+        let mut merged: Vec<Report> = merged
+            .into_iter()
+            .map(|(mut c, started)| {
+                c.from_launcher = started < final_start;
+                c
+            })
+            .collect();
+        merged.sort_by_key(|c| c.from_launcher);
+        let followed: Vec<u32> = merged.iter().filter_map(|c| c.process.pid).collect();
+        self.children_not_followed.retain(|p| !followed.contains(p));
+        self.children = merged;
     }
 }
 

@@ -105,6 +105,25 @@ fn residue_line(origin: &str, what: &str, s: &ResidueSummary) -> Option<String> 
     ))
 }
 
+/// One line for a followed child: who it is and what it left behind.
+fn child_line(c: &Report) -> String {
+    let pid = c.process.pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let parent = c.parent_pid.map(|p| format!(", forked by {p}")).unwrap_or_default();
+    let what = if c.totals.count == 0 {
+        "nothing unreleased".to_owned()
+    } else {
+        format!(
+            "{} unreleased in {} {}",
+            amounts(&c.totals.unreleased),
+            c.totals.libraries,
+            if c.totals.libraries == 1 { "library" } else { "libraries" }
+        )
+    };
+    let incomplete = if c.tracked && !c.process.complete { "; trace INCOMPLETE" } else { "" };
+    let more = if c.totals.count > 0 { " (--all or --json shows it)" } else { "" };
+    format!("child process {pid}{parent}: `{}`: {what}{incomplete}{more}", c.process.command)
+}
+
 /// Renders the whole report.
 pub fn render(r: &Report, limits: Limits) -> String {
     let mut out = String::new();
@@ -229,6 +248,34 @@ pub fn render(r: &Report, limits: Limits) -> String {
     }
     if !residue.is_empty() {
         let _ = write!(out, "\n{residue}");
+    }
+
+    let launcher: Vec<&Report> = r.children.iter().filter(|c| c.from_launcher).collect();
+    if !launcher.is_empty() && limits.libraries != usize::MAX {
+        let mut total = std::collections::BTreeMap::new();
+        for c in &launcher {
+            for (k, v) in &c.totals.unreleased {
+                let e: &mut Count = total.entry(k.clone()).or_default();
+                e.count += v.count;
+                e.bytes += v.bytes;
+            }
+        }
+        let left =
+            if total.is_empty() { "nothing unreleased".to_owned() } else { format!("{} unreleased", amounts(&total)) };
+        let _ = write!(
+            out,
+            "\nresidue: {} process{} started before the final exec (the launcher's helpers) were followed too: {left} (--all or --json shows them)\n",
+            launcher.len(),
+            if launcher.len() == 1 { "" } else { "es" }
+        );
+    }
+    for c in r.children.iter().filter(|c| !c.from_launcher || limits.libraries == usize::MAX) {
+        let _ = write!(out, "\n{}", child_line(c));
+        // Children in full only when everything was asked for: a launcher script alone (pyenv's
+        // shim) forks several helpers, whose own leftovers are rarely the question.
+        if limits.libraries == usize::MAX {
+            out.push_str(&render(c, limits));
+        }
     }
 
     let mut summary = String::from("\nsummary: ");

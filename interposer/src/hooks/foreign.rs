@@ -208,16 +208,13 @@ pub unsafe extern "C-unwind" fn ffi_call(
     }
     // Nested calls (a callback into Python that calls C again) restore the outer function, also
     // when the call unwinds (an exception caught above us).
-    struct Restore(&'static crate::state::Thread, u64, u64);
+    struct Restore(&'static crate::state::Thread, u64);
     impl Drop for Restore {
         fn drop(&mut self) {
             self.0.foreign.set(self.1);
-            self.0.foreign_sp.set(self.2);
         }
     }
-    let marker = 0u8;
-    let sp = std::hint::black_box(&marker) as *const u8 as u64;
-    let _restore = Restore(t, t.foreign.replace(f as u64), t.foreign_sp.replace(sp));
+    let _restore = Restore(t, t.foreign.replace(f as u64));
     // SAFETY: `real` is a loaded module's ffi_call, of type FfiCallFn; arguments unchanged.
     unsafe { std::mem::transmute::<usize, FfiCallFn>(real)(cif, f, rvalue, avalue) };
 }

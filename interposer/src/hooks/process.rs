@@ -23,13 +23,13 @@ static NEXT_EXIT_UPPER: Next = Next::new(c"_Exit");
 static NEXT_ABORT: Next = Next::new(c"abort");
 
 /// `_exit` skips exit handlers and destructors, and so our exit flush: what was recorded is
-/// flushed here, and the trace stays marked incomplete (the process did not clean up).
+/// flushed here (see `lifecycle::before_abrupt_end`).
 ///
 /// # Safety
 /// As C's _exit.
 #[no_mangle]
 pub unsafe extern "C" fn _exit(status: c_int) -> ! {
-    lifecycle::before_abrupt_end();
+    lifecycle::before_abrupt_end(true);
     // SAFETY: NEXT_EXIT_ names _exit, of type ExitFn.
     unsafe { resolve::<ExitFn>(&NEXT_EXIT_)(status) }
 }
@@ -38,7 +38,7 @@ pub unsafe extern "C" fn _exit(status: c_int) -> ! {
 /// As C's _Exit (the same as _exit).
 #[no_mangle]
 pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
-    lifecycle::before_abrupt_end();
+    lifecycle::before_abrupt_end(true);
     // SAFETY: NEXT_EXIT_UPPER names _Exit, of type ExitFn.
     unsafe { resolve::<ExitFn>(&NEXT_EXIT_UPPER)(status) }
 }
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
 /// As C's abort.
 #[no_mangle]
 pub unsafe extern "C" fn abort() -> ! {
-    lifecycle::before_abrupt_end();
+    lifecycle::before_abrupt_end(false);
     // SAFETY: NEXT_ABORT names abort, of type AbortFn.
     unsafe { resolve::<AbortFn>(&NEXT_ABORT)() }
 }
@@ -91,11 +91,60 @@ unsafe fn exec_with(path: *const c_char, call: impl FnOnce() -> c_int) -> c_int 
     r
 }
 
+/// `envp` with our own `RESIDUE_PID` and `RESIDUE_FD` entries brought up to date, for an exec
+/// by the process that owns the stream. Programs that keep their own copy of the environment
+/// (shells, CPython's os.environ) would otherwise hand the new image the values they started
+/// with: a forked child's exec'd image would take itself for an unfollowed child. Entries the
+/// program removed stay removed. `None`: nothing to change (the caller's envp is used as is).
+///
+/// # Safety
+/// `envp` is null or a NULL-terminated array of NUL-terminated strings.
+unsafe fn refreshed_env(envp: *const *const c_char) -> Option<Vec<*const c_char>> {
+    if envp.is_null() || lifecycle::in_vfork_child() || crate::state::state() != crate::state::ACTIVE {
+        return None;
+    }
+    let pid = std::ffi::CString::new(format!("RESIDUE_PID={}", crate::ffi::getpid())).ok()?;
+    let fd = std::ffi::CString::new(format!("RESIDUE_FD={}", crate::transport::out_fd())).ok()?;
+    let mut out = Vec::new();
+    let mut changed = false;
+    for i in 0.. {
+        // SAFETY: per the contract, envp is NULL-terminated.
+        let e = unsafe { *envp.add(i) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: each entry is NUL-terminated.
+        let b = unsafe { CStr::from_ptr(e) }.to_bytes_with_nul();
+        let fresh = if b.starts_with(b"RESIDUE_PID=") {
+            Some(&pid)
+        } else if b.starts_with(b"RESIDUE_FD=") {
+            Some(&fd)
+        } else {
+            None
+        };
+        match fresh {
+            Some(f) if f.as_bytes_with_nul() != b => {
+                changed = true;
+                out.push(f.as_ptr());
+            }
+            _ => out.push(e),
+        }
+    }
+    out.push(std::ptr::null());
+    // The exec either replaces the image (nothing to free) or fails (a few bytes, once).
+    std::mem::forget((pid, fd));
+    changed.then_some(out)
+}
+
 /// # Safety
 /// As C's execve.
 #[no_mangle]
 pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    // SAFETY: NEXT_EXECVE names execve, of type ExecveFn; arguments forwarded unchanged.
+    // SAFETY: envp is the caller's, as execve requires.
+    let env = unsafe { refreshed_env(envp) };
+    let envp = env.as_ref().map_or(envp, |e| e.as_ptr());
+    // SAFETY: NEXT_EXECVE names execve, of type ExecveFn; arguments forwarded, the environment
+    // with our entries refreshed.
     unsafe { exec_with(path, || resolve::<ExecveFn>(&NEXT_EXECVE)(path, argv, envp)) }
 }
 
@@ -119,7 +168,10 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
 /// As C's execvpe.
 #[no_mangle]
 pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    // SAFETY: NEXT_EXECVPE names execvpe, of type ExecveFn; arguments forwarded unchanged.
+    // SAFETY: envp is the caller's, as execvpe requires.
+    let env = unsafe { refreshed_env(envp) };
+    let envp = env.as_ref().map_or(envp, |e| e.as_ptr());
+    // SAFETY: NEXT_EXECVPE names execvpe, of type ExecveFn; the environment refreshed as above.
     unsafe { exec_with(file, || resolve::<ExecveFn>(&NEXT_EXECVPE)(file, argv, envp)) }
 }
 
@@ -127,7 +179,10 @@ pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char
 /// As C's fexecve.
 #[no_mangle]
 pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    // SAFETY: NEXT_FEXECVE names fexecve, of type FexecveFn; arguments forwarded unchanged.
+    // SAFETY: envp is the caller's, as fexecve requires.
+    let env = unsafe { refreshed_env(envp) };
+    let envp = env.as_ref().map_or(envp, |e| e.as_ptr());
+    // SAFETY: NEXT_FEXECVE names fexecve, of type FexecveFn; the environment refreshed as above.
     unsafe { exec_with(std::ptr::null(), || resolve::<FexecveFn>(&NEXT_FEXECVE)(fd, argv, envp)) }
 }
 
