@@ -187,12 +187,21 @@ fn run(
         })
         .collect();
     r.attach_children(children, state.ledger.final_image().map_or(0, |i| i.time_ns));
+    r.collector_peak_rss_kib = peak_rss_kib();
     if all {
         r.show_all();
     }
     out(&mut std::io::stderr(), &report::text::render(&r, limits(all)));
     write_json(&r, json);
     Ok(status)
+}
+
+/// This process's peak resident memory (Linux reports ru_maxrss in KiB).
+fn peak_rss_kib() -> Option<u64> {
+    // SAFETY: getrusage fills a zeroed rusage for this process.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0).then(|| ru.ru_maxrss as u64)
 }
 
 /// After the target ran, a JSON file we cannot write is said, but the exit status stays the

@@ -283,6 +283,10 @@ pub struct Report {
     /// pyenv's shim, before it became the program), or by one of those children, rather than by
     /// the program itself.
     pub from_launcher: bool,
+    /// The collector's own peak resident memory (`residue run` only): it grows with the live set
+    /// and the distinct stacks, not with the number of events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collector_peak_rss_kib: Option<u64>,
     /// Runtime-residue entries not listed in `libraries` (see [`Report::show_all`]).
     #[serde(skip)]
     pub runtime: Vec<Library>,
@@ -583,6 +587,7 @@ pub fn build_with(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>
         children: Vec::new(),
         parent_pid: None,
         from_launcher: false,
+        collector_peak_rss_kib: None,
         runtime,
     }
 }
