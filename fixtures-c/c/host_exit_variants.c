@@ -5,6 +5,8 @@
  *   _exit N    _exit(N) (no atexit handlers, no destructors: the interposer's exit flush
  *              may not run, so the report may be marked incomplete)
  *   abort      abort() (SIGABRT)
+ *   segv       a write through a null pointer (SIGSEGV)
+ *   term       raise(SIGTERM) with the default disposition
  *   thread N   the main thread calls pthread_exit while another thread calls exit(N) */
 #include <pthread.h>
 #include <signal.h>
@@ -13,6 +15,8 @@
 #include <unistd.h>
 
 void *exit_sink;
+/* Volatile so the compiler cannot see the null write coming and drop it. */
+int *volatile exit_sink_null;
 
 __attribute__((noinline)) void exit_leak_block(void) {
     exit_sink = malloc(77);
@@ -37,6 +41,10 @@ int main(int argc, char **argv) {
         _exit(code);
     if (strcmp(how, "abort") == 0)
         abort();
+    if (strcmp(how, "segv") == 0)
+        *(volatile int *)exit_sink_null = 1;
+    if (strcmp(how, "term") == 0)
+        raise(SIGTERM);
     if (strcmp(how, "thread") == 0) {
         pthread_t t;
         pthread_create(&t, NULL, exit_from_thread, NULL);

@@ -86,7 +86,46 @@ fn start(argc: c_int, argv: *const *const c_char) {
     }
     // SAFETY: the handler is an extern "C" fn with no arguments, as pthread_atfork requires.
     unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+    install_fatal_handlers();
     begin_stream(pid, new_stream);
+}
+
+/// Signals that end a process by default, for which a flush first shows everything recorded up
+/// to the crash (the report is still incomplete: no exit record).
+const FATAL: [c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTERM];
+
+/// Installs [`on_fatal`] for each [`FATAL`] signal whose disposition is still the default: a
+/// signal the program ignores (inherited SIG_IGN) stays ignored, and a handler the program
+/// installs later (CPython's faulthandler, its own SIGTERM handler) simply replaces ours.
+fn install_fatal_handlers() {
+    for sig in FATAL {
+        // SAFETY: sigaction structs are plain data, zero-initialized then filled; querying with
+        // a null new action changes nothing.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+                continue;
+            }
+            let mut new: libc::sigaction = std::mem::zeroed();
+            new.sa_sigaction = on_fatal as extern "C" fn(c_int) as libc::sighandler_t;
+            // The handler runs once: the default comes back before it re-raises.
+            new.sa_flags = libc::SA_RESETHAND | libc::SA_NODEFER;
+            libc::sigemptyset(&mut new.sa_mask);
+            libc::sigaction(sig, &new, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Flushes what was recorded (bounded, and not at all when the signal interrupted one of our
+/// hooks: see `before_abrupt_end`), then lets the signal do what it would have done.
+extern "C" fn on_fatal(sig: c_int) {
+    before_abrupt_end(false);
+    // SAFETY: SA_RESETHAND restored the default action; re-raising ends the process with the
+    // same signal (a fault re-executes the faulting instruction otherwise, with the same end).
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
 }
 
 /// The image's first records: the header (on a new stream), its start, its modules, sent at
@@ -297,7 +336,10 @@ pub fn before_abrupt_end(complete: bool) {
         }
         let exit = complete.then(next_seq);
         transport::flush_all(exit, Some(std::time::Instant::now() + std::time::Duration::from_secs(2)));
-        await_ack(transport::out_fd());
+        if complete {
+            // Only an exit record is answered.
+            await_ack(transport::out_fd());
+        }
         drop(g);
     });
 }

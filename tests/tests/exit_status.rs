@@ -104,3 +104,16 @@ fn a_target_that_cannot_be_started_is_a_clear_error() {
     assert!(f.code() != 0 && f.code() != 101, "exit {}: {}", f.code(), f.stderr);
     assert!(f.stderr.contains("no-such-program"), "the error names the program: {}", f.stderr);
 }
+
+/// A fatal signal cuts the process short: the report is incomplete, but the interposer's
+/// handler (installed only where the disposition was the default) flushed what was recorded
+/// before re-raising, so the leak made before the crash is there and the status is the signal's.
+#[test]
+fn fatal_signals_flush_before_the_process_dies() {
+    for (how, sig) in [("segv", libc::SIGSEGV), ("term", libc::SIGTERM)] {
+        let o = variant(how, "0");
+        assert_eq!(o.finished.code(), 128 + sig, "{how}\n{}", o.context());
+        assert_eq!(o.report.complete(), Some(false), "{how}\n{}", o.context());
+        assert_exe_leak(&o);
+    }
+}
