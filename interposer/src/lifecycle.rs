@@ -117,9 +117,9 @@ fn install_fatal_handlers() {
 }
 
 /// Flushes what was recorded (bounded, and not at all when the signal interrupted one of our
-/// hooks: see `before_abrupt_end`), then lets the signal do what it would have done.
+/// hooks: see `end_image`), then lets the signal do what it would have done.
 extern "C" fn on_fatal(sig: c_int) {
-    before_abrupt_end(false);
+    end_image(End::Cut);
     // SAFETY: SA_RESETHAND restored the default action; re-raising ends the process with the
     // same signal (a fault re-executes the faulting instruction otherwise, with the same end).
     unsafe {
@@ -223,28 +223,7 @@ fn image_start(pid: u32, root: bool, argc: c_int, argv: *const *const c_char) {
 }
 
 extern "C" fn fini() {
-    if !state::transition(ACTIVE, FINISHED) {
-        return;
-    }
-    let _ = std::panic::catch_unwind(|| {
-        let g = Guard::enter_any();
-        if g.is_none() && !thread().writer.get() {
-            // exit() from a signal handler that interrupted one of our hooks on this thread. The
-            // interrupted code may hold this thread's slot, or a lock inside the channel, and
-            // will never run again: flushing could wait forever. Stop here; the trace ends
-            // without its exit record, so the report says it is incomplete.
-            transport::abandon_own_slot();
-            return;
-        }
-        // What is still open, as the process lists it: descriptors of unknown origin included.
-        crate::hooks::fd::open_at_exit();
-        // Bounded, generously: the writer may be stuck behind a lock the code interrupted by a
-        // signal handler holds (exit() there is undefined behaviour, but must not hang the host
-        // forever). Past it, the trace ends without its exit record and is reported incomplete.
-        transport::flush_all(Some(next_seq()), Some(std::time::Instant::now() + std::time::Duration::from_secs(30)));
-        await_ack(transport::out_fd());
-        drop(g);
-    });
+    end_image(End::Exit);
 }
 
 /// In a forked child: everything of ours there is a copy of the parent's (buffers, the writer
@@ -318,24 +297,45 @@ fn await_ack(fd: i32) {
     }
 }
 
-/// Before `_exit`, `_Exit` (`complete`) or `abort`: the image ends without its exit handlers.
-/// Everything recorded so far is flushed, within a bounded wait. `_exit` is a deliberate end
-/// (how forked children leave, by convention): nothing recorded is missing, so the exit record
-/// is written and the trace is complete; what exit handlers would have released is reported,
-/// because it was not released. `abort` cuts the process short: no exit record, incomplete.
-pub fn before_abrupt_end(complete: bool) {
+/// How an image ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// exit() or the end of main: exit handlers ran, the process cleaned up.
+    Exit,
+    /// `_exit`: a deliberate end (how forked children leave, by convention) that skips exit
+    /// handlers. Nothing recorded is missing, so the trace is complete; what the handlers would
+    /// have released is reported, because it was not released.
+    Underscore,
+    /// `abort` or a fatal signal: the process is cut short. What was recorded is flushed, but
+    /// there is no exit record: the report is incomplete.
+    Cut,
+}
+
+/// Flushes everything recorded and, unless the image was cut short, writes its exit record and
+/// waits for the collector's answer. Waits are bounded: the writer may be stuck behind a lock
+/// held by code a signal handler interrupted (exit() there is undefined behaviour, but must not
+/// hang the host forever); past the bound the report is incomplete.
+pub fn end_image(end: End) {
     if in_vfork_child() || !state::transition(ACTIVE, FINISHED) {
         return;
     }
     let _ = std::panic::catch_unwind(|| {
         let g = Guard::enter_any();
         if g.is_none() && !thread().writer.get() {
-            // From a signal handler inside one of our hooks: see fini.
+            // Ending from a signal handler that interrupted one of our hooks on this thread. The
+            // interrupted code may hold this thread's slot, or a lock inside the channel, and
+            // will never run again: flushing could wait forever. Stop here; the trace ends
+            // without its exit record, so the report says it is incomplete.
             transport::abandon_own_slot();
             return;
         }
-        let exit = complete.then(next_seq);
-        transport::flush_all(exit, Some(std::time::Instant::now() + std::time::Duration::from_secs(2)));
+        if end != End::Cut {
+            // What is still open, as the process lists it: descriptors of unknown origin included.
+            crate::hooks::fd::open_at_exit();
+        }
+        let bound = std::time::Duration::from_secs(if end == End::Exit { 30 } else { 2 });
+        let complete = end != End::Cut;
+        transport::flush_all(complete.then(next_seq), Some(std::time::Instant::now() + bound));
         if complete {
             // Only an exit record is answered.
             await_ack(transport::out_fd());

@@ -23,13 +23,13 @@ static NEXT_EXIT_UPPER: Next = Next::new(c"_Exit");
 static NEXT_ABORT: Next = Next::new(c"abort");
 
 /// `_exit` skips exit handlers and destructors, and so our exit flush: what was recorded is
-/// flushed here (see `lifecycle::before_abrupt_end`).
+/// flushed here (see `lifecycle::End::Underscore`).
 ///
 /// # Safety
 /// As C's _exit.
 #[no_mangle]
 pub unsafe extern "C" fn _exit(status: c_int) -> ! {
-    lifecycle::before_abrupt_end(true);
+    lifecycle::end_image(lifecycle::End::Underscore);
     // SAFETY: NEXT_EXIT_ names _exit, of type ExitFn.
     unsafe { resolve::<ExitFn>(&NEXT_EXIT_)(status) }
 }
@@ -38,7 +38,7 @@ pub unsafe extern "C" fn _exit(status: c_int) -> ! {
 /// As C's _Exit (the same as _exit).
 #[no_mangle]
 pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
-    lifecycle::before_abrupt_end(true);
+    lifecycle::end_image(lifecycle::End::Underscore);
     // SAFETY: NEXT_EXIT_UPPER names _Exit, of type ExitFn.
     unsafe { resolve::<ExitFn>(&NEXT_EXIT_UPPER)(status) }
 }
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
 /// As C's abort.
 #[no_mangle]
 pub unsafe extern "C" fn abort() -> ! {
-    lifecycle::before_abrupt_end(false);
+    lifecycle::end_image(lifecycle::End::Cut);
     // SAFETY: NEXT_ABORT names abort, of type AbortFn.
     unsafe { resolve::<AbortFn>(&NEXT_ABORT)() }
 }
