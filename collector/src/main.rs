@@ -201,7 +201,7 @@ fn peak_rss_kib() -> Option<u64> {
     // SAFETY: getrusage fills a zeroed rusage for this process.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid out-pointer.
-    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0).then(|| ru.ru_maxrss as u64)
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0).then_some(ru.ru_maxrss as u64)
 }
 
 /// After the target ran, a JSON file we cannot write is said, but the exit status stays the
