@@ -191,8 +191,10 @@ fn connect_to_collector() -> Option<i32> {
 fn follow_forked_child() {
     let Some(fd) = connect_to_collector() else { return };
     let pid = ffi::getpid();
-    // SAFETY: the parent's stream descriptor, inherited; the child must not write to it.
-    unsafe { libc::close(transport::out_fd()) };
+    // The parent's stream descriptor, inherited: the child must not hold it (the parent's reader
+    // would wait for it). A raw close, because our own close hook refuses to close the stream.
+    // SAFETY: closing a descriptor number has no memory-safety preconditions.
+    unsafe { libc::syscall(libc::SYS_close, transport::out_fd()) };
     OWN_PID.store(pid, Ordering::Relaxed);
     MAIN_EXITED.store(false, Ordering::Relaxed);
     claim_stream(pid, fd);
