@@ -367,7 +367,26 @@ pub fn evaluate(r: &Report, loaded: &[String], inp: &Inputs, tests: Option<&pyte
             }
         }
     }
-    // Libraries named by --library that were loaded but left nothing: they passed.
+    // Libraries in scope that were loaded but left nothing passed: with --library, those it
+    // names; without, every one but the runtime's own (the interpreter's, the loader's) and
+    // residue's.
+    for m in loaded {
+        let in_scope = if inp.libraries.is_empty() {
+            !crate::noise::is_interpreter(m) && !crate::noise::is_loader(m) && !m.ends_with("/libresidue.so")
+        } else {
+            in_library_scope(&inp.libraries, m)
+        };
+        if in_scope && !libs.iter().any(|l| l.module == *m) {
+            libs.push(LibCheck {
+                module: m.clone(),
+                leaked: BTreeMap::new(),
+                limits: BTreeMap::new(),
+                over: Vec::new(),
+                pass: true,
+                stacks: Vec::new(),
+            });
+        }
+    }
     if !inp.libraries.is_empty() {
         for m in loaded {
             if in_library_scope(&inp.libraries, m) && !libs.iter().any(|l| l.module == *m) {
