@@ -494,6 +494,9 @@ pub struct Image {
     pub exec_path: Option<String>,
     /// Children forked by this image (not followed).
     pub forks: Vec<u32>,
+    /// The same children with the sequence number of their fork: what this image held below it
+    /// the child inherited.
+    pub fork_seqs: Vec<(u32, u64)>,
     pub entries: Entries,
     pub stacks: StackStore,
     /// Which of this image's seqs have arrived (decides when tombstones can go).
@@ -893,6 +896,7 @@ impl Ledger {
                     cur.open_at_exit = early.open_at_exit;
                     cur.modules = early.modules;
                     cur.forks = early.forks;
+                    cur.fork_seqs = early.fork_seqs;
                     cur.acquires = early.acquires;
                     cur.releases = early.releases;
                     cur.exited = early.exited;
@@ -926,6 +930,7 @@ impl Ledger {
                 let img = self.current();
                 img.arrived(seq);
                 img.forks.push(child);
+                img.fork_seqs.push((child, seq));
             }
             Record::Exec { seq, path } => {
                 // A second exec attempt: the first failed, and what followed it was ours.

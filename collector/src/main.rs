@@ -172,13 +172,15 @@ fn run(
         return Ok(status);
     }
     let mut sym = symbolize::Symbolizer::new();
-    let mut r = report::build_with(&state.ledger, &info, problems, &mut sym);
+    let mut r = report::build_with(&state.ledger, &info, problems, &mut sym, None);
     let pythonmalloc = std::env::var_os("PYTHONMALLOC");
     r.run_environment(pythonmalloc.as_deref());
     let children = children
         .iter()
         .map(|c| {
-            let mut cr = report::build_child(&c.ledger, c.error.iter().map(ToString::to_string).collect(), &mut sym);
+            let inherited = forked_from(c, &state, &children);
+            let mut cr =
+                report::build_child(&c.ledger, c.error.iter().map(ToString::to_string).collect(), &mut sym, inherited);
             cr.run_environment(pythonmalloc.as_deref());
             if all {
                 cr.show_all();
@@ -194,6 +196,28 @@ fn run(
     out(&mut std::io::stderr(), &report::text::render(&r, limits(all)));
     write_json(&r, json);
     Ok(status)
+}
+
+/// For a child that was forked and never exec'd (its memory is a copy of its parent's): the
+/// image that forked it, found among every stream, and when.
+fn forked_from<'a>(
+    child: &stream::StreamState,
+    root: &'a stream::StreamState,
+    children: &'a [stream::StreamState],
+) -> Option<report::Inherited<'a>> {
+    let images = &child.ledger.images;
+    let first = images.first()?;
+    if images.len() != 1 || first.exec {
+        return None;
+    }
+    std::iter::once(root).chain(children).flat_map(|s| s.ledger.images.iter()).find_map(|img| {
+        let seq = img.fork_seqs.iter().find(|(c, _)| *c == first.pid)?.1;
+        // Still the program that forked it (not an image it exec'd into).
+        if img.exe != first.exe {
+            return None;
+        }
+        Some(report::Inherited { parent: img, parent_pid: img.pid, fork_seq: seq })
+    })
 }
 
 /// This process's peak resident memory (Linux reports ru_maxrss in KiB).

@@ -4,6 +4,9 @@
  *   MODE "exit":  the child returns through exit(0) (atexit handlers, library destructors);
  *   MODE "_exit": the child ends with _exit(0);
  *   MODE "exec":  the child execs /bin/true.
+ * Before forking, the parent also makes one block of 200000 bytes (fork_shared_block: large, so
+ * malloc maps it apart and no later allocation reuses its address) that it keeps
+ * and the child frees: the child's release of what it inherited must be matched, not unseen.
  * The parent waits for the child, prints "host_fork: child <pid> done", and exits 0 if the child
  * exited 0, 1 otherwise. */
 #include <stdio.h>
@@ -14,15 +17,24 @@
 
 #include "fixture_api.h"
 
+void *fork_shared;
+
+__attribute__((noinline)) void fork_shared_block(void) {
+    fork_shared = malloc(200000);
+    memset(fork_shared, 5, 200000);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "exit";
     fx_run_all();
+    fork_shared_block();
     pid_t pid = fork();
     if (pid < 0) {
         perror("fork");
         return 2;
     }
     if (pid == 0) {
+        free(fork_shared);
         fx_run_all();
         for (int i = 0; i < 1000; i++)
             free(malloc(32 + i));

@@ -128,15 +128,17 @@ extern "C" fn on_fatal(sig: c_int) {
     }
 }
 
-/// The image's first records: the header (on a new stream), its start, its modules, sent at
-/// once so that an image that ends with _exit or is killed still has them; then recording.
+/// The image's first records: the header (on a new stream), its start, its modules, written at
+/// once so that an image that ends with _exit, is killed or execs still has them; then recording.
 fn begin_stream(pid: u32, new_stream: bool) {
     if new_stream {
         transport::write_raw(&residue_protocol::header());
     }
     image_start(pid, new_stream, ARGC.load(Ordering::Relaxed), ARGV.load(Ordering::Relaxed) as *const *const c_char);
     modules::rescan();
-    transport::flush_own();
+    // Written before the program goes on, not merely queued: a forked child that execs at once
+    // (by execl, which no hook sees) would otherwise take them with its image.
+    transport::flush_all(None, Some(std::time::Instant::now() + std::time::Duration::from_secs(1)));
     state::set_state(ACTIVE);
 }
 

@@ -190,6 +190,7 @@ mod tests {
             python: vec![],
             foreign_call: None,
             origin: crate::noise::Origin::User,
+            inherited_from: None,
         }
     }
 

@@ -133,6 +133,18 @@ pub struct StackOut {
     pub foreign_call: Option<ForeignCallOut>,
     /// Whose it is (`noise`): `user`, `interpreter` or `loader`.
     pub origin: Origin,
+    /// In a forked child's report: inherited from this parent (acquired there before the fork)
+    /// and never released by the child. The stack is the parent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<u32>,
+}
+
+/// What a forked child's report needs of its parent: the image that forked it, and when.
+#[derive(Clone, Copy)]
+pub struct Inherited<'a> {
+    pub parent: &'a crate::ledger::Image,
+    pub parent_pid: u32,
+    pub fork_seq: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +267,9 @@ pub struct Report {
     pub totals: Totals,
     /// Releases of resources acquired before tracking started (or by an unhooked path).
     pub released_origin_unseen: BTreeMap<String, u64>,
+    /// In a forked child's report: releases of what it inherited from its parent, matched.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub released_inherited: BTreeMap<String, u64>,
     pub children_not_followed: Vec<u32>,
     /// Left out of `libraries`: what the interposer's own threads allocated (its writer
     /// thread's thread-local storage), which is residue's, not the target's.
@@ -377,12 +392,18 @@ struct Group {
 
 /// Builds the report of the ledger's final image.
 pub fn build(ledger: &Ledger, info: &ProcessInfo, problems: Vec<String>) -> Report {
-    build_with(ledger, info, problems, &mut Symbolizer::new())
+    build_with(ledger, info, problems, &mut Symbolizer::new(), None)
 }
 
 /// [`build`], with a symbolizer shared by the reports of several processes (the root and its
 /// children use the same libraries: each file is parsed once).
-pub fn build_with(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>, sym: &mut Symbolizer) -> Report {
+pub fn build_with(
+    ledger: &Ledger,
+    info: &ProcessInfo,
+    mut problems: Vec<String>,
+    sym: &mut Symbolizer,
+    inherited: Option<Inherited<'_>>,
+) -> Report {
     sym.next_process();
     let tracked = ledger.header_seen;
     let mut argv = info.argv.clone();
@@ -403,12 +424,32 @@ pub fn build_with(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>
 
     let mut libraries: Vec<Library> = Vec::new();
     let mut released_origin_unseen = BTreeMap::new();
+    let mut released_inherited = BTreeMap::new();
     let mut open_at_exit_origin_unseen = Vec::new();
     let mut own = Count::default();
     let mut python = None;
     if let Some(img) = ledger.final_image() {
+        // A forked child's releases of what it inherited are matched against the parent's
+        // entries from before the fork, not counted as unseen.
+        let mut matched: HashMap<Kind, u64> = HashMap::new();
+        if let Some(inh) = &inherited {
+            for ((kind, id), e) in img.entries.iter() {
+                if !e.live
+                    && !e.origin_seen
+                    && inh.parent.entries.get(&(kind, id)).is_some_and(|p| p.seq < inh.fork_seq)
+                {
+                    *matched.entry(kind).or_default() += 1;
+                }
+            }
+        }
         for (k, n) in img.released_origin_unseen() {
-            released_origin_unseen.insert(kind_name(k), n);
+            let m = matched.get(&k).copied().unwrap_or(0);
+            if m > 0 {
+                released_inherited.insert(kind_name(k), m);
+            }
+            if n > m {
+                released_origin_unseen.insert(kind_name(k), n - m);
+            }
         }
         // Aggregate live entries per (stack, kind, api): memory here is per distinct stack.
         // What the image listed as open at exit describes live entries that had no description.
@@ -439,78 +480,109 @@ pub fn build_with(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>
                 }
             }
         }
-        let modules = ModuleMap::new(&img.modules);
+        // What a forked child inherited and never touched: the parent's entries from before the
+        // fork that the child neither released nor reused (any entry of the child for that id
+        // means it released the inherited one first).
+        let mut inherited_groups: HashMap<(u32, Kind, residue_protocol::Api), Group> = HashMap::new();
+        if let Some(inh) = &inherited {
+            for (kind, id, e) in inh.parent.live() {
+                if e.seq >= inh.fork_seq || img.entries.get(&(kind, id)).is_some() {
+                    continue;
+                }
+                let g = inherited_groups.entry((e.stack, kind, e.api)).or_default();
+                g.amount.add(Count { count: 1, bytes: e.size });
+                let d = inh.parent.descriptions.get(&e.seq).map(String::as_str);
+                if kind == Kind::MAPPING && d == Some(ANONYMOUS) {
+                    g.anonymous.add(Count { count: 1, bytes: e.size });
+                }
+                if let Some(d) = d {
+                    if g.descriptions.len() < MAX_DESCRIPTIONS && !g.descriptions.iter().any(|x| x == d) {
+                        g.descriptions.push(d.to_owned());
+                    }
+                }
+            }
+        }
+        let mut sources = vec![(img, groups, None)];
+        if let Some(inh) = &inherited {
+            sources.push((inh.parent, inherited_groups, Some(inh.parent_pid)));
+        }
         let mut by_lib: HashMap<(String, Origin), usize> = HashMap::new();
         let mut arenas = false;
         let mut missing = 0usize;
         let mut interposer_own = Count::default();
-        for ((stack_id, kind, api), Group { amount: count, mut descriptions, anonymous }) in groups {
-            descriptions.sort();
-            let raw = img.stacks.get(&stack_id);
-            let stack_missing = raw.is_none();
-            missing += usize::from(stack_missing);
-            let raw: &[u64] = raw.unwrap_or(&[]);
-            let (lib, frames, owner_frame, python, foreign_call) = match stack::resolve(img, &modules, sym, raw) {
-                stack::Resolved::InterposerOwn => {
-                    interposer_own.add(count);
-                    continue;
-                }
-                stack::Resolved::Stack { library, frames, owner_frame, python, foreign_call } => (
-                    if stack_missing { "[stack not in trace]".to_owned() } else { library },
+        for (img, groups, inherited_from) in sources {
+            let modules = ModuleMap::new(&img.modules);
+            for ((stack_id, kind, api), Group { amount: count, mut descriptions, anonymous }) in groups {
+                descriptions.sort();
+                let raw = img.stacks.get(&stack_id);
+                let stack_missing = raw.is_none();
+                missing += usize::from(stack_missing);
+                let raw: &[u64] = raw.unwrap_or(&[]);
+                let (lib, frames, owner_frame, python, foreign_call) = match stack::resolve(img, &modules, sym, raw) {
+                    stack::Resolved::InterposerOwn => {
+                        interposer_own.add(count);
+                        continue;
+                    }
+                    stack::Resolved::Stack { library, frames, owner_frame, python, foreign_call } => (
+                        if stack_missing { "[stack not in trace]".to_owned() } else { library },
+                        frames,
+                        owner_frame,
+                        python,
+                        foreign_call,
+                    ),
+                };
+                // pymalloc's arenas are mmap'd by this function and never unmapped before exit.
+                arenas |= frames.iter().any(|f| f.function.as_deref() == Some("_PyObject_ArenaMmap"));
+                let mut st = StackOut {
+                    kind: kind_name(kind),
+                    api: api.to_string(),
+                    count: count.count,
+                    bytes: count.bytes,
+                    stack_id,
                     frames,
                     owner_frame,
+                    target: descriptions.first().cloned(),
+                    descriptions,
+                    stack_missing,
                     python,
                     foreign_call,
-                ),
-            };
-            // pymalloc's arenas are mmap'd by this function and never unmapped before exit.
-            arenas |= frames.iter().any(|f| f.function.as_deref() == Some("_PyObject_ArenaMmap"));
-            let mut st = StackOut {
-                kind: kind_name(kind),
-                api: api.to_string(),
-                count: count.count,
-                bytes: count.bytes,
-                stack_id,
-                frames,
-                owner_frame,
-                target: descriptions.first().cloned(),
-                descriptions,
-                stack_missing,
-                python,
-                foreign_call,
-                origin: Origin::User,
-            };
-            let origin = noise::classify(&st, &lib);
-            st.origin = origin;
-            // The loader's bookkeeping is listed under the loader (with --all), not under whoever
-            // called dlopen: one entry per module, and the caller is still the owner frame.
-            let lib = match origin {
-                Origin::Loader => st
-                    .frames
-                    .iter()
-                    .take(st.owner_frame.map_or(0, |o| o + 1))
-                    .find_map(|f| f.module.as_deref().filter(|m| noise::is_loader(m)))
-                    .map_or(lib, str::to_owned),
-                _ => lib,
-            };
-            let idx = *by_lib.entry((lib.clone(), origin)).or_insert_with(|| {
-                libraries.push(Library {
-                    module: lib,
-                    origin,
-                    unreleased: BTreeMap::new(),
-                    mappings: None,
-                    stacks: Vec::new(),
+                    origin: Origin::User,
+                    inherited_from,
+                };
+                let origin = noise::classify(&st, &lib);
+                st.origin = origin;
+                // The loader's bookkeeping is listed under the loader (with --all), not under whoever
+                // called dlopen: one entry per module, and the caller is still the owner frame.
+                let lib = match origin {
+                    Origin::Loader => st
+                        .frames
+                        .iter()
+                        .take(st.owner_frame.map_or(0, |o| o + 1))
+                        .find_map(|f| f.module.as_deref().filter(|m| noise::is_loader(m)))
+                        .map_or(lib, str::to_owned),
+                    _ => lib,
+                };
+                let idx = *by_lib.entry((lib.clone(), origin)).or_insert_with(|| {
+                    libraries.push(Library {
+                        module: lib,
+                        origin,
+                        unreleased: BTreeMap::new(),
+                        mappings: None,
+                        stacks: Vec::new(),
+                    });
+                    libraries.len() - 1
                 });
-                libraries.len() - 1
-            });
-            let l = &mut libraries[idx];
-            l.unreleased.entry(kind_name(kind)).or_default().add(count);
-            if kind == Kind::MAPPING {
-                let split = l.mappings.get_or_insert_with(MappingSplit::default);
-                split.anonymous.add(anonymous);
-                split.file.add(Count { count: count.count - anonymous.count, bytes: count.bytes - anonymous.bytes });
+                let l = &mut libraries[idx];
+                l.unreleased.entry(kind_name(kind)).or_default().add(count);
+                if kind == Kind::MAPPING {
+                    let split = l.mappings.get_or_insert_with(MappingSplit::default);
+                    split.anonymous.add(anonymous);
+                    split
+                        .file
+                        .add(Count { count: count.count - anonymous.count, bytes: count.bytes - anonymous.bytes });
+                }
+                l.stacks.push(st);
             }
-            l.stacks.push(st);
         }
         own = interposer_own;
         if !img.codes.is_empty() || img.modules.iter().any(|m| noise::is_interpreter(&m.path)) {
@@ -575,6 +647,7 @@ pub fn build_with(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>
         unattributed,
         totals,
         released_origin_unseen,
+        released_inherited,
         children_not_followed,
         interposer_own: own,
         open_at_exit_origin_unseen,
@@ -594,8 +667,13 @@ pub fn build_with(ledger: &Ledger, info: &ProcessInfo, mut problems: Vec<String>
 
 /// Builds the report of a followed child's stream: how it ended is unknown to residue (it is not
 /// residue's child); its pid, parent and command come from the stream.
-pub fn build_child(ledger: &Ledger, problems: Vec<String>, sym: &mut Symbolizer) -> Report {
-    let mut r = build_with(ledger, &ProcessInfo::default(), problems, sym);
+pub fn build_child(
+    ledger: &Ledger,
+    problems: Vec<String>,
+    sym: &mut Symbolizer,
+    inherited: Option<Inherited<'_>>,
+) -> Report {
+    let mut r = build_with(ledger, &ProcessInfo::default(), problems, sym, inherited);
     r.parent_pid = ledger.images.first().map(|i| i.ppid).filter(|&p| p != 0);
     r
 }
