@@ -388,18 +388,6 @@ pub fn evaluate(r: &Report, loaded: &[String], inp: &Inputs, tests: Option<&pyte
         }
     }
     if !inp.libraries.is_empty() {
-        for m in loaded {
-            if in_library_scope(&inp.libraries, m) && !libs.iter().any(|l| l.module == *m) {
-                libs.push(LibCheck {
-                    module: m.clone(),
-                    leaked: BTreeMap::new(),
-                    limits: BTreeMap::new(),
-                    over: Vec::new(),
-                    pass: true,
-                    stacks: Vec::new(),
-                });
-            }
-        }
         scope.unmatched_libraries = inp
             .libraries
             .iter()
