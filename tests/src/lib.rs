@@ -519,3 +519,16 @@ pub fn assert_leaky_report(r: &Report, reps: u64, ctx: &str) {
         );
     }
 }
+
+/// `residue run --output` writes an 8-byte magic, the stream as one zstd frame, then the exit
+/// status as raw records after the frame. This gives the raw stream (which `residue report`
+/// reads as well), whose record boundaries the tests can walk.
+pub fn raw_trace(file: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    assert_eq!(&file[..8], b"RESIDUEZ", "a compressed trace");
+    let mut z = zstd::stream::read::Decoder::new(&file[8..]).expect("zstd").single_frame();
+    let mut raw = Vec::new();
+    z.read_to_end(&mut raw).expect("the compressed frame decodes");
+    z.finish().read_to_end(&mut raw).expect("the raw tail");
+    raw
+}

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use residue_tests::{fixture, run_captured, tools, TempDir};
+use residue_tests::{fixture, raw_trace, run_captured, tools, TempDir};
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -21,19 +21,6 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-}
-
-/// `residue run --output` writes an 8-byte magic, the stream as one zstd frame, then the exit
-/// status as raw records after the frame. This gives the raw stream (which `residue report`
-/// reads as well), whose record boundaries the tests can walk.
-fn raw_trace(file: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    assert_eq!(&file[..8], b"RESIDUEZ", "a compressed trace");
-    let mut z = zstd::stream::read::Decoder::new(&file[8..]).expect("zstd").single_frame();
-    let mut raw = Vec::new();
-    z.read_to_end(&mut raw).expect("the compressed frame decodes");
-    z.finish().read_to_end(&mut raw).expect("the raw tail");
-    raw
 }
 
 /// One mutation of `t`: flipped bytes, a cut, a duplicated or deleted span, or a run of

@@ -7,22 +7,9 @@ use std::process::Command;
 
 use residue_protocol::{header, Api, Decoder, Encoder, Kind, Segment, MAX_SMALL_RECORD};
 use residue_tests::{
-    assert_leaky_exact, assert_leaky_report, fixture, fixtures, read_report, run, run_captured, tools, Finished,
-    Report, TempDir,
+    assert_leaky_exact, assert_leaky_report, fixture, fixtures, raw_trace, read_report, run, run_captured, tools,
+    Finished, Report, TempDir,
 };
-
-/// `residue run --output` writes an 8-byte magic, the stream as one zstd frame, then the exit
-/// status as raw records after the frame. This gives the raw stream (which `residue report`
-/// reads as well), whose record boundaries the tests can walk.
-fn raw_trace(file: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    assert_eq!(&file[..8], b"RESIDUEZ", "a compressed trace");
-    let mut z = zstd::stream::read::Decoder::new(&file[8..]).expect("zstd").single_frame();
-    let mut raw = Vec::new();
-    z.read_to_end(&mut raw).expect("the compressed frame decodes");
-    z.finish().read_to_end(&mut raw).expect("the raw tail");
-    raw
-}
 
 fn report_cmd(trace: &Path, json: &Path) -> Finished {
     let mut cmd = Command::new(&tools().residue);
