@@ -211,6 +211,67 @@ fn what_finalization_frees_is_released() {
     assert_eq!(o.report.heap("libtail.so"), Amount::new(3, 3 * 13), "{ctx}");
 }
 
+/// The line of `script` that ends with `# LEAK:<name>`.
+fn marked_line(script: &Path, name: &str) -> u64 {
+    let text = std::fs::read_to_string(script).expect("fixture script");
+    let marker = format!("# LEAK:{name}");
+    let hits: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.ends_with(&marker)).map(|(i, _)| i + 1).collect();
+    assert_eq!(hits.len(), 1, "exactly one line of {} ends with {marker}", script.display());
+    hits[0] as u64
+}
+
+#[test]
+fn cffi_calls_are_named_by_the_function_python_called() {
+    // cffi's ABI mode calls through libffi; the wheel from PyPI carries its own copy of libffi
+    // inside _cffi_backend (`cffistatic_ffi_call`), which residue hooks under that name.
+    let script = py_script("cffi_calls.py");
+    let o = run([
+        "python3".as_ref(),
+        script.as_os_str(),
+        fixture("libleaky.so").as_os_str(),
+        fixture("libtail.so").as_os_str(),
+    ])
+    .go();
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "cffi must be installed (.ci/run installs it)\n{ctx}");
+    assert!(o.finished.stdout.starts_with("cffi_calls: cffi "), "{ctx}");
+    assert_eq!(user_library_names(r), ["libleaky.so", "libtail.so"], "{ctx}");
+    assert_user_only(r, &ctx);
+    let innermost_python = |s: &Value, function: &str, marker: &str| {
+        let want = (function.to_owned(), script.to_str().unwrap().to_owned(), marked_line(&script, marker));
+        assert_eq!(python_frames(s).first(), Some(&want), "innermost Python frame\n{ctx}");
+    };
+
+    // fx_strdup_names has frames of its own: the owner rule finds them; the foreign call is
+    // still recorded.
+    let names = leaky::LEAKS.iter().find(|l| l.function == "leaky_strdup_names").unwrap();
+    assert_eq!(r.heap("libleaky.so"), Amount::new(names.count, names.bytes), "{ctx}");
+    let s = stacks_of(r, "libleaky.so");
+    assert_eq!(s.len(), 1, "{ctx}");
+    assert_eq!(s[0]["foreign_call"]["function"], "fx_strdup_names", "{ctx}");
+    innermost_python(s[0], "leak_names", "cffi_names");
+
+    // tail_dup is `jmp strdup`: no libtail frame on the stack, and libffi's frames are
+    // _cffi_backend's, not a libffi module's. The foreign call owns it. 3 x 16 bytes; the 4
+    // blocks freed through cffi are matched.
+    assert_eq!(r.heap("libtail.so"), Amount::new(3, 3 * 16), "{ctx}");
+    let t = stacks_of(r, "libtail.so");
+    assert_eq!(t.len(), 1, "{ctx}");
+    assert_eq!(t[0]["foreign_call"]["function"], "tail_dup", "{ctx}");
+    assert_eq!(t[0]["foreign_call"]["module"].as_str().map(file_name), Some("libtail.so"), "{ctx}");
+    let frames = t[0]["frames"].as_array().unwrap();
+    let owner = &frames[t[0]["owner_frame"].as_u64().expect("an owner frame") as usize];
+    assert_eq!((owner["kind"].as_str(), owner["function"].as_str()), (Some("foreign"), Some("tail_dup")), "{ctx}");
+    assert!(
+        frames.iter().all(|f| !f["module"].as_str().is_some_and(|m| file_name(m).starts_with("libresidue"))),
+        "the interposer's hook frames are not shown\n{ctx}"
+    );
+    innermost_python(t[0], "leak_tail", "cffi_tail");
+    assert!(o.finished.stderr.contains("foreign call: tail_dup (libtail.so)"), "{ctx}");
+    let summary = format!("summary: 13 heap blocks ({} bytes) unreleased in 2 libraries", names.bytes + 48);
+    assert!(o.finished.stderr.contains(&summary), "{summary:?}\n{ctx}");
+}
+
 #[test]
 fn threads_keep_their_own_python_stacks() {
     let o = lines_run("python3", "threads").go();

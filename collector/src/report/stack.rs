@@ -55,6 +55,30 @@ fn native_out(f: &Frame) -> FrameOut {
     }
 }
 
+/// The name of the function a native frame is in (the outermost of its inline chain).
+fn outer_name(sym: &mut Symbolizer, modules: &ModuleMap<'_>, addr: u64) -> Option<String> {
+    sym.symbolize(modules, addr).last().and_then(|f| f.function.clone())
+}
+
+/// Where libffi's frames begin (the innermost of them) in a stack made under a foreign call:
+/// the run of frames just inside our innermost ffi_call hook that share a module. By position,
+/// not by the module's name: cffi's wheels carry their own libffi inside `_cffi_backend`
+/// (`cffistatic_ffi_call`). A libffi module by name is the fallback.
+fn ffi_boundary(mods: &[Option<&str>], skip: usize, mut name: impl FnMut(usize) -> Option<String>) -> Option<usize> {
+    let is_hook = |n: Option<String>| n.is_some_and(|n| n == "ffi_call" || n == "cffistatic_ffi_call");
+    let hook = (skip..mods.len()).find(|&i| mods[i].is_some_and(owner::is_interposer) && is_hook(name(i)));
+    if let Some(inner) = hook.and_then(|h| h.checked_sub(1)).filter(|&i| i >= skip) {
+        if let Some(m) = mods[inner] {
+            let mut j = inner;
+            while j > skip && mods[j - 1] == Some(m) {
+                j -= 1;
+            }
+            return Some(j);
+        }
+    }
+    mods.iter().position(|m| m.is_some_and(is_libffi))
+}
+
 pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: &[u64]) -> Resolved {
     let mut natives = Vec::new();
     let mut pythons = Vec::new();
@@ -96,7 +120,7 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
     let mut library = owner.and_then(|i| mods[i]).unwrap_or("[unknown]").to_owned();
     // A foreign call: the function ctypes/cffi called owns what was allocated under it, unless
     // a frame of some library inside the call already does.
-    let ffi = mods.iter().position(|m| m.is_some_and(is_libffi));
+    let ffi = foreign.and_then(|_| ffi_boundary(&mods, skip, |i| outer_name(sym, modules, natives[i])));
     // ctypes.CDLL(None).strdup is found by dlsym, which answers with our hook: the C library's
     // function the user called, and reported as the C library's.
     let libc = || img.modules.iter().find(|m| is_libc(&m.path)).map(|m| m.path.clone());
@@ -158,6 +182,11 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
         }
         if Some(i) == owner {
             owner_frame = Some(frames.len());
+        }
+        if mods[i].is_some_and(owner::is_interposer) {
+            // Our hooks inside the stack (ffi_call, dlopen): they stand for the function they
+            // hook, whose caller is the next frame.
+            continue;
         }
         let sf = sym.symbolize(modules, addr);
         if sf.last().is_some_and(is_eval_loop) && py.peek().is_some() {

@@ -6,6 +6,10 @@
 //! CPython loads libffi as a dependency of `_ctypes`, with RTLD_LOCAL: `_ctypes` binds to our
 //! `ffi_call` (we are in the global scope), but `dlsym(RTLD_NEXT)` cannot see libffi. So the real
 //! function is looked up in each loaded module that defines one other than ours.
+//!
+//! cffi's wheels from PyPI link a private copy of libffi into `_cffi_backend` with its symbols
+//! renamed (`cffistatic_ffi_call`), still exported and still called through the PLT: hooked
+//! the same way, under that name.
 
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,9 +20,11 @@ use crate::state::thread;
 type FfiCallFn = unsafe extern "C-unwind" fn(*mut c_void, *mut c_void, *mut c_void, *mut *mut c_void);
 
 static REAL: AtomicUsize = AtomicUsize::new(0);
+static REAL_CFFI: AtomicUsize = AtomicUsize::new(0);
 
-/// The first loaded module's `ffi_call` that is not ours.
-fn find_real() -> usize {
+/// The first loaded module's definition of `symbol` (libffi's `ffi_call` or cffi's renamed
+/// copy) that is not `ours`.
+fn find_real(symbol: &CStr, ours: usize) -> usize {
     unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
         // SAFETY: glibc passes a valid info; data is the &mut Vec passed below.
         let (info, names) = unsafe { (&*info, &mut *(data as *mut Vec<Vec<u8>>)) };
@@ -34,7 +40,6 @@ fn find_real() -> usize {
     let mut names: Vec<Vec<u8>> = Vec::new();
     // SAFETY: the callback matches dl_iterate_phdr's signature and only touches `names`.
     unsafe { libc::dl_iterate_phdr(Some(each), &mut names as *mut Vec<Vec<u8>> as *mut c_void) };
-    let ours = ffi_call as *const () as usize;
     // libffi itself first: a module that merely links libffi statically is the fallback.
     names.sort_by_key(|n| !n.windows(6).any(|w| w == b"libffi"));
     for name in names {
@@ -46,7 +51,7 @@ fn find_real() -> usize {
             if h.is_null() {
                 continue;
             }
-            libc::dlsym(h, c"ffi_call".as_ptr()) as usize
+            libc::dlsym(h, symbol.as_ptr()) as usize
         };
         if f != 0 && f != ours {
             return f;
@@ -190,7 +195,41 @@ pub unsafe extern "C-unwind" fn ffi_call(
     rvalue: *mut c_void,
     avalue: *mut *mut c_void,
 ) {
-    let mut real = REAL.load(Ordering::Acquire);
+    // SAFETY: our caller's contract is ffi_call's, which is `foreign_call`'s.
+    unsafe { foreign_call(&REAL, c"ffi_call", ffi_call as *const () as usize, cif, f, rvalue, avalue) }
+}
+
+/// # Safety
+/// As libffi's ffi_call; only reached from cffi's `_cffi_backend`, which defines the real one.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn cffistatic_ffi_call(
+    cif: *mut c_void,
+    f: *mut c_void,
+    rvalue: *mut c_void,
+    avalue: *mut *mut c_void,
+) {
+    let ours = cffistatic_ffi_call as *const () as usize;
+    // SAFETY: our caller's contract is ffi_call's, which is `foreign_call`'s.
+    unsafe { foreign_call(&REAL_CFFI, c"cffistatic_ffi_call", ours, cif, f, rvalue, avalue) }
+}
+
+/// Remembers `f` as the thread's foreign function for the duration of the call, then forwards to
+/// the real `symbol` (looked up once into `real`). `inline(always)`: the hook's own frame is
+/// the one `stacks::acquired` looks for, and it must be ours.
+///
+/// # Safety
+/// As libffi's ffi_call.
+#[inline(always)]
+unsafe fn foreign_call(
+    real_slot: &AtomicUsize,
+    symbol: &CStr,
+    ours: usize,
+    cif: *mut c_void,
+    f: *mut c_void,
+    rvalue: *mut c_void,
+    avalue: *mut *mut c_void,
+) {
+    let mut real = real_slot.load(Ordering::Acquire);
     let t = thread();
     // Looking things up allocates (dlsym, dlopen): that is ours, not the caller's.
     let was = t.busy.replace(true);
@@ -198,13 +237,13 @@ pub unsafe extern "C-unwind" fn ffi_call(
     t.busy.set(was);
     if real == 0 {
         let was = t.busy.replace(true);
-        real = find_real();
+        real = find_real(symbol, ours);
         t.busy.set(was);
         if real == 0 {
             // Cannot happen for a caller that linked libffi; there is nothing to forward to.
             std::process::abort();
         }
-        REAL.store(real, Ordering::Release);
+        real_slot.store(real, Ordering::Release);
     }
     // Nested calls (a callback into Python that calls C again) restore the outer function, also
     // when the call unwinds (an exception caught above us).
