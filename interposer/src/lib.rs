@@ -2,9 +2,10 @@
 //! resources it hooks, with the native stack, and streams them to the collector.
 //!
 //! Layout: `hooks/` (the exported stand-ins for libc's functions), `state` (global and
-//! per-thread state, the re-entrancy guard), `stacks` (capture and interning), `modules`
+//! per-thread state, the re-entrancy guard), `stacks` (capture and interning), `near`
+//! (per-thread caches in front of the intern tables), `modules`
 //! (loaded-module records), `transport` (per-thread batches, channel, writer thread),
-//! `lifecycle` (constructor, exit, fork, exec), `sync` (lock and backoff usable inside malloc),
+//! `lifecycle` (constructor, exit, fork, exec), `seq` (the global order of events), `sync` (lock and backoff usable inside malloc),
 //! `ffi` (glibc entry points).
 //!
 //! Never harm the host: every hook forwards to the real function whatever happens here;
@@ -15,7 +16,9 @@ mod ffi;
 mod hooks;
 mod lifecycle;
 mod modules;
+mod near;
 mod python;
+mod seq;
 mod stacks;
 mod state;
 mod sync;

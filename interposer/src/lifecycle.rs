@@ -84,6 +84,8 @@ fn start(argc: c_int, argv: *const *const c_char) {
         state::set_state(PASSIVE);
         return;
     }
+    // The constructor runs before the program can start a thread.
+    crate::seq::start_exclusive(thread());
     // SAFETY: the handler is an extern "C" fn with no arguments, as pthread_atfork requires.
     unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
     install_fatal_handlers();
@@ -207,6 +209,8 @@ fn follow_forked_child() {
     if !transport::start(fd) {
         return;
     }
+    // The forking thread is the child's only one.
+    crate::seq::start_exclusive(thread());
     begin_stream(pid, true);
 }
 

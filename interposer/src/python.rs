@@ -323,8 +323,25 @@ fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize
         let instr = word(f + l.frame_prev_instr as u64, checked)?;
         let offset = instr.wrapping_sub(code + l.code_adaptive as u64) as i64;
         let ident = identity(code, checked)?;
-        let id = code_id(t, &ident, checked)?;
-        let line = line_of(ident.key, code, offset);
+        // SAFETY: recording runs under the thread's guard; this is the only borrow of its caches.
+        let near = unsafe { t.near() };
+        let id = match near.codes.get(ident.key) {
+            Some(id) => id,
+            None => {
+                let id = code_id(t, &ident, checked)?;
+                near.codes.put(ident.key, id);
+                id
+            }
+        };
+        let line_key = mix(ident.key, offset as u64);
+        let line = match near.lines.get(line_key) {
+            Some(line) => line,
+            None => {
+                let line = line_of(line_key, code, offset);
+                near.lines.put(line_key, line);
+                line
+            }
+        };
         out[n] = frame::python(id, line, entry);
         n += 1;
         f = word(f + l.frame_previous as u64, checked)?;
@@ -352,9 +369,9 @@ fn mix(a: u64, b: u64) -> u64 {
     (h ^ (h >> 31)) | 1
 }
 
-/// The line `offset` (bytes into the code) is on: cached, else asked of CPython.
-fn line_of(code_key: u64, code: u64, offset: i64) -> u32 {
-    let key = mix(code_key, offset as u64);
+/// The line `offset` (bytes into the code) is on: cached under `key` (the code's identity
+/// mixed with the offset), else asked of CPython.
+fn line_of(key: u64, code: u64, offset: i64) -> u32 {
     let i = key as usize % TABLE;
     if LINE_KEYS[i].load(Ordering::Acquire) == key {
         let line = LINES[i].load(Ordering::Acquire);

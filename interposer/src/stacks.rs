@@ -59,17 +59,46 @@ fn capture(out: &mut [u64]) -> usize {
     residue_unwind::capture(out)
 }
 
+/// A 64-bit hash of a stack. Four independent multiply lanes, so that the work per frame is
+/// not one long chain of dependent multiplies (a stack is hashed on every acquisition); the
+/// lanes are mixed at the end.
 fn hash(frames: &[u64]) -> u64 {
-    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ frames.len() as u64 ^ GENERATION.load(Ordering::Relaxed).rotate_left(32);
-    for &f in frames {
-        h = (h.rotate_left(5) ^ f).wrapping_mul(0x517c_c1b7_2722_0a95);
+    const K: [u64; 4] = [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9, 0x27d4_eb2f_1656_67c5];
+    #[inline(always)]
+    fn step(lane: u64, frame: u64, k: u64) -> u64 {
+        (lane.rotate_left(23) ^ frame).wrapping_mul(k)
     }
-    (h ^ (h >> 29)) | 1
+    let seed = K[0] ^ frames.len() as u64 ^ GENERATION.load(Ordering::Relaxed).rotate_left(32);
+    let mut lanes = [seed, seed ^ K[1], seed ^ K[2], seed ^ K[3]];
+    let mut chunks = frames.chunks_exact(4);
+    for c in &mut chunks {
+        for k in 0..4 {
+            lanes[k] = step(lanes[k], c[k], K[k]);
+        }
+    }
+    for (k, &f) in chunks.remainder().iter().enumerate() {
+        lanes[k] = step(lanes[k], f, K[k]);
+    }
+    let h = lanes[0] ^ lanes[1].rotate_left(16) ^ lanes[2].rotate_left(32) ^ lanes[3].rotate_left(48);
+    let h = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (h ^ (h >> 32)) | 1
 }
 
-/// The stack's id, and whether this call is the first to see it (and so must send it).
-fn intern(frames: &[u64]) -> (u32, bool) {
+/// The stack's id, and whether this call is the first to see it (and so must send it). The
+/// thread's near cache answers for its recent stacks without touching the global table.
+fn intern(t: &Thread, frames: &[u64]) -> (u32, bool) {
     let h = hash(frames);
+    // SAFETY: recording runs under the thread's guard; this is the only borrow of its caches.
+    let near = unsafe { &mut t.near().stacks };
+    if let Some(id) = near.get(h) {
+        return (id, false);
+    }
+    let (id, new) = intern_global(h);
+    near.put(h, id);
+    (id, new)
+}
+
+fn intern_global(h: u64) -> (u32, bool) {
     let mut i = (h as usize ^ (h >> TABLE_BITS) as usize) & (TABLE - 1);
     for _ in 0..MAX_PROBES {
         let k = KEYS[i].load(Ordering::Acquire);
@@ -130,7 +159,7 @@ pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) 
         end += 1;
     }
     let frames = &buf[skip..end];
-    let (stack, new) = intern(frames);
+    let (stack, new) = intern(t, frames);
     let need = MAX_SMALL_RECORD + if new { Encoder::stack_len_bound(frames.len()) } else { 0 };
     emit(t, need, |enc, b, mut pos| {
         if new {

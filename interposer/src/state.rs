@@ -5,8 +5,9 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::near::NearCaches;
 use crate::transport::Slot;
 
 /// Not yet initialized: every hook passes straight through.
@@ -22,7 +23,6 @@ pub const FINISHED: u8 = 3;
 pub const EXECUTING: u8 = 4;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static SEQ: AtomicU64 = AtomicU64::new(1);
 
 #[inline(always)]
 pub fn state() -> u8 {
@@ -44,10 +44,11 @@ pub fn go_passive() {
     let _ = transition(EXECUTING, PASSIVE);
 }
 
-/// The next global sequence number: the order of acquisitions and releases across threads.
+/// The next global sequence number: the order of acquisitions and releases across threads
+/// (module `seq`). Hooks that hold a [`Guard`] use `seq::next_for(guard.thread())`.
 #[inline(always)]
 pub fn next_seq() -> u64 {
-    SEQ.fetch_add(1, Ordering::Relaxed)
+    crate::seq::next_for(thread())
 }
 
 /// Per-thread state. `busy` is the re-entrancy guard: set while a hook records (so the
@@ -65,6 +66,7 @@ pub struct Thread {
     /// Scratch space for one stack: reused, so that recording does not clear kilobytes of stack
     /// memory on every allocation.
     frames: UnsafeCell<[u64; FRAME_BUF]>,
+    near: UnsafeCell<NearCaches>,
 }
 
 /// Frames the per-thread scratch buffer holds: our own frames, the deepest native stack, the
@@ -81,6 +83,7 @@ thread_local! {
             writer: Cell::new(false),
             foreign: Cell::new(0),
             frames: UnsafeCell::new([0; FRAME_BUF]),
+            near: UnsafeCell::new(NearCaches::new()),
         }
     };
 }
@@ -105,6 +108,16 @@ impl Thread {
     pub unsafe fn frame_buf(&self) -> &mut [u64; FRAME_BUF] {
         // SAFETY: the caller guarantees exclusive use (see above); the storage is this thread's.
         unsafe { &mut *self.frames.get() }
+    }
+
+    /// The thread's caches in front of the global intern tables.
+    ///
+    /// # Safety
+    /// As [`Thread::frame_buf`]: only under this thread's [`Guard`], one borrow at a time.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn near(&self) -> &mut NearCaches {
+        // SAFETY: the caller guarantees exclusive use (see above); the storage is this thread's.
+        unsafe { &mut *self.near.get() }
     }
 
     pub fn tid(&self) -> u32 {

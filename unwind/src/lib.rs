@@ -5,7 +5,11 @@
 //! - the starting registers (pc, rsp, rbp) come from inline asm in [`capture`] itself;
 //! - each frame's unwind step is a compact rule (CFA = rsp or rbp + offset, return address at
 //!   CFA-8, rbp at CFA+k or unchanged) looked up by return address in a global lock-free table
-//!   (module `cache`);
+//!   (module `cache`), behind a small per-thread direct-mapped cache (module `memo`, `Near`);
+//! - consecutive captures share most of their stack: while a walk is in a state (return
+//!   address, CFA, rbp) the thread's previous walk also passed through, its next step is
+//!   replayed from that walk's record, reading the same stack words, without a rule lookup
+//!   (module `memo`; exact: the first word that differs is followed with lookups again);
 //! - on a miss the rule is derived from the module's `.eh_frame` (found with glibc's lock-free
 //!   `_dl_find_object`, evaluated with gimli without allocating) and inserted (module `eh`);
 //! - whatever the compact form cannot express (signal trampolines, DWARF expressions, code no
@@ -19,8 +23,9 @@
 //! a frame whose CFA is not rsp/rbp + offset or whose rbp is restored other than from the
 //! stack (hand-written asm: ld.so's lazy-binding trampoline, some of libcrypto); a return
 //! address no loaded module's `.eh_frame_hdr` covers (JIT code); a capture while running on a
-//! stack other than the thread's own (sigaltstack, makecontext fibers); the very first capture
-//! of a thread if it re-enters itself from inside pthread_getattr_np. libgcc may take its own
+//! stack other than the thread's own (sigaltstack, makecontext fibers); a capture made while
+//! the same thread is inside another one (a signal handler that interrupted it), including the
+//! first capture of a thread re-entering itself from inside pthread_getattr_np. libgcc may take its own
 //! mutex and sort registered frames with malloc when a JIT registered any, so the caller's
 //! re-entrancy guard must cover `capture`.
 
@@ -30,6 +35,8 @@ mod cache;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod eh;
 mod libgcc;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod memo;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod stack;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -73,7 +80,7 @@ pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = x86_64::Regs::here();
-        match x86_64::walk(out, regs) {
+        match memo::with(|bounds, near, prev, next| x86_64::walk(out, regs, bounds, near, prev, next)) {
             Some(n) => n,
             None => {
                 // Skip libgcc::walk's own frame and ours (capture is never inlined, and this call

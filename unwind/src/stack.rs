@@ -1,7 +1,6 @@
-//! The current thread's stack range, fetched once per thread.
-//!
-//! Const-initialized `Cell`s with no `Drop`: plain TLS, no destructor registered (that would
-//! allocate at first use and run before the thread's last frees).
+//! The current thread's stack range, fetched once per thread into cells of its `memo`
+//! (const-initialized TLS with no `Drop`: no destructor registered, which would allocate at
+//! first use and run before the thread's last frees).
 
 use std::cell::Cell;
 
@@ -9,40 +8,34 @@ use std::cell::Cell;
 /// pthread_getattr_np (the main thread's reads /proc/self/maps, which mallocs) sees no range.
 const FETCHING: usize = 1;
 
-thread_local! {
-    static LO: Cell<usize> = const { Cell::new(0) };
-    static HI: Cell<usize> = const { Cell::new(0) };
-}
-
-/// `(lo, hi)`: the readable part of this thread's stack, `lo <= addr < hi`. `None` while the
-/// range is unknown (being fetched, or pthread failed): the caller falls back to libgcc.
+/// `(lo, hi)`: the readable part of this thread's stack, `lo <= addr < hi`, kept in the
+/// thread's `lo` and `hi` cells (module `memo` holds them, so that a capture reaches all its
+/// thread-local state through one TLS access). `None` while the range is unknown (being
+/// fetched, or pthread failed): the caller falls back to libgcc.
 #[inline(always)]
-pub(crate) fn bounds() -> Option<(usize, usize)> {
-    let hi = HI.get();
-    if hi > FETCHING {
-        return Some((LO.get(), hi));
+pub(crate) fn bounds(lo: &Cell<usize>, hi: &Cell<usize>) -> Option<(usize, usize)> {
+    let h = hi.get();
+    if h > FETCHING {
+        return Some((lo.get(), h));
     }
-    if hi == FETCHING {
+    if h == FETCHING {
         return None;
     }
-    fetch()
+    fetch(lo, hi)
 }
 
 #[cold]
 #[inline(never)]
-fn fetch() -> Option<(usize, usize)> {
-    HI.set(FETCHING);
-    let range = query();
-    match range {
-        Some((lo, hi)) if hi > FETCHING => {
-            LO.set(lo);
-            HI.set(hi);
-            Some((lo, hi))
+fn fetch(lo: &Cell<usize>, hi: &Cell<usize>) -> Option<(usize, usize)> {
+    hi.set(FETCHING);
+    match query() {
+        Some((l, h)) if h > FETCHING => {
+            lo.set(l);
+            hi.set(h);
+            Some((l, h))
         }
-        _ => {
-            // Stay at FETCHING: retrying on every capture would re-read /proc each time.
-            None
-        }
+        // Stay at FETCHING: retrying on every capture would re-read /proc each time.
+        _ => None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! x86-64: starting registers, the compact rule, and the walk.
 
-use crate::{cache, eh, stack};
+use crate::memo::{Near, Step, Walk, CAP};
+use crate::{cache, eh};
 use gimli::{CfaRule, RegisterRule, X86_64};
 use std::sync::atomic::Ordering;
 
@@ -168,12 +169,23 @@ fn read(addr: u64, lo: u64, hi: u64) -> Option<u64> {
     Some(unsafe { std::ptr::read_volatile(addr as *const u64) })
 }
 
-/// Walk from `regs` (taken inside `capture`), writing return addresses. `None` means "hand the
+/// Walk from `regs` (taken inside `capture`) on the thread's stack `[lo, hi)`, writing return
+/// addresses. `None` means "hand the
 /// whole capture to libgcc": a rule could not be made compact, or this is not the thread's
 /// stack we know (a signal alternate stack, a fiber).
+///
+/// `prev` is this thread's previous walk, `next` receives this one (module `memo`): while the
+/// state equals a state of `prev`, the step is replayed from it without a rule lookup. Other
+/// lookups go through the thread's `near` cache first.
 #[inline(always)]
-pub(crate) fn walk(out: &mut [u64], regs: Regs) -> Option<usize> {
-    let (lo, hi) = stack::bounds()?;
+pub(crate) fn walk(
+    out: &mut [u64],
+    regs: Regs,
+    (lo, hi): (usize, usize),
+    near: &mut Near,
+    prev: &Walk,
+    next: &mut Walk,
+) -> Option<usize> {
     let (lo, hi) = (lo as u64, hi as u64);
     if regs.sp < lo || regs.sp >= hi {
         return None;
@@ -184,31 +196,71 @@ pub(crate) fn walk(out: &mut [u64], regs: Regs) -> Option<usize> {
     // Frame 0's pc is not a return address; key it as pc + 1 so the uniform "rule at key - 1"
     // lookup lands on the pc itself.
     let mut key = regs.pc + 1;
+    let generation = cache::generation();
+    // Rules may have changed since (dlclose): then nothing of the previous walk is replayed.
+    let usable = if prev.generation == generation { prev.len } else { 0 };
+    next.generation = generation;
+    // `j`: the step of `prev` to compare with next; `sync`: our state equals prev's state
+    // before step j, so step j's CFA and rbp slot are ours too.
+    let (mut j, mut sync) = (0, false);
     let mut n = 0;
     while n < out.len() {
-        let rule = rule_for(key)?;
-        match rule & KIND_MASK {
-            KIND_NORMAL => {}
-            KIND_END => return Some(n),
-            _ => return None,
+        let (cfa, fp_slot);
+        if sync && j < usable {
+            let s = &prev.steps[j];
+            (cfa, fp_slot) = (s.cfa, s.fp_slot);
+        } else {
+            sync = false;
+            let rule = near.rule(key, generation, rule_for)?;
+            match rule & KIND_MASK {
+                KIND_NORMAL => {}
+                KIND_END => break,
+                _ => return None,
+            }
+            let base = if rule & CFA_RBP != 0 { fp } else { sp };
+            cfa = base.wrapping_add(rule as u32 as i32 as i64 as u64);
+            fp_slot = if rule & RBP_SAVED != 0 {
+                cfa.wrapping_add((rule >> RBP_SHIFT) as u16 as i16 as i64 as u64)
+            } else {
+                0
+            };
         }
-        let base = if rule & CFA_RBP != 0 { fp } else { sp };
-        let cfa = base.wrapping_add(rule as u32 as i32 as i64 as u64);
         // Leaving the stack (or a corrupt frame) ends the walk: frames past it are unreadable.
-        let Some(ra) = read(cfa.wrapping_sub(8), lo, hi) else { return Some(n) };
+        let Some(ra) = read(cfa.wrapping_sub(8), lo, hi) else { break };
         if ra == 0 {
-            return Some(n);
+            break;
         }
-        if rule & RBP_SAVED != 0 {
-            let k = (rule >> RBP_SHIFT) as u16 as i16 as i64 as u64;
-            let Some(v) = read(cfa.wrapping_add(k), lo, hi) else { return Some(n) };
+        if fp_slot != 0 {
+            let Some(v) = read(fp_slot, lo, hi) else { break };
             fp = v;
         }
+        if sync {
+            let s = &prev.steps[j];
+            sync = s.ra == ra && s.fp == fp;
+            j += 1;
+        } else {
+            // Look for the same state in the previous walk: CFAs grow outwards, so a cursor
+            // that only moves out finds it in one pass.
+            while j < usable && prev.steps[j].cfa < cfa {
+                j += 1;
+            }
+            if j < usable {
+                let s = &prev.steps[j];
+                if s.cfa == cfa && s.ra == ra && s.fp == fp {
+                    sync = true;
+                    j += 1;
+                }
+            }
+        }
         out[n] = ra;
+        if n < CAP {
+            next.steps[n] = Step { cfa, ra, fp, fp_slot };
+        }
         n += 1;
         sp = cfa;
         key = ra;
     }
+    next.len = n.min(CAP);
     Some(n)
 }
 

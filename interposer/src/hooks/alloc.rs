@@ -12,8 +12,8 @@ use residue_protocol::{Api, Kind};
 use crate::ffi::{
     __libc_calloc, __libc_free, __libc_malloc, __libc_memalign, __libc_pvalloc, __libc_realloc, __libc_valloc,
 };
-use crate::stacks;
 use crate::state::{self, next_seq, Guard};
+use crate::{seq, stacks};
 
 /// Records an acquisition; an internal panic turns the interposer passive instead of reaching C.
 #[inline(always)]
@@ -21,8 +21,8 @@ fn acquired(g: &Guard, api: Api, p: *mut c_void, size: usize) {
     if p.is_null() {
         return;
     }
-    let seq = next_seq();
     let t = g.thread();
+    let seq = seq::next_for(t);
     if catch_unwind(AssertUnwindSafe(|| stacks::acquired(t, seq, Kind::HEAP, api, p as u64, size as u64))).is_err() {
         state::go_passive();
     }
@@ -30,8 +30,8 @@ fn acquired(g: &Guard, api: Api, p: *mut c_void, size: usize) {
 
 #[inline(always)]
 fn released(g: &Guard, api: Api, p: *mut c_void) {
-    let seq = next_seq();
     let t = g.thread();
+    let seq = seq::next_for(t);
     if catch_unwind(AssertUnwindSafe(|| stacks::released(t, seq, Kind::HEAP, api, p as u64))).is_err() {
         state::go_passive();
     }
