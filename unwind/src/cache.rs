@@ -142,7 +142,7 @@ pub(crate) fn invalidate() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Packs rules below 16 as themselves (inline), the rest go through the rule table.
@@ -156,8 +156,9 @@ mod tests {
         }
     }
 
-    /// The tests share the global tables and one of them invalidates: run them one at a time.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// The tests share the global tables and one of them invalidates: run them one at a time
+    /// (also the tests of other modules that insert rules).
+    pub(crate) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn inline_and_interned_values() {

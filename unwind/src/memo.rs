@@ -16,30 +16,75 @@
 
 use std::cell::{Cell, UnsafeCell};
 
-/// Steps remembered per walk: the interposer's default depth (64) plus its own frames. Deeper
-/// frames are walked with lookups.
-pub(crate) const CAP: usize = 80;
+/// Steps remembered per walk: the starting state, the interposer's default depth (64) and its
+/// own frames. Deeper frames are walked with lookups.
+pub(crate) const CAP: usize = 81;
 
-/// One step of a walk: the frame's CFA, the return address read at CFA-8, rbp after the step
-/// and where it was read (0: the rule left rbp unchanged).
+/// One step of a walk: the frame's CFA, the return address read at CFA-8, rbp after the step,
+/// and in `slot` where rbp was read (0: the rule left it unchanged), with [`CFA_FROM_RBP`] in
+/// the low bits (a slot that was read is 8-aligned).
 #[derive(Clone, Copy)]
 pub(crate) struct Step {
     pub cfa: u64,
     pub ra: u64,
     pub fp: u64,
-    pub fp_slot: u64,
+    pub slot: u64,
+}
+
+/// The step's CFA was computed from rbp.
+pub(crate) const CFA_FROM_RBP: u64 = 1;
+pub(crate) const SLOT_FLAGS: u64 = 7;
+
+impl Step {
+    /// Where rbp was reloaded from, or 0.
+    #[inline(always)]
+    pub fn fp_slot(&self) -> u64 {
+        self.slot & !SLOT_FLAGS
+    }
 }
 
 pub(crate) struct Walk {
     /// The rule cache's generation the walk ran under.
     pub generation: u64,
-    /// Steps recorded (at most CAP).
+    /// Steps recorded (at most CAP). Step 0 is the starting state (CFA: the stack pointer,
+    /// return address: the pc's key), so that a capture from the same place at the same depth
+    /// replays from its first frame; the frames proper are steps 1 and on.
     pub len: usize,
+    /// The walk ended on an END rule right after its last recorded step: a walk in that step's
+    /// state ends there too.
+    pub ended: bool,
     pub steps: [Step; CAP],
 }
 
-const EMPTY_STEP: Step = Step { cfa: 0, ra: 0, fp: 0, fp_slot: 0 };
-const EMPTY_WALK: Walk = Walk { generation: u64::MAX, len: 0, steps: [EMPTY_STEP; CAP] };
+const EMPTY_STEP: Step = Step { cfa: 0, ra: 0, fp: 0, slot: 0 };
+pub(crate) const EMPTY_WALK: Walk = Walk { generation: u64::MAX, len: 0, ended: false, steps: [EMPTY_STEP; CAP] };
+
+impl Walk {
+    /// Whether a walk in state (`cfa`, `ra`, `fp`) is in this walk's state after step `j`, as
+    /// far as the rest of the walk can tell. rbp may differ where it is dead: the following
+    /// steps reload it before any of them computes a CFA from it, or the walk ends on an END
+    /// rule first (which reads nothing). Steps past the record (the walk went on) count as
+    /// using it.
+    #[inline(always)]
+    pub fn matches(&self, j: usize, cfa: u64, ra: u64, fp: u64) -> bool {
+        let s = &self.steps[j];
+        if s.cfa != cfa || s.ra != ra {
+            return false;
+        }
+        if s.fp == fp {
+            return true;
+        }
+        for later in &self.steps[j + 1..self.len] {
+            if later.slot & CFA_FROM_RBP != 0 {
+                return false;
+            }
+            if later.fp_slot() != 0 {
+                return true;
+            }
+        }
+        self.ended
+    }
+}
 
 /// Entries of the thread's own rule cache: enough for the return addresses an allocation-heavy
 /// loop keeps meeting, small enough to stay in L1.
@@ -54,6 +99,10 @@ pub(crate) struct Near {
 }
 
 impl Near {
+    pub(crate) const fn new() -> Near {
+        Near { generation: u64::MAX, entries: [(0, 0); NEAR] }
+    }
+
     /// The rule for `key`, from here or from `slow` (which is then remembered here).
     #[inline(always)]
     pub(crate) fn rule(&mut self, key: u64, generation: u64, slow: impl FnOnce(u64) -> Option<u64>) -> Option<u64> {
@@ -71,13 +120,20 @@ impl Near {
     }
 }
 
+/// Previous walks kept; one more slot receives the walk under way. One, measured: keeping
+/// three found more matches where a loop alternates between call paths (ctypes: 4 lookups a
+/// capture down to 1) but cost more on every capture than that saved (the walk's state is
+/// compared against each, and the records take twice the cache).
+pub(crate) const PREV: usize = 1;
+const SLOTS: usize = PREV + 1;
+
 struct Memo {
     /// The thread's stack range (module `stack`).
     lo: Cell<usize>,
     hi: Cell<usize>,
     near: UnsafeCell<Near>,
-    walks: UnsafeCell<[Walk; 2]>,
-    /// Which of `walks` is the previous walk.
+    walks: UnsafeCell<[Walk; SLOTS]>,
+    /// Which of `walks` is the newest complete walk; the next walk overwrites the oldest.
     last: Cell<usize>,
     busy: Cell<bool>,
 }
@@ -89,19 +145,22 @@ thread_local! {
         Memo {
             lo: Cell::new(0),
             hi: Cell::new(0),
-            near: UnsafeCell::new(Near { generation: u64::MAX, entries: [(0, 0); NEAR] }),
-            walks: UnsafeCell::new([EMPTY_WALK; 2]),
+            near: UnsafeCell::new(Near::new()),
+            walks: UnsafeCell::new([EMPTY_WALK; SLOTS]),
             last: Cell::new(0),
             busy: Cell::new(false),
         }
     };
 }
 
-/// Runs a walk with this thread's stack range, rule cache, previous walk and room for the new one; a successful walk
-/// (`Some`) becomes the previous one. `None` without calling `walk` if re-entered (a signal
-/// handler capturing while this thread captures): the caller falls back to libgcc.
+/// Runs a walk with this thread's stack range, rule cache, previous walks (newest first) and
+/// room for the new one; a successful walk (`Some`) becomes the newest. `None` without calling
+/// `walk` if re-entered (a signal handler capturing while this thread captures): the caller
+/// falls back to libgcc.
 #[inline(always)]
-pub(crate) fn with(walk: impl FnOnce((usize, usize), &mut Near, &Walk, &mut Walk) -> Option<usize>) -> Option<usize> {
+pub(crate) fn with(
+    walk: impl FnOnce((usize, usize), &mut Near, [&Walk; PREV], &mut Walk) -> Option<usize>,
+) -> Option<usize> {
     MEMO.with(|m| {
         if m.busy.replace(true) {
             return None;
@@ -113,14 +172,17 @@ pub(crate) fn with(walk: impl FnOnce((usize, usize), &mut Near, &Walk, &mut Walk
             return None;
         };
         let last = m.last.get();
-        // SAFETY: `busy` makes this the only live borrow of the walks on this thread (a nested
-        // call returns above), and the TLS is only reachable from this thread.
-        let (walks, near) = unsafe { (&mut *m.walks.get(), &mut *m.near.get()) };
-        let (a, b) = walks.split_at_mut(1);
-        let (prev, next) = if last == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
+        let slot = |age: usize| (last + SLOTS - age) % SLOTS;
+        let base = m.walks.get() as *mut Walk;
+        // SAFETY: `busy` makes these the only live borrows of the walks on this thread (a
+        // nested call returns above), and the TLS is only reachable from this thread. The
+        // indices are distinct (ages 0..SLOTS), so the one `&mut` aliases none of the others.
+        let (prev, next, near) = unsafe {
+            (std::array::from_fn(|age| &*base.add(slot(age))), &mut *base.add(slot(PREV)), &mut *m.near.get())
+        };
         let r = walk(bounds, near, prev, next);
         if r.is_some() {
-            m.last.set(1 - last);
+            m.last.set(slot(PREV));
         }
         m.busy.set(false);
         r

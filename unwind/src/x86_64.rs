@@ -1,6 +1,6 @@
 //! x86-64: starting registers, the compact rule, and the walk.
 
-use crate::memo::{Near, Step, Walk, CAP};
+use crate::memo::{Near, Step, Walk, CAP, CFA_FROM_RBP, PREV};
 use crate::{cache, eh};
 use gimli::{CfaRule, RegisterRule, X86_64};
 use std::sync::atomic::Ordering;
@@ -170,20 +170,19 @@ fn read(addr: u64, lo: u64, hi: u64) -> Option<u64> {
 }
 
 /// Walk from `regs` (taken inside `capture`) on the thread's stack `[lo, hi)`, writing return
-/// addresses. `None` means "hand the
-/// whole capture to libgcc": a rule could not be made compact, or this is not the thread's
-/// stack we know (a signal alternate stack, a fiber).
+/// addresses. `None` means "hand the whole capture to libgcc": a rule could not be made
+/// compact, or this is not the thread's stack we know (a signal alternate stack, a fiber).
 ///
-/// `prev` is this thread's previous walk, `next` receives this one (module `memo`): while the
-/// state equals a state of `prev`, the step is replayed from it without a rule lookup. Other
-/// lookups go through the thread's `near` cache first.
+/// `prev` are this thread's previous walks, `next` receives this one (module `memo`): while the
+/// state equals a state of one of them, the step is replayed from it without a rule lookup.
+/// Other lookups go through the thread's `near` cache first.
 #[inline(always)]
 pub(crate) fn walk(
     out: &mut [u64],
     regs: Regs,
     (lo, hi): (usize, usize),
     near: &mut Near,
-    prev: &Walk,
+    prev: [&Walk; PREV],
     next: &mut Walk,
 ) -> Option<usize> {
     let (lo, hi) = (lo as u64, hi as u64);
@@ -197,33 +196,49 @@ pub(crate) fn walk(
     // lookup lands on the pc itself.
     let mut key = regs.pc + 1;
     let generation = cache::generation();
-    // Rules may have changed since (dlclose): then nothing of the previous walk is replayed.
-    let usable = if prev.generation == generation { prev.len } else { 0 };
+    // Rules may have changed since (dlclose): then nothing of an older walk is replayed.
+    let usable = prev.map(|p| if p.generation == generation { p.len } else { 0 });
     next.generation = generation;
-    // `j`: the step of `prev` to compare with next; `sync`: our state equals prev's state
-    // before step j, so step j's CFA and rbp slot are ours too.
-    let (mut j, mut sync) = (0, false);
+    // `at[k]`: the step of `prev[k]` to compare with next; `sync`: the walk whose state before
+    // step `at[k]` equals ours, so that step's CFA and rbp slot are ours too.
+    let mut at = [0usize; PREV];
+    // Step 0: the starting state.
+    next.steps[0] = Step { cfa: sp, ra: key, fp, slot: 0 };
+    let mut sync = find(&prev, &usable, &mut at, sp, key, fp);
+    let mut ended = false;
     let mut n = 0;
     while n < out.len() {
-        let (cfa, fp_slot);
-        if sync && j < usable {
-            let s = &prev.steps[j];
-            (cfa, fp_slot) = (s.cfa, s.fp_slot);
-        } else {
-            sync = false;
-            let rule = near.rule(key, generation, rule_for)?;
-            match rule & KIND_MASK {
-                KIND_NORMAL => {}
-                KIND_END => break,
-                _ => return None,
+        let (cfa, fp_slot, from_rbp);
+        match sync {
+            Some(k) if at[k] < usable[k] => {
+                let s = &prev[k].steps[at[k]];
+                (cfa, fp_slot, from_rbp) = (s.cfa, s.fp_slot(), s.slot & CFA_FROM_RBP);
             }
-            let base = if rule & CFA_RBP != 0 { fp } else { sp };
-            cfa = base.wrapping_add(rule as u32 as i32 as i64 as u64);
-            fp_slot = if rule & RBP_SAVED != 0 {
-                cfa.wrapping_add((rule >> RBP_SHIFT) as u16 as i16 as i64 as u64)
-            } else {
-                0
-            };
+            Some(k) if prev[k].ended => {
+                // In the state the previous walk ended in: same key, same END rule.
+                ended = true;
+                break;
+            }
+            _ => {
+                sync = None;
+                let rule = near.rule(key, generation, rule_for)?;
+                match rule & KIND_MASK {
+                    KIND_NORMAL => {}
+                    KIND_END => {
+                        ended = true;
+                        break;
+                    }
+                    _ => return None,
+                }
+                from_rbp = if rule & CFA_RBP != 0 { CFA_FROM_RBP } else { 0 };
+                let base = if from_rbp != 0 { fp } else { sp };
+                cfa = base.wrapping_add(rule as u32 as i32 as i64 as u64);
+                fp_slot = if rule & RBP_SAVED != 0 {
+                    cfa.wrapping_add((rule >> RBP_SHIFT) as u16 as i16 as i64 as u64)
+                } else {
+                    0
+                };
+            }
         }
         // Leaving the stack (or a corrupt frame) ends the walk: frames past it are unreadable.
         let Some(ra) = read(cfa.wrapping_sub(8), lo, hi) else { break };
@@ -234,39 +249,106 @@ pub(crate) fn walk(
             let Some(v) = read(fp_slot, lo, hi) else { break };
             fp = v;
         }
-        if sync {
-            let s = &prev.steps[j];
-            sync = s.ra == ra && s.fp == fp;
-            j += 1;
+        if let Some(k) = sync {
+            if !prev[k].matches(at[k], cfa, ra, fp) {
+                sync = None;
+            }
+            at[k] += 1;
         } else {
-            // Look for the same state in the previous walk: CFAs grow outwards, so a cursor
-            // that only moves out finds it in one pass.
-            while j < usable && prev.steps[j].cfa < cfa {
-                j += 1;
-            }
-            if j < usable {
-                let s = &prev.steps[j];
-                if s.cfa == cfa && s.ra == ra && s.fp == fp {
-                    sync = true;
-                    j += 1;
-                }
-            }
+            sync = find(&prev, &usable, &mut at, cfa, ra, fp);
         }
         out[n] = ra;
-        if n < CAP {
-            next.steps[n] = Step { cfa, ra, fp, fp_slot };
-        }
         n += 1;
+        if n < CAP {
+            next.steps[n] = Step { cfa, ra, fp, slot: fp_slot | from_rbp };
+        }
         sp = cfa;
         key = ra;
     }
-    next.len = n.min(CAP);
+    next.len = (n + 1).min(CAP);
+    next.ended = ended && n < CAP;
     Some(n)
+}
+
+/// Looks for the state (`cfa`, `ra`, `fp`), after a step or the starting one, in the previous
+/// walks: the walk it is found in, with its cursor moved past the matching step. CFAs grow
+/// outwards, so cursors that only move out find it in one pass over each walk.
+#[inline(always)]
+fn find(
+    prev: &[&Walk; PREV],
+    usable: &[usize; PREV],
+    at: &mut [usize; PREV],
+    cfa: u64,
+    ra: u64,
+    fp: u64,
+) -> Option<usize> {
+    for k in 0..PREV {
+        let w = prev[k];
+        while at[k] < usable[k] && w.steps[at[k]].cfa < cfa {
+            at[k] += 1;
+        }
+        if at[k] < usable[k] && w.matches(at[k], cfa, ra, fp) {
+            at[k] += 1;
+            return Some(k);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memo::EMPTY_WALK;
+
+    /// A made-up stack in a buffer, with made-up return addresses whose rules are put in the
+    /// cache: walked once to fill a memo, then again in states that equal the memo's except
+    /// in rbp, which the next rule uses. The replay must not be taken there.
+    #[test]
+    fn a_different_rbp_that_is_used_later_breaks_the_replay() {
+        let _serial = cache::tests::SERIAL.lock().unwrap();
+        // Keys far from any real code (below MAX_KEY, never a mapped text address here).
+        let (k0, k1, k2, k3) = (0x10_0000_0011u64, 0x10_0000_0021, 0x10_0000_0031, 0x10_0000_0041);
+        let gen = cache::generation();
+        // k0 (frame 0): CFA = rsp + 16. k1: CFA = rbp + 16, rbp saved at CFA - 16. k2, k3: end.
+        cache::insert::<X86Packing>(k0, VALID | 16, gen);
+        cache::insert::<X86Packing>(
+            k1,
+            VALID | CFA_RBP | 16 | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT),
+            gen,
+        );
+        cache::insert::<X86Packing>(k2, RULE_END, gen);
+        cache::insert::<X86Packing>(k3, RULE_END, gen);
+        let mut stack = vec![0u64; 64];
+        let base = stack.as_ptr() as u64;
+        let at = |i: usize| base + 8 * i as u64;
+        // Frame 0 at word 0: its CFA is word 2, return address (k1) at word 1.
+        stack[1] = k1;
+        // Two frames for k1, reached through different rbp values: at words 8 and 16.
+        stack[9] = k2; // return address at CFA - 8 = rbp + 8
+        stack[8] = 0x1111; // saved rbp at CFA - 16 = rbp
+        stack[17] = k3;
+        stack[16] = 0x2222;
+        let bounds = (base as usize, (base + 8 * 64) as usize);
+        let mut near = Near::new();
+        let walk_from = |fp: u64, near: &mut Near, prev: [&Walk; PREV], next: &mut Walk| {
+            let mut out = [0u64; 8];
+            let regs = Regs { pc: k0 - 1, sp: at(0), fp };
+            let n = walk(&mut out, regs, bounds, near, prev, next).expect("all rules are compact");
+            out[..n].to_vec()
+        };
+        let empty = EMPTY_WALK;
+        let mut first = EMPTY_WALK;
+        assert_eq!(walk_from(at(8), &mut near, [&empty; PREV], &mut first), [k1, k2]);
+        // Same pc, sp and return address after frame 0; rbp differs, and k1's rule uses it.
+        let mut second = EMPTY_WALK;
+        fn prevs<'a>(w: &'a Walk, empty: &'a Walk) -> [&'a Walk; PREV] {
+            std::array::from_fn(|i| if i == 0 { w } else { empty })
+        }
+        assert_eq!(walk_from(at(16), &mut near, prevs(&first, &empty), &mut second), [k1, k3]);
+        // And back: the first walk's state again is replayed to the same result.
+        let mut third = EMPTY_WALK;
+        assert_eq!(walk_from(at(8), &mut near, prevs(&second, &empty), &mut third), [k1, k2]);
+    }
 
     #[test]
     fn rule_encoding_round_trips_negative_offsets() {

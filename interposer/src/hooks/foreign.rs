@@ -150,7 +150,21 @@ const HOOKED: &[&CStr] = &[
     c"pthread_exit",
 ];
 
-/// (the C library's definition, ours) for each hooked function, built on the first foreign call.
+/// Our hook for `f` if `f` is the C library's definition of a function we hook. Every foreign
+/// call asks, so the common answer (no) costs two comparisons: the table is sorted, and its
+/// first and last entries bound the C library's part of the address space.
+#[inline]
+fn redirect(f: usize) -> Option<usize> {
+    let table = redirects();
+    let (first, last) = (table.first()?, table.last()?);
+    if f < first.0 || f > last.0 {
+        return None;
+    }
+    table.binary_search_by_key(&f, |r| r.0).ok().map(|i| table[i].1)
+}
+
+/// (the C library's definition, ours) for each hooked function, sorted by the former; built on
+/// the first foreign call.
 fn redirects() -> &'static [(usize, usize)] {
     static TABLE: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -164,7 +178,7 @@ fn redirects() -> &'static [(usize, usize)] {
         if ours.is_null() {
             return Vec::new();
         }
-        HOOKED
+        let mut table = HOOKED
             .iter()
             .filter_map(|name| {
                 // SAFETY: dlsym on a valid handle and RTLD_NEXT with NUL-terminated names.
@@ -173,7 +187,9 @@ fn redirects() -> &'static [(usize, usize)] {
                 };
                 (theirs != 0 && mine != 0 && theirs != mine).then_some((theirs, mine))
             })
-            .collect()
+            .collect::<Vec<_>>();
+        table.sort_unstable();
+        table
     })
 }
 
@@ -233,7 +249,7 @@ unsafe fn foreign_call(
     let t = thread();
     // Looking things up allocates (dlsym, dlopen): that is ours, not the caller's.
     let was = t.busy.replace(true);
-    let f = redirects().iter().find(|r| r.0 == f as usize).map_or(f, |r| r.1 as *mut c_void);
+    let f = redirect(f as usize).map_or(f, |ours| ours as *mut c_void);
     t.busy.set(was);
     if real == 0 {
         let was = t.busy.replace(true);
