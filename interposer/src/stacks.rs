@@ -1,13 +1,20 @@
 //! Native stacks: captured behind one seam ([`capture`]), interned so that each distinct stack
 //! crosses the stream once, and recorded with the acquisition that needed them.
 //!
-//! The intern table is a fixed open-addressing table of 64-bit stack hashes in static memory
-//! (zero pages until touched): lock-free, no allocation. A thread that inserts a new hash owns
-//! sending its `Stack` record; another thread may reference the id before that record is
-//! flushed, which the collector allows (it resolves stack ids at report time). Two different
-//! stacks sharing a 64-bit hash would share an id: at a million distinct stacks the odds are
-//! about 1 in 30 billion. When the table is three quarters full, new stacks are sent without
-//! interning (correct, larger trace) and a notice says so.
+//! The intern table maps 64-bit stack hashes to ids: open addressing in static memory (zero
+//! pages until touched), lock-free, no allocation. It is a series of levels, each four times
+//! the size of the one before (4096 entries up to a million): new stacks go to the newest level
+//! in use until it is half full, then to the next, and lookups try each level in use. Entries
+//! land at random places in their level, so a single big table would commit a page per stack
+//! (12 MiB for a few thousand stacks); the levels keep what is touched in proportion to the
+//! stacks seen. Two threads may intern the same new stack in two levels at once: it then has
+//! two ids and is sent twice (correct, a few bytes more).
+//!
+//! A thread that inserts a new hash owns sending its `Stack` record; another thread may
+//! reference the id before that record is flushed, which the collector allows (it resolves
+//! stack ids at report time). Two different stacks sharing a 64-bit hash would share an id: at
+//! a million distinct stacks the odds are about 1 in 30 billion. When the last level is full,
+//! new stacks are sent without interning (correct, larger trace) and a notice says so.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -17,14 +24,32 @@ use crate::python;
 use crate::state::Thread;
 use crate::transport::emit;
 
-const TABLE_BITS: u32 = 20;
-const TABLE: usize = 1 << TABLE_BITS;
 const MAX_PROBES: usize = 64;
 /// Frames of our own (hook, recording, unwinder) that may precede the first frame we report.
 const OWN_FRAMES: usize = 16;
 
-static KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
-static IDS: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
+/// A hash and its id, side by side: one cache line per lookup.
+struct Entry {
+    key: AtomicU64,
+    id: AtomicU32,
+}
+
+impl Entry {
+    const fn empty() -> Entry {
+        Entry { key: AtomicU64::new(0), id: AtomicU32::new(0) }
+    }
+}
+
+static L0: [Entry; 1 << 12] = [const { Entry::empty() }; 1 << 12];
+static L1: [Entry; 1 << 14] = [const { Entry::empty() }; 1 << 14];
+static L2: [Entry; 1 << 16] = [const { Entry::empty() }; 1 << 16];
+static L3: [Entry; 1 << 18] = [const { Entry::empty() }; 1 << 18];
+static L4: [Entry; 1 << 20] = [const { Entry::empty() }; 1 << 20];
+static LEVELS: [&[Entry]; 5] = [&L0, &L1, &L2, &L3, &L4];
+/// Entries inserted into each level.
+static FILLED: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+/// The level new stacks go to.
+static NEWEST: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 static FULL_NOTICE: AtomicBool = AtomicBool::new(false);
 
@@ -99,33 +124,25 @@ fn intern(t: &Thread, frames: &[u64]) -> (u32, bool) {
 }
 
 fn intern_global(h: u64) -> (u32, bool) {
-    let mut i = (h as usize ^ (h >> TABLE_BITS) as usize) & (TABLE - 1);
-    for _ in 0..MAX_PROBES {
-        let k = KEYS[i].load(Ordering::Acquire);
-        let k = if k == 0 {
-            match KEYS[i].compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                    IDS[i].store(id, Ordering::Release);
-                    return (id, true);
-                }
-                Err(now) => now,
-            }
-        } else {
-            k
-        };
-        if k == h {
-            // The inserting thread publishes the id right after its key.
-            let mut spins = 0;
-            loop {
-                let id = IDS[i].load(Ordering::Acquire);
-                if id != 0 {
-                    return (id, false);
-                }
-                crate::sync::backoff(&mut spins);
-            }
+    let newest = NEWEST.load(Ordering::Acquire);
+    for level in &LEVELS[..newest] {
+        if let Probe::Found(id) = probe(level, h, false) {
+            return (id, false);
         }
-        i = (i + 1) & (TABLE - 1);
+    }
+    for (n, level) in LEVELS.iter().enumerate().skip(newest) {
+        match probe(level, h, true) {
+            Probe::Found(id) => return (id, false),
+            Probe::Inserted(id) => {
+                if FILLED[n].fetch_add(1, Ordering::Relaxed) + 1 > level.len() / 2 {
+                    let _ =
+                        NEWEST.compare_exchange(n, (n + 1).min(LEVELS.len() - 1), Ordering::AcqRel, Ordering::Relaxed);
+                }
+                return (id, true);
+            }
+            // Crowded around this hash: on to the next level.
+            Probe::Absent => {}
+        }
     }
     if !FULL_NOTICE.swap(true, Ordering::Relaxed) {
         crate::lifecycle::notice(
@@ -133,6 +150,49 @@ fn intern_global(h: u64) -> (u32, bool) {
         );
     }
     (NEXT_ID.fetch_add(1, Ordering::Relaxed), true)
+}
+
+enum Probe {
+    Found(u32),
+    Inserted(u32),
+    Absent,
+}
+
+/// Looks `h` up in one level, inserting it (with a new id) if `insert` and a free entry comes
+/// first.
+fn probe(level: &[Entry], h: u64, insert: bool) -> Probe {
+    let mask = level.len() - 1;
+    let mut i = (h as usize ^ (h >> 32) as usize) & mask;
+    for _ in 0..MAX_PROBES {
+        let e = &level[i];
+        let mut k = e.key.load(Ordering::Acquire);
+        if k == 0 {
+            if !insert {
+                return Probe::Absent;
+            }
+            match e.key.compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                    e.id.store(id, Ordering::Release);
+                    return Probe::Inserted(id);
+                }
+                Err(now) => k = now,
+            }
+        }
+        if k == h {
+            // The inserting thread publishes the id right after its key.
+            let mut spins = 0;
+            loop {
+                let id = e.id.load(Ordering::Acquire);
+                if id != 0 {
+                    return Probe::Found(id);
+                }
+                crate::sync::backoff(&mut spins);
+            }
+        }
+        i = (i + 1) & mask;
+    }
+    Probe::Absent
 }
 
 /// Records that `kind` resource `id` was acquired: captures and interns the stack, then encodes
