@@ -15,7 +15,11 @@
  *            Leaks nothing of its own (MODES has no entry; the test checks the status).
  *   stress32 32 threads, each allocating 20000 blocks of 24 bytes into a shared ring and freeing
  *            blocks other threads made; what is left in the ring at the end is freed except the
- *            last 5 slots of each thread's lane. Leaks 32 x 5 x 24. */
+ *            last 5 slots of each thread's lane. Leaks 32 x 5 x 24.
+ *   handover the main thread mallocs and frees alone, then 3 threads join in while it goes on,
+ *            all four allocating and freeing at once, half of it through a shared slot (so that
+ *            blocks change threads): the interposer's sequence numbers go from the main
+ *            thread's own counter to a shared one under load. Leaks 4 x 48 (one per thread). */
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -94,6 +98,27 @@ static void *stress_thread(void *arg) {
     return NULL;
 }
 
+/* handover */
+static void *volatile shared_slot;
+static void pairs(long n) {
+    for (long i = 0; i < n; i++) {
+        void *p = malloc(40 + (size_t)(i & 7));
+        *(volatile char *)p = 1;
+        if (i & 1) {
+            /* Whoever swaps last frees what the other left: blocks freed on another thread. */
+            free(__atomic_exchange_n(&shared_slot, p, __ATOMIC_ACQ_REL));
+        } else {
+            free(p);
+        }
+    }
+}
+static void *handover_thread(void *arg) {
+    (void)arg;
+    pairs(150000);
+    keep(torture_leak(48));
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "keydtor") == 0) {
@@ -146,6 +171,18 @@ int main(int argc, char **argv) {
             *(volatile char *)p = 1;
             free(p);
         }
+    }
+    if (strcmp(mode, "handover") == 0) {
+        pairs(50000);
+        pthread_t t[3];
+        for (int i = 0; i < 3; i++)
+            pthread_create(&t[i], NULL, handover_thread, NULL);
+        pairs(300000);
+        for (int i = 0; i < 3; i++)
+            pthread_join(t[i], NULL);
+        free(__atomic_exchange_n(&shared_slot, NULL, __ATOMIC_ACQ_REL));
+        keep(torture_leak(48));
+        return 0;
     }
     if (strcmp(mode, "stress32") == 0) {
         pthread_t t[THREADS];

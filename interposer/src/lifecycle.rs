@@ -63,13 +63,15 @@ fn start(argc: c_int, argv: *const *const c_char) {
             }
         },
     };
-    if new_stream {
-        claim_stream(pid, fd);
-    }
     // SAFETY: F_GETFD on any integer is safe; it fails with EBADF if fd is not open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         state::set_state(PASSIVE);
         return;
+    }
+    // Only once the descriptor is known to be open: an image that stays passive must not make
+    // the next one (after exec) believe it continues a stream that was never started.
+    if new_stream {
+        claim_stream(pid, fd);
     }
     // Internal errors must not print into the host's stderr or unwind into it: a panic in a
     // hook is caught there and turns the interposer passive. RESIDUE_DEBUG=1 prints them.

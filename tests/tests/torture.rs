@@ -1,7 +1,8 @@
 //! Threads and signals (issue 7): key destructors that allocate after the interposer's own has
 //! run, thousands of threads that come and go, a signal handler allocating on top of hooks it
-//! interrupted, 32 threads freeing each other's blocks. Each must finish (no hang, no crash)
-//! with exact totals, all attributed to the fixture's leaking function.
+//! interrupted, 32 threads freeing each other's blocks, threads joining a main thread that was
+//! alone (the sequence numbers' handover). Each must finish (no hang, no crash) with exact
+//! totals, all attributed to the fixture's leaking function.
 
 use residue_tests::{fixture, fixtures::torture, run, Amount};
 
@@ -36,6 +37,53 @@ fn signal_handler_allocating_over_interrupted_hooks() {
 #[test]
 fn thirty_two_threads_freeing_each_others_blocks() {
     mode("stress32");
+}
+
+/// While one thread records, it numbers events with an unlocked add; when three more join it
+/// under load, everyone switches to the shared counter (interposer/src/seq.rs). Exact totals
+/// through the collector, and in the raw stream itself every acquisition and release has a
+/// number of its own: a lost update in the switch would show as a repeated one.
+#[test]
+fn sequence_numbers_stay_unique_when_threads_join_the_main_one() {
+    mode("handover");
+
+    let tmp = residue_tests::TempDir::new("handover-stream");
+    let stream = tmp.join("stream");
+    // The host writes the stream straight into a file (the interposer's environment contract:
+    // RESIDUE_FD; a root image with no socket to wait on). `sh` opens the file and execs it;
+    // sh itself finds no fd 9 at start and stays passive.
+    let status = std::process::Command::new("sh")
+        .args(["-c", "exec \"$0\" handover 9>\"$1\""])
+        .arg(fixture("host_torture"))
+        .arg(&stream)
+        .env("LD_PRELOAD", &residue_tests::tools().preload)
+        .env("RESIDUE_FD", "9")
+        .env_remove("RESIDUE_PID")
+        .env_remove("RESIDUE_SOCKET")
+        .status()
+        .expect("running sh");
+    assert!(status.success(), "{status}");
+    let bytes = std::fs::read(&stream).expect("the stream file");
+    let mut d = residue_protocol::Decoder::new();
+    let (mut pos, mut seqs, mut exited) = (0, Vec::new(), false);
+    while pos < bytes.len() {
+        let (record, n) = d.next(&bytes[pos..]).expect("a valid stream").expect("whole records");
+        match record {
+            residue_protocol::Record::Acquire { seq, .. } | residue_protocol::Record::Release { seq, .. } => {
+                seqs.push(seq)
+            }
+            residue_protocol::Record::ImageExit { .. } => exited = true,
+            _ => {}
+        }
+        pos += n;
+    }
+    assert!(exited, "the stream ends with the image's exit");
+    // 800,000 malloc/free pairs and 4 leaks at least (plus the C library's own).
+    assert!(seqs.len() >= 2 * 800_000 + 4, "{} events", seqs.len());
+    let n = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "{} sequence numbers were taken twice", n - seqs.len());
 }
 
 /// exit() from a signal handler that interrupted an allocation hook (a common way for C programs
