@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use residue_protocol::{Api, Kind, Record, Segment};
 
+use crate::resolved::{self, Journal, Tuple, Visible};
+
 /// A multiplicative hasher for integer keys: the ledger hashes millions of them; SipHash's DoS
 /// resistance buys nothing here (the input comes from the target we launched) and costs
 /// several times the time. The 128-bit product is folded so that the high bits (hashbrown's
@@ -527,6 +529,12 @@ pub struct Image {
     /// Records that followed an `Exec`, before any `ImageStart`: a new image's if the exec
     /// succeeded, the old image's if it failed.
     pub tentative: bool,
+    /// Read from a resolved trace (resolved.rs): live heap blocks per interned tuple index,
+    /// per tuple not interned, and releases of unseen origin. They become heap entries at
+    /// the end ([`Ledger::finish`]).
+    pub tuple_live: Vec<u64>,
+    pub inline_live: FxMap<Tuple, u64>,
+    pub unseen_heap: u64,
 }
 
 /// Entries below this many are never swept.
@@ -616,11 +624,45 @@ fn apply_heap_event(t: &mut HeapTable, id: u64, new: Entry, done: u64, descripti
     }
 }
 
+/// [`apply_heap_event`], also telling what the report could see of the entry before and after.
+#[inline(always)]
+fn apply_heap_event_traced(
+    t: &mut HeapTable,
+    id: u64,
+    new: Entry,
+    done: u64,
+    descriptions: &mut FxMap<u64, String>,
+) -> (bool, Visible, Visible) {
+    if id == 0 {
+        let before = Visible::of(t.zero.as_ref());
+        let grew = apply_heap_event(t, id, new, done, descriptions);
+        return (grew, before, Visible::of(t.zero.as_ref()));
+    }
+    match t.find(id) {
+        Ok(i) => {
+            let before = Visible::of(Some(&t.slots[i].e));
+            merge(&mut t.slots[i].e, new, descriptions);
+            let after = Visible::of(Some(&t.slots[i].e));
+            if droppable(&t.slots[i].e, done) {
+                t.remove_at(i);
+            }
+            (false, before, after)
+        }
+        Err(i) => {
+            t.slots[i] = HeapSlot { key: id, e: new };
+            t.len += 1;
+            (true, Visible::Gone, Visible::of(Some(&new)))
+        }
+    }
+}
+
 impl Image {
     /// This image was replaced by exec: its address space is gone, so drop its ledger and
     /// keep a summary.
     fn retire(&mut self) {
-        self.live_at_exec = Some(self.live().count() as u64);
+        // (A resolved trace's heap blocks are still counts here.)
+        let counted = self.tuple_live.iter().sum::<u64>() + self.inline_live.values().sum::<u64>();
+        self.live_at_exec = Some(self.live().count() as u64 + counted);
         self.entries = Entries::default();
         self.stacks = StackStore::default();
         self.seqs = SeqWindow::default();
@@ -629,6 +671,9 @@ impl Image {
         self.descriptions = FxMap::default();
         self.codes = FxMap::default();
         self.open_at_exit = Vec::new();
+        self.tuple_live = Vec::new();
+        self.inline_live = FxMap::default();
+        self.unseen_heap = 0;
     }
 
     /// Notes that an event with seq `s` arrived.
@@ -645,20 +690,66 @@ impl Image {
         }
     }
 
-    /// Applies "highest seq wins" to one acquire or release.
+    /// Applies "highest seq wins" to one acquire or release; with a journal (`--output`), logs
+    /// what that decided (`fixup`: a merge's decision, not an event of the stream).
     #[inline]
-    fn event(&mut self, kind: Kind, id: u64, new: Entry) {
+    fn event(&mut self, kind: Kind, id: u64, new: Entry, journal: Option<&mut Journal>, fixup: bool) {
         // A tentative image's seqs are not in its window (see `arrived`): `done` stays 0 there,
         // so nothing is dropped until we know which image it is.
         let done = self.seqs.done;
-        let grew = if kind == Kind::HEAP {
-            apply_heap_event(&mut self.entries.heap, id, new, done, &mut self.descriptions)
-        } else {
-            apply_event(&mut self.entries.other, (kind, id), new, done, &mut self.descriptions)
+        let grew = match (kind == Kind::HEAP, journal) {
+            (true, None) => apply_heap_event(&mut self.entries.heap, id, new, done, &mut self.descriptions),
+            (true, Some(j)) => {
+                let (grew, before, after) =
+                    apply_heap_event_traced(&mut self.entries.heap, id, new, done, &mut self.descriptions);
+                j.heap(new.live, fixup, before, after);
+                grew
+            }
+            (false, j) => {
+                let grew = apply_event(&mut self.entries.other, (kind, id), new, done, &mut self.descriptions);
+                if let Some(j) = j {
+                    j.other(new.live, fixup, kind, id, self.entries.other.get(&(kind, id)));
+                }
+                grew
+            }
         };
         if grew && self.entries.len() >= self.sweep_at.max(MIN_SWEEP) {
             self.sweep();
         }
+    }
+
+    /// A resolved trace's counts become heap entries, as the live ledger would have held them:
+    /// the report aggregates them by stack, kind and API. Their ids and seqs are made up (ids
+    /// from 1, seqs from the top of the range, where no description refers to them).
+    fn materialize(&mut self, tuples: &[Tuple]) {
+        let total: u64 =
+            self.tuple_live.iter().sum::<u64>() + self.inline_live.values().sum::<u64>() + self.unseen_heap;
+        let mut n = 0u64;
+        let mut put = |heap: &mut HeapTable, e: Entry| {
+            n += 1;
+            let (Ok(i) | Err(i)) = heap.find(n);
+            heap.slots[i] = HeapSlot { key: n, e: Entry { seq: u64::MAX - n, ..e } };
+            heap.len += 1;
+        };
+        let heap = &mut self.entries.heap;
+        heap.rebuild(heap.len() + usize::try_from(total).unwrap_or(usize::MAX).min(1 << 32));
+        let live = |(api, size, stack): Tuple| Entry { seq: 0, size, stack, api, live: true, origin_seen: true };
+        for (i, &c) in self.tuple_live.iter().enumerate() {
+            for _ in 0..c {
+                put(heap, live(tuples[i]));
+            }
+        }
+        for (&t, &c) in &self.inline_live {
+            for _ in 0..c {
+                put(heap, live(t));
+            }
+        }
+        for _ in 0..self.unseen_heap {
+            put(heap, Entry { seq: 0, size: 0, stack: 0, api: Api(0), live: false, origin_seen: false });
+        }
+        self.tuple_live = Vec::new();
+        self.inline_live = FxMap::default();
+        self.unseen_heap = 0;
     }
 
     /// Drops the tombstones that can no longer be overtaken (see the module comment). Run when
@@ -749,6 +840,40 @@ pub struct Ledger {
     pub unknown_records: u64,
     /// An `Exec` was the last image record: the next one may belong to a new image.
     after_exec: bool,
+    /// `--output`: the ledger's decisions are logged here (resolved.rs).
+    pub journal: Option<Box<Journal>>,
+    /// Read from a resolved trace: the decisions come from the file, nothing is matched here.
+    pub resolved: bool,
+    /// A resolved trace's interned tuples.
+    tuples: Vec<Tuple>,
+}
+
+/// What a merge of a tentative image does with its entries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MergeEntries {
+    /// Replays them into the image before (matching, as the live ledger does).
+    Replay,
+    /// Drops them: a resolved trace's fix-ups that follow say what the merge decided.
+    Drop,
+    /// Adds their counts (a resolved trace cut before its fix-ups: the best guess).
+    Add,
+}
+
+/// The image records go to (see [`Ledger::current`]); a function of the two fields, so that the
+/// journal can be borrowed beside it.
+fn current_of<'a>(images: &'a mut Vec<Image>, after_exec: &mut bool) -> &'a mut Image {
+    if *after_exec {
+        // First record after an `Exec`: the exec may have succeeded (this record is the new
+        // image's, arriving before its `ImageStart`) or failed (it is the old image's). Keep
+        // it apart until we know.
+        *after_exec = false;
+        let pid = images.last().map_or(0, |i| i.pid);
+        images.push(Image { pid, exec: true, tentative: true, ..Image::default() });
+    }
+    if images.is_empty() {
+        images.push(Image::default());
+    }
+    images.last_mut().expect("just ensured")
 }
 
 impl Ledger {
@@ -756,34 +881,57 @@ impl Ledger {
     /// the `ImageStart` adopts when it arrives: the interposer may queue its `ImageStart` in a
     /// thread's batch that is flushed after other threads' events.
     fn current(&mut self) -> &mut Image {
-        if self.after_exec {
-            // First record after an `Exec`: the exec may have succeeded (this record is the new
-            // image's, arriving before its `ImageStart`) or failed (it is the old image's). Keep
-            // it apart until we know.
-            self.after_exec = false;
-            let pid = self.images.last().map_or(0, |i| i.pid);
-            self.images.push(Image { pid, exec: true, tentative: true, ..Image::default() });
-        }
-        if self.images.is_empty() {
-            self.images.push(Image::default());
-        }
-        self.images.last_mut().expect("just ensured")
+        current_of(&mut self.images, &mut self.after_exec)
     }
 
     /// The exec before the tentative image failed: its records were the old image's.
     fn merge_tentative(&mut self) {
+        let mode = if self.resolved { MergeEntries::Add } else { MergeEntries::Replay };
+        self.merge_tentative_with(mode);
+    }
+
+    fn merge_tentative_with(&mut self, mode: MergeEntries) {
         if !self.images.last().is_some_and(|i| i.tentative) || self.images.len() < 2 {
             return;
         }
-        let t = self.images.pop().expect("checked");
+        let mut journal = self.journal.as_deref_mut();
+        if let Some(j) = journal.as_deref_mut() {
+            j.merge();
+        }
+        let mut t = self.images.pop().expect("checked");
         let prev = self.images.last_mut().expect("checked");
         // The tentative records were this image's: so were their seqs.
-        t.pending.replay_into(&mut prev.seqs);
-        for ((kind, id), e) in t.entries.iter() {
-            prev.event(kind, id, *e);
+        std::mem::take(&mut t.pending).replay_into(&mut prev.seqs);
+        // Descriptions first: a replayed entry that replaces a live one takes the old one's
+        // description along, whichever image it came from (a resolved trace's reader, which
+        // merges before the fix-ups that follow, then does the same).
+        prev.descriptions.extend(std::mem::take(&mut t.descriptions));
+        match mode {
+            MergeEntries::Replay => {
+                for ((kind, id), e) in t.entries.iter() {
+                    prev.event(kind, id, *e, journal.as_deref_mut(), true);
+                }
+            }
+            MergeEntries::Drop => {}
+            MergeEntries::Add => {
+                for ((kind, id), e) in t.entries.iter() {
+                    if kind != Kind::HEAP {
+                        prev.entries.other.insert((kind, id), *e);
+                    }
+                }
+                if prev.tuple_live.len() < t.tuple_live.len() {
+                    prev.tuple_live.resize(t.tuple_live.len(), 0);
+                }
+                for (i, n) in t.tuple_live.iter().enumerate() {
+                    prev.tuple_live[i] += n;
+                }
+                for (k, n) in &t.inline_live {
+                    *prev.inline_live.entry(*k).or_default() += n;
+                }
+                prev.unseen_heap += t.unseen_heap;
+            }
         }
         prev.stacks.extend(t.stacks);
-        prev.descriptions.extend(t.descriptions);
         prev.codes.extend(t.codes);
         prev.open_at_exit.extend(t.open_at_exit);
         prev.modules.extend(t.modules);
@@ -811,7 +959,11 @@ impl Ledger {
         }
         // Nothing more arrives: give back what only matching needed (tombstones, the map's
         // room to grow) before the report symbolizes, which needs memory of its own.
+        let tuples = std::mem::take(&mut self.tuples);
         if let Some(img) = self.images.last_mut() {
+            if self.resolved {
+                img.materialize(&tuples);
+            }
             img.sweep();
             img.entries.heap.shrink_to_fit();
             img.entries.other.shrink_to_fit();
@@ -842,19 +994,150 @@ impl Ledger {
     /// An `Acquire` record, without building a [`Record`] (the stream's hot path).
     #[inline]
     pub fn acquire(&mut self, seq: u64, kind: Kind, api: Api, id: u64, size: u64, stack: u32) {
-        let img = self.current();
+        let img = current_of(&mut self.images, &mut self.after_exec);
         img.acquires += 1;
         img.arrived(seq);
-        img.event(kind, id, Entry { seq, size, stack, api, live: true, origin_seen: true });
+        let e = Entry { seq, size, stack, api, live: true, origin_seen: true };
+        img.event(kind, id, e, self.journal.as_deref_mut(), false);
     }
 
     /// A `Release` record, without building a [`Record`].
     #[inline]
     pub fn release(&mut self, seq: u64, kind: Kind, api: Api, id: u64) {
-        let img = self.current();
+        let img = current_of(&mut self.images, &mut self.after_exec);
         img.releases += 1;
         img.arrived(seq);
-        img.event(kind, id, Entry { seq, size: 0, stack: 0, api, live: false, origin_seen: false });
+        let e = Entry { seq, size: 0, stack: 0, api, live: false, origin_seen: false };
+        img.event(kind, id, e, self.journal.as_deref_mut(), false);
+    }
+
+    /// A resolved trace's `TUPLE` record.
+    pub fn define_tuple(&mut self, t: Tuple) -> Result<(), &'static str> {
+        if self.tuples.len() >= resolved::MAX_TUPLES {
+            return Err("more tuples than residue writes");
+        }
+        self.tuples.push(t);
+        Ok(())
+    }
+
+    /// A resolved trace's `ALLOC` (`acquire`) or `FREE` of interned tuple `index`.
+    #[inline]
+    pub fn resolved_event(&mut self, acquire: bool, index: u64) -> Result<(), &'static str> {
+        let i =
+            usize::try_from(index).ok().filter(|&i| i < self.tuples.len()).ok_or("a tuple that was never defined")?;
+        let img = current_of(&mut self.images, &mut self.after_exec);
+        if acquire {
+            img.acquires += 1;
+            if img.tuple_live.len() <= i {
+                img.tuple_live.resize(self.tuples.len().max(i + 1), 0);
+            }
+            img.tuple_live[i] += 1;
+        } else {
+            img.releases += 1;
+            match img.tuple_live.get_mut(i) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => return Err("a release of a block that is not live"),
+            }
+        }
+        Ok(())
+    }
+
+    fn tuple_of(&self, r: resolved::Ref) -> Result<(Option<usize>, Tuple), &'static str> {
+        match r {
+            resolved::Ref::Index(i) => {
+                let i = usize::try_from(i)
+                    .ok()
+                    .filter(|&i| i < self.tuples.len())
+                    .ok_or("a tuple that was never defined")?;
+                Ok((Some(i), self.tuples[i]))
+            }
+            resolved::Ref::Inline(t) => Ok((None, t)),
+        }
+    }
+
+    /// A resolved trace's `HEAP` record.
+    pub fn resolved_heap(
+        &mut self,
+        flags: u8,
+        removed: Option<resolved::Ref>,
+        added: Option<resolved::Ref>,
+    ) -> Result<(), &'static str> {
+        use resolved::flag;
+        let removed = removed.map(|r| self.tuple_of(r)).transpose()?;
+        let added = added.map(|r| self.tuple_of(r)).transpose()?;
+        let img = if flags & flag::FIXUP != 0 {
+            self.images.last_mut().ok_or("a fix-up before any image")?
+        } else {
+            let img = current_of(&mut self.images, &mut self.after_exec);
+            if flags & flag::ACQUIRE != 0 {
+                img.acquires += 1;
+            } else {
+                img.releases += 1;
+            }
+            img
+        };
+        if let Some((i, t)) = removed {
+            let n = match i {
+                Some(i) => img.tuple_live.get_mut(i),
+                None => img.inline_live.get_mut(&t),
+            };
+            match n {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => return Err("a release of a block that is not live"),
+            }
+            if i.is_none() && img.inline_live.get(&t) == Some(&0) {
+                img.inline_live.remove(&t);
+            }
+        }
+        if let Some((i, t)) = added {
+            match i {
+                Some(i) => {
+                    if img.tuple_live.len() <= i {
+                        img.tuple_live.resize(i + 1, 0);
+                    }
+                    img.tuple_live[i] += 1;
+                }
+                None => *img.inline_live.entry(t).or_default() += 1,
+            }
+        }
+        if flags & flag::UNSEEN_UP != 0 {
+            img.unseen_heap += 1;
+        }
+        if flags & flag::UNSEEN_DOWN != 0 {
+            img.unseen_heap =
+                img.unseen_heap.checked_sub(1).ok_or("a release of unseen origin that was never counted")?;
+        }
+        Ok(())
+    }
+
+    /// A resolved trace's `OTHER` record: the entry of `(kind, id)` is now `entry`.
+    pub fn resolved_other(&mut self, flags: u8, kind: Kind, id: u64, entry: Option<Entry>) -> Result<(), &'static str> {
+        use resolved::flag;
+        let img = if flags & flag::FIXUP != 0 {
+            self.images.last_mut().ok_or("a fix-up before any image")?
+        } else {
+            let img = current_of(&mut self.images, &mut self.after_exec);
+            if flags & flag::ACQUIRE != 0 {
+                img.acquires += 1;
+            } else {
+                img.releases += 1;
+            }
+            img
+        };
+        let old = match entry {
+            Some(e) => img.entries.other.insert((kind, id), e),
+            None => img.entries.other.remove(&(kind, id)),
+        };
+        // As `merge` does: a live entry replaced takes its description along.
+        if let Some(old) = old.filter(|o| o.live && entry.is_none_or(|e| e.seq != o.seq)) {
+            img.descriptions.remove(&old.seq);
+        }
+        Ok(())
+    }
+
+    /// A resolved trace's `MERGE` record: the fix-ups that follow say what the merge decided.
+    pub fn resolved_merge(&mut self) {
+        self.merge_tentative_with(MergeEntries::Drop);
     }
 
     /// Starts loading what an event for heap block `id` will touch (see [`HeapTable`]).
@@ -901,6 +1184,9 @@ impl Ledger {
                     cur.releases = early.releases;
                     cur.exited = early.exited;
                     cur.exec_path = early.exec_path;
+                    cur.tuple_live = early.tuple_live;
+                    cur.inline_live = early.inline_live;
+                    cur.unseen_heap = early.unseen_heap;
                     if early.tentative {
                         let n = self.images.len();
                         self.images[n - 2].retire();

@@ -9,6 +9,7 @@ mod ledger;
 mod noise;
 mod owner;
 mod report;
+mod resolved;
 mod session;
 mod stream;
 mod symbolize;
@@ -44,7 +45,7 @@ enum Cmd {
     /// Run CMD under the interposer and report what it left behind (on stderr).
     #[command(override_usage = "residue run [OPTIONS] -- CMD [ARGS]...")]
     Run {
-        /// Save the raw trace here (for `residue report`).
+        /// Save the trace here (for `residue report`).
         #[arg(long, short)]
         output: Option<PathBuf>,
         /// Also write the report as JSON here (`-` for stdout).

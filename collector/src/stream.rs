@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use residue_protocol::{tag, Api, DecodeError, DecodeErrorKind, Decoder, Kind, Record, MAX_RECORD_LEN};
 
 use crate::ledger::Ledger;
+use crate::resolved::{self, Journal, Op, Parsed};
 
 /// Longest LEB128 encoding of a u64 (the protocol's limit).
 const MAX_VARINT: usize = 10;
@@ -43,12 +44,19 @@ pub struct StreamState {
     /// The first decode error; decoding stops there (the rest is unreadable).
     pub error: Option<DecodeError>,
     pub bytes: u64,
+    /// The input is a resolved trace (resolved.rs), not the interposer's stream.
+    resolved: bool,
+    /// Resolved tuple index of the last `ALLOC` or `FREE`.
+    prev_tuple: u64,
+    /// Stack id of the last resolved `TUPLE`.
+    prev_tuple_stack: u32,
+    stacks: resolved::StackChain,
 }
 
 /// A decoded hot record, waiting to be applied.
 #[derive(Clone, Copy)]
 enum Event {
-    Batch,
+    Batch(u32),
     Acquire { seq: u64, kind: Kind, api: Api, id: u64, size: u64, stack: u32 },
     Release { seq: u64, kind: Kind, api: Api, id: u64 },
 }
@@ -104,6 +112,20 @@ impl StreamState {
         Self::default()
     }
 
+    /// A state that also logs the resolved trace into `journal` (what `--output` writes).
+    pub fn with_journal(journal: Journal) -> Self {
+        let mut s = Self::default();
+        s.ledger.journal = Some(Box::new(journal));
+        s
+    }
+
+    /// A state that reads a resolved trace (what follows [`resolved::MAGIC`], decompressed).
+    pub fn resolved_reader() -> Self {
+        let mut s = Self { resolved: true, ..Self::default() };
+        s.ledger.resolved = true;
+        s
+    }
+
     /// Decodes every whole record in `chunk` (plus what was pending) into the ledger.
     pub fn feed(&mut self, chunk: &[u8]) {
         self.bytes += chunk.len() as u64;
@@ -131,7 +153,7 @@ impl StreamState {
 
     /// Decodes the whole records at the start of `buf`; returns how many bytes they took.
     fn decode(&mut self, buf: &[u8]) -> usize {
-        let mut queue = [Event::Batch; LOOKAHEAD];
+        let mut queue = [Event::Batch(0); LOOKAHEAD];
         let mut queued = 0;
         let pos = self.decode_into(buf, &mut queue, &mut queued);
         self.apply(&queue[..queued]);
@@ -147,7 +169,14 @@ impl StreamState {
                     self.ledger.acquire(seq, kind, api, id, size, stack)
                 }
                 Event::Release { seq, kind, api, id } => self.ledger.release(seq, kind, api, id),
-                Event::Batch => self.ledger.batch(),
+                Event::Batch(tid) => {
+                    self.ledger.batch();
+                    if let Some(j) = self.ledger.journal.as_deref_mut() {
+                        let mut b = [0u8; residue_protocol::MAX_SMALL_RECORD];
+                        let n = residue_protocol::Encoder::default().batch(&mut b, 0, tid);
+                        j.raw(&b[..n]);
+                    }
+                }
             }
         }
     }
@@ -158,6 +187,40 @@ impl StreamState {
     fn decode_into(&mut self, buf: &[u8], queue: &mut [Event; LOOKAHEAD], queued: &mut usize) -> usize {
         let mut pos = 0;
         while pos < buf.len() {
+            if self.resolved && self.header_seen {
+                match resolved::parse(&buf[pos..]) {
+                    Parsed::Done(n, op) => {
+                        self.apply(&queue[..*queued]);
+                        *queued = 0;
+                        if let Err(what) = self.apply_op(op) {
+                            self.error =
+                                Some(DecodeError { offset: self.offset, kind: DecodeErrorKind::Corrupt(what) });
+                            return pos;
+                        }
+                        pos += n;
+                        self.offset += n as u64;
+                        continue;
+                    }
+                    Parsed::More => break,
+                    Parsed::Bad => {
+                        self.error = Some(DecodeError {
+                            offset: self.offset,
+                            kind: DecodeErrorKind::Corrupt("a resolved record that residue cannot read"),
+                        });
+                        return pos;
+                    }
+                    Parsed::NotOurs if buf[pos] == tag::ACQUIRE || buf[pos] == tag::RELEASE => {
+                        self.error = Some(DecodeError {
+                            offset: self.offset,
+                            kind: DecodeErrorKind::Corrupt(
+                                "an event record of the live stream inside a resolved trace",
+                            ),
+                        });
+                        return pos;
+                    }
+                    Parsed::NotOurs => {}
+                }
+            }
             if self.header_seen {
                 match self.hot(&buf[pos..]) {
                     Hot::Done(n, e) => {
@@ -184,6 +247,7 @@ impl StreamState {
             let before = self.decoder.offset();
             match self.decoder.next(&buf[pos..]) {
                 Ok(Some((record, n))) => {
+                    let raw = &buf[pos..pos + n];
                     pos += n;
                     self.offset += n as u64;
                     match record {
@@ -198,7 +262,21 @@ impl StreamState {
                         }
                         _ => {}
                     }
-                    self.ledger.apply(record);
+                    // Stacks are written against the one before; the other records as they came,
+                    // after what applying them logged (a merge's fix-ups, say).
+                    match (&record, self.ledger.journal.as_deref_mut()) {
+                        (Record::Stack { id, frames }, Some(j)) => {
+                            j.stack(*id, frames);
+                            self.ledger.apply(record);
+                        }
+                        (_, Some(_)) => {
+                            self.ledger.apply(record);
+                            if let Some(j) = self.ledger.journal.as_deref_mut() {
+                                j.raw(raw);
+                            }
+                        }
+                        (_, None) => self.ledger.apply(record),
+                    }
                 }
                 Ok(None) => break,
                 Err(mut e) => {
@@ -210,6 +288,35 @@ impl StreamState {
             }
         }
         pos
+    }
+
+    /// Applies one record of a resolved trace.
+    #[inline(always)]
+    fn apply_op(&mut self, op: Op) -> Result<(), &'static str> {
+        match op {
+            Op::Alloc(d) | Op::Free(d) => {
+                let i = self.prev_tuple.wrapping_add(d as u64);
+                self.prev_tuple = i;
+                self.ledger.resolved_event(matches!(op, Op::Alloc(_)), i)
+            }
+            Op::Tuple(api, size, d) => {
+                let stack = u32::try_from(i64::from(self.prev_tuple_stack).wrapping_add(d))
+                    .map_err(|_| "a stack id out of range")?;
+                self.prev_tuple_stack = stack;
+                self.ledger.define_tuple((api, size, stack))
+            }
+            Op::Stack(s) => {
+                let (id, frames) = self.stacks.expand(&s)?;
+                self.ledger.stack(id, frames);
+                Ok(())
+            }
+            Op::Heap { flags, removed, added } => self.ledger.resolved_heap(flags, removed, added),
+            Op::Other { flags, kind, id, entry } => self.ledger.resolved_other(flags, kind, id, entry),
+            Op::Merge => {
+                self.ledger.resolved_merge();
+                Ok(())
+            }
+        }
     }
 
     /// Decodes a hot record at the start of `b`.
@@ -260,11 +367,11 @@ impl StreamState {
                 Some(Event::Release { seq, kind: Kind(kind), api: Api(api), id })
             })(),
             _ => (|| {
-                u32::try_from(varint(p, &mut i)?).ok()?;
+                let tid = u32::try_from(varint(p, &mut i)?).ok()?;
                 (i == p.len()).then_some(())?;
                 self.last_seq = 0;
                 self.last_id = 0;
-                Some(Event::Batch)
+                Some(Event::Batch(tid))
             })(),
         };
         match ok {
@@ -282,8 +389,9 @@ impl StreamState {
     }
 }
 
-/// First bytes of a compressed trace, the format `residue run --output` writes: this magic,
-/// then one zstd frame holding the raw stream (protocol header and records), then optionally
+/// First bytes of a compressed trace, the format `residue run --output` wrote before resolved
+/// traces ([`resolved::MAGIC`]), still read: this magic, then one zstd frame holding the raw
+/// stream (protocol header and records), then optionally
 /// raw records appended after the frame (the collector appends the exit status once the
 /// target is reaped). A file that starts with the protocol's own magic is a raw stream, also
 /// read.
@@ -294,8 +402,17 @@ impl StreamState {
 /// only 17-150x, and DEFLATE (flate2/miniz_oxide) is 4x slower for 1.5x larger output.
 pub const COMPRESSED_MAGIC: [u8; 8] = *b"RESIDUEZ";
 
-/// zstd's default level: higher levels cost several times the CPU for a few percent.
+/// zstd's default level: what `--output` compressed the raw stream with before resolved traces.
+#[cfg(test)]
 const TRACE_LEVEL: i32 = 3;
+
+/// The level resolved traces are compressed at. A resolved trace is a quarter of the raw
+/// stream's bytes (W1: 71 MB against 289 MB) and far more repetitive: logging and compressing
+/// it at level 6 costs the collector about what compressing the raw stream at level 3 did
+/// (W1: 24-28 M events/s decoded, matched, logged and compressed, against 34 without
+/// `--output`). Level 6 gives 16% less than level 3 on W1 for 3 MiB more of the collector's
+/// memory (zstd's match tables); level 5 would be worse than 3 on W4 (35 KB against 6 KB).
+const RESOLVED_LEVEL: i32 = 6;
 
 impl StreamState {
     /// The input ended inside the compressed frame: the trace was cut (the collector was
@@ -342,22 +459,49 @@ fn feed_all(r: &mut impl Read, state: &mut StreamState, buf: &mut [u8]) -> std::
     }
 }
 
-/// Reads a saved trace, compressed ([`COMPRESSED_MAGIC`]) or raw.
-pub fn read_file(path: &std::path::Path) -> std::io::Result<StreamState> {
-    let mut f = File::open(path)?;
-    let mut state = StreamState::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut magic = [0u8; COMPRESSED_MAGIC.len()];
+/// Reads `buf.len()` bytes or up to the end of input; returns how many.
+fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut have = 0;
-    while have < magic.len() {
-        match f.read(&mut magic[have..]) {
+    while have < buf.len() {
+        match f.read(&mut buf[have..]) {
             Ok(0) => break,
             Ok(n) => have += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    if magic != COMPRESSED_MAGIC {
+    Ok(have)
+}
+
+/// First bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Reads a saved trace: resolved ([`resolved::MAGIC`], what `residue run --output` writes, its
+/// records compressed or not), compressed ([`COMPRESSED_MAGIC`], the stream as earlier
+/// versions saved it) or the raw stream.
+pub fn read_file(path: &std::path::Path) -> std::io::Result<StreamState> {
+    let mut f = File::open(path)?;
+    let mut state = StreamState::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut magic = [0u8; COMPRESSED_MAGIC.len()];
+    let have = read_up_to(&mut f, &mut magic)?;
+    let mut peek = [0u8; ZSTD_MAGIC.len()];
+    let mut peeked = 0;
+    if magic == resolved::MAGIC {
+        state = StreamState::resolved_reader();
+        peeked = read_up_to(&mut f, &mut peek)?;
+    }
+    if magic == resolved::MAGIC && peek != ZSTD_MAGIC {
+        // Its records uncompressed (a tool's or a test's copy).
+        state.feed(&peek[..peeked]);
+        if state.error.is_none() {
+            feed_all(&mut f, &mut state, &mut buf)?;
+        }
+        state.finish();
+        state.require_exit_record();
+        return Ok(state);
+    }
+    if magic != COMPRESSED_MAGIC && magic != resolved::MAGIC {
         state.feed(&magic[..have]);
         if state.error.is_none() {
             feed_all(&mut f, &mut state, &mut buf)?;
@@ -366,7 +510,8 @@ pub fn read_file(path: &std::path::Path) -> std::io::Result<StreamState> {
         state.require_exit_record();
         return Ok(state);
     }
-    let mut z = zstd::stream::read::Decoder::new(f)?.single_frame();
+    let mut z =
+        zstd::stream::read::Decoder::new(std::io::Cursor::new(peek).take(peeked as u64).chain(f))?.single_frame();
     match feed_all(&mut z, &mut state, &mut buf) {
         Ok(()) if state.error.is_none() => {
             // The frame ended: raw records may follow it.
@@ -386,16 +531,25 @@ pub fn read_file(path: &std::path::Path) -> std::io::Result<StreamState> {
     Ok(state)
 }
 
-/// The `--output` file as it is written: [`COMPRESSED_MAGIC`], then the stream through zstd.
+/// The `--output` file as it is written: [`resolved::MAGIC`], then the resolved trace (the
+/// ledger's decisions, logged by its journal) through zstd.
 struct TraceWriter(zstd::stream::write::Encoder<'static, File>);
 
 impl TraceWriter {
     fn new(mut f: File) -> std::io::Result<Self> {
-        f.write_all(&COMPRESSED_MAGIC)?;
-        let mut z = zstd::stream::write::Encoder::new(f, TRACE_LEVEL)?;
+        f.write_all(&resolved::MAGIC)?;
+        let mut z = zstd::stream::write::Encoder::new(f, RESOLVED_LEVEL)?;
         // A damaged file is then told from a valid one at the end of the frame at the latest.
         z.include_checksum(true)?;
         Ok(TraceWriter(z))
+    }
+
+    /// Writes what the journal logged since the last call.
+    fn drain(&mut self, state: &mut StreamState) -> std::io::Result<()> {
+        let Some(j) = state.ledger.journal.as_deref_mut() else { return Ok(()) };
+        let r = self.0.write_all(j.pending());
+        j.clear();
+        r
     }
 }
 
@@ -429,6 +583,9 @@ pub fn spawn_live(
                 None
             }
         };
+        if tee.is_some() {
+            state = StreamState::with_journal(Journal::new());
+        }
         // If the stream is a pipe, a larger one (the kernel caps it at
         // /proc/sys/fs/pipe-max-size, 1 MiB by default) means fewer wake-ups of the target's
         // writer and of us. On a socket (what `launch` makes; it sizes the socket buffers) this
@@ -475,13 +632,14 @@ pub fn spawn_live(
                 Err(_) => break,
             };
             last_data = Instant::now();
+            state.feed(&buf[..n]);
             if let Some(t) = tee.as_mut() {
-                if let Err(e) = t.0.write_all(&buf[..n]) {
+                if let Err(e) = t.drain(&mut state) {
                     tee_error = Some(e);
                     tee = None;
+                    state.ledger.journal = None;
                 }
             }
-            state.feed(&buf[..n]);
             if !acked && state.ledger.complete() {
                 // The final image's exit record is in: let it exit (see launch.rs).
                 acked = true;
@@ -489,12 +647,14 @@ pub fn spawn_live(
             }
         }
         state.finish();
-        // End the compressed frame: the launcher appends the exit status after it.
-        if let Some(t) = tee {
-            if let Err(e) = t.0.finish().and_then(|mut f| f.flush()) {
+        // What the end decided (a merge's fix-ups), then the end of the compressed frame: the
+        // launcher appends the exit status after it.
+        if let Some(mut t) = tee {
+            if let Err(e) = t.drain(&mut state).and_then(|()| t.0.finish()).and_then(|mut f| f.flush()) {
                 tee_error = Some(e);
             }
         }
+        state.ledger.journal = None;
         // Keep the idle rule honest: a stop with a complete ledger is a normal end.
         if state.ledger.complete() {
             stopped_on_idle = false;
@@ -594,7 +754,8 @@ mod tests {
         drop(w);
     }
 
-    /// EOF ends the stream even while the root runs; the raw bytes are teed as they came.
+    /// EOF ends the stream even while the root runs; the tee gets the resolved trace, which
+    /// reads back as the stream did (here, byte for byte what the journal logs).
     #[test]
     fn live_reader_eof_and_tee() {
         let (r, mut w) = pipe();
@@ -606,9 +767,23 @@ mod tests {
         let out = h.join().unwrap();
         assert!(out.state.ledger.complete());
         assert!(out.tee_error.is_none());
+        assert!(out.state.ledger.journal.is_none(), "the journal ends with the reader");
         let saved = std::fs::read(&dir).unwrap();
-        assert_eq!(saved[..8], COMPRESSED_MAGIC);
-        assert_eq!(zstd::decode_all(&saved[8..]).unwrap(), sample_trace());
+        assert_eq!(saved[..8], resolved::MAGIC);
+        let mut j = StreamState::with_journal(Journal::new());
+        j.feed(&sample_trace());
+        j.finish();
+        let expected = j.ledger.journal.as_deref().unwrap().pending().to_vec();
+        assert_eq!(zstd::decode_all(&saved[8..]).unwrap(), expected);
+        let s = read_file(&dir).unwrap();
+        // No exit record appended here: cut at a record boundary, as a raw trace would be.
+        assert_eq!(s.error.as_ref().map(|e| &e.kind), Some(&residue_protocol::DecodeErrorKind::Truncated));
+        assert!(s.ledger.complete());
+        let img = s.ledger.final_image().unwrap();
+        let live: Vec<_> = img.live().map(|(k, _, e)| (k, e.api, e.size, e.stack)).collect();
+        assert_eq!(live, vec![(Kind::HEAP, Api::STRDUP, 6, 5)]);
+        assert_eq!((img.acquires, img.releases), (2, 1));
+        assert_eq!(img.stacks.get(&5), Some(&[0x10u64, 0x20][..]));
         std::fs::remove_file(&dir).unwrap();
     }
 

@@ -520,14 +520,17 @@ pub fn assert_leaky_report(r: &Report, reps: u64, ctx: &str) {
     }
 }
 
-/// `residue run --output` writes an 8-byte magic, the stream as one zstd frame, then the exit
-/// status as raw records after the frame. This gives the raw stream (which `residue report`
-/// reads as well), whose record boundaries the tests can walk.
+/// `residue run --output` writes an 8-byte magic (`RESIDUER`: a resolved trace; `RESIDUEZ`
+/// before it: the raw stream), its records as one zstd frame, then the exit status as raw
+/// records after the frame. This gives the records uncompressed, which `residue report` reads
+/// as well: for a resolved trace, the magic followed by its records; for a `RESIDUEZ` one, the
+/// raw stream, whose record boundaries the protocol's decoder walks.
 pub fn raw_trace(file: &[u8]) -> Vec<u8> {
     use std::io::Read;
-    assert_eq!(&file[..8], b"RESIDUEZ", "a compressed trace");
+    let magic = &file[..8];
+    assert!(magic == b"RESIDUEZ" || magic == b"RESIDUER", "a compressed trace");
     let mut z = zstd::stream::read::Decoder::new(&file[8..]).expect("zstd").single_frame();
-    let mut raw = Vec::new();
+    let mut raw = if magic == b"RESIDUER" { magic.to_vec() } else { Vec::new() };
     z.read_to_end(&mut raw).expect("the compressed frame decodes");
     z.finish().read_to_end(&mut raw).expect("the raw tail");
     raw

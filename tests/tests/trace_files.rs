@@ -29,6 +29,83 @@ fn assert_rejected(tmp: &TempDir, name: &str, bytes: &[u8], needle: &str) {
     assert!(f.stderr.to_lowercase().contains(needle), "the error should say `{needle}`\n{ctx}");
 }
 
+/// A LEB128 varint at `t[*pos..]`.
+fn varint(t: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = t[*pos];
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// Record boundaries `(start, len)` of a resolved trace's records, uncompressed (what
+/// `raw_trace` gives for a `RESIDUER` file: the magic, the protocol header, then records), as
+/// ARCHITECTURE.md describes them: written here from the description, so that a change of
+/// the format shows.
+fn resolved_records(t: &[u8]) -> Vec<(usize, usize)> {
+    assert_eq!(&t[..8], b"RESIDUER", "a resolved trace");
+    assert_eq!(t[8..8 + header().len()], header(), "the protocol's header follows the magic");
+    let mut pos = 8 + header().len();
+    let mut out = Vec::new();
+    while pos < t.len() {
+        let start = pos;
+        let tag = t[pos];
+        pos += 1;
+        match tag {
+            // TUPLE api size dstack
+            0xc0 => {
+                pos += 1;
+                varint(t, &mut pos);
+                varint(t, &mut pos);
+            }
+            // ALLOC, FREE: a tuple delta
+            0xc1 | 0xc2 => {
+                varint(t, &mut pos);
+            }
+            // HEAP flags [removed] [added]
+            0xc3 => {
+                let flags = t[pos];
+                pos += 1;
+                for bit in [4, 8] {
+                    if flags & bit != 0 && varint(t, &mut pos) == 0 {
+                        pos += 1;
+                        varint(t, &mut pos);
+                        varint(t, &mut pos);
+                    }
+                }
+            }
+            // OTHER flags kind id [seq size stack api live origin_seen]
+            0xc4 => {
+                let flags = t[pos];
+                pos += 2;
+                varint(t, &mut pos);
+                if flags & 4 != 0 {
+                    for _ in 0..3 {
+                        varint(t, &mut pos);
+                    }
+                    pos += 3;
+                }
+            }
+            // MERGE
+            0xc5 => {}
+            // STACK and the protocol's records: a length, then the payload.
+            _ => {
+                let len = varint(t, &mut pos) as usize;
+                pos += len;
+            }
+        }
+        assert!(pos <= t.len(), "record at {start} (tag {tag:#x}) runs past the end");
+        out.push((start, pos - start));
+    }
+    out
+}
+
 /// Record boundaries (start offsets) of a valid trace, and the records' tags.
 fn records(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut d = Decoder::new();
@@ -158,7 +235,7 @@ fn saved_trace_reports_what_the_live_run_did_and_broken_copies_are_errors() {
     // Cut inside the compressed frame: truncated, never a panic or a clean report.
     assert_rejected(&tmp, "real-z-cut.residue", &z[..z.len() / 2], "truncated");
     let t = raw_trace(&z);
-    // The raw form of the same trace reports alike.
+    // The uncompressed form of the same trace reports alike.
     let raw = tmp.join("raw.residue");
     std::fs::write(&raw, &t).expect("writing the raw trace");
     let f = report_cmd(&raw, &tmp.join("raw.json"));
@@ -167,7 +244,7 @@ fn saved_trace_reports_what_the_live_run_did_and_broken_copies_are_errors() {
     assert!(t.len() > 64, "a trace of {} bytes", t.len());
     // Cut inside a record (a cut that happens to fall between two records is a shorter trace,
     // not a damaged one, as far as the records can tell).
-    let recs = records(&t);
+    let recs = resolved_records(&t);
     let (start, len) = *recs.iter().filter(|r| r.1 > 2).nth(recs.len() / 2).or(recs.last()).expect("records");
     assert_rejected(&tmp, "real-cut-middle.residue", &t[..start + len / 2], "truncated");
     assert_rejected(&tmp, "real-cut-end.residue", &t[..t.len() - 2], "truncated");
@@ -198,8 +275,133 @@ fn saved_trace_missing_its_exit_record_is_an_error() {
     assert_leaky_exact(&live, 1);
     let z = std::fs::read(&trace).expect("reading the saved trace");
     let t = raw_trace(&z);
-    let last = *records(&t).last().expect("records");
+    let last = *resolved_records(&t).last().expect("records");
     assert_eq!(t[last.0], residue_protocol::tag::PROCESS_END, "the saved stream ends with the exit record");
     assert_rejected(&tmp, "compressed-without-exit.residue", &z[..z.len() - last.1], "");
     assert_rejected(&tmp, "raw-without-exit.residue", &t[..last.0], "");
+}
+
+/// The live run's JSON report, less what only the live run can know (the collector's own peak
+/// memory).
+fn live_json(o: &residue_tests::Outcome) -> serde_json::Value {
+    let mut v = o.report.json.clone();
+    v.as_object_mut().expect("a JSON object").remove("collector_peak_rss_kib");
+    v
+}
+
+/// The report with each library's stacks in one order: stacks of equal bytes, count and stack
+/// id (a descriptor and the stream `fopen` made on it, from one stack) come out of the report
+/// in hash-map order, which differs from one process to the next.
+fn canonical(mut v: serde_json::Value) -> serde_json::Value {
+    for section in ["libraries", "runtime"] {
+        if let Some(libs) = v.get_mut(section).and_then(|l| l.as_array_mut()) {
+            for lib in libs {
+                if let Some(stacks) = lib.get_mut("stacks").and_then(|s| s.as_array_mut()) {
+                    stacks.sort_by_key(|s| s.to_string());
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `residue report` of a saved trace gives, field for field, the JSON report of the run that
+/// saved it: a plain leak, a chain of execs, descriptors with what they are, threads whose
+/// batches arrive out of order, and forks. The file is the resolved format. Followed children
+/// have streams of their own, which `--output` does not save: those runs do not follow them.
+#[test]
+fn resolved_trace_reports_exactly_what_the_live_run_did() {
+    let tmp = TempDir::new("resolved-exact");
+    let cases: Vec<(&str, Vec<std::ffi::OsString>, Vec<&str>)> = vec![
+        ("leaky", vec![fixture("host_leaky").into()], vec![]),
+        ("exec", vec![fixture("host_exec").into(), fixture("host_leaky").into()], vec![]),
+        // host_handles runs children (popen): a saved trace holds the root process only, so
+        // the live run lists them as not followed too.
+        ("handles", vec![fixture("host_handles").into(), "2".into()], vec!["--no-follow"]),
+        ("threads", vec![fixture("host_threads").into()], vec![]),
+        ("fork", vec![fixture("host_fork").into(), "exit".into()], vec!["--no-follow"]),
+    ];
+    for (name, argv, options) in cases {
+        let trace = tmp.join(&format!("{name}.residue"));
+        let mut b = run(argv);
+        for o in options {
+            b = b.option(o);
+        }
+        let live = b.option("--output").option(&trace).go();
+        let z = std::fs::read(&trace).expect("reading the saved trace");
+        assert_eq!(&z[..8], b"RESIDUER", "{name}: `--output` writes a resolved trace");
+        let json = tmp.join(&format!("{name}.json"));
+        let f = report_cmd(&trace, &json);
+        assert_eq!(f.code(), 0, "{name}: {}", f.stderr);
+        let again = read_report(&json, &f, &format!("residue report ({name})"));
+        assert_eq!(
+            canonical(again.json.clone()),
+            canonical(live_json(&live)),
+            "{name}: the saved trace's report differs from the live run's"
+        );
+    }
+}
+
+/// host_leaky's trace cut just before its image's exit record: every record before it is
+/// there, so the partial report holds exactly what the live run reported, marked incomplete,
+/// with the sentence saying the file was cut and exit status 1.
+#[test]
+fn truncated_resolved_trace_gives_the_partial_report() {
+    let tmp = TempDir::new("resolved-truncated");
+    let trace = tmp.join("leaky.residue");
+    let live = run([fixture("host_leaky")]).option("--output").option(&trace).go();
+    assert_leaky_exact(&live, 1);
+    let t = raw_trace(&std::fs::read(&trace).expect("reading the saved trace"));
+    let recs = resolved_records(&t);
+    let exit = recs.iter().rev().find(|r| t[r.0] == residue_protocol::tag::IMAGE_EXIT).expect("an image exit record");
+    for (name, cut) in [("before-exit", exit.0), ("inside-exit", exit.0 + exit.1 - 1)] {
+        let path = tmp.join(&format!("{name}.residue"));
+        std::fs::write(&path, &t[..cut]).expect("writing the cut trace");
+        let json = tmp.join(&format!("{name}.json"));
+        let f = report_cmd(&path, &json);
+        let r = read_report(&json, &f, &format!("residue report ({name})"));
+        let ctx = format!("{name}: exit {}\nstderr:\n{}\nreport:\n{:#}", f.code(), f.stderr, r.json);
+        assert_eq!(f.code(), 1, "a cut trace reports, with status 1\n{ctx}");
+        assert!(f.stderr.contains("truncated"), "{ctx}");
+        assert!(f.stdout.contains("INCOMPLETE"), "{ctx}");
+        assert_eq!(r.complete(), Some(false), "{ctx}");
+        assert_leaky_report(&r, 1, &ctx);
+        assert_eq!(r.json["totals"], live.report.json["totals"], "{ctx}");
+    }
+    // Cut in the middle of a record halfway through: what came before it, never a panic.
+    let (start, len) = recs[recs.len() / 2];
+    let mut cut = t[..start + len / 2].to_vec();
+    if len == 1 {
+        cut = t[..start].to_vec();
+    }
+    assert_rejected(&tmp, "middle.residue", &cut, "truncated");
+}
+
+/// Damage in a resolved trace is one sentence naming the byte: an unknown resolved tag, and a
+/// release of a block that was never live.
+#[test]
+fn corrupt_resolved_trace_is_one_sentence() {
+    let tmp = TempDir::new("resolved-corrupt");
+    let trace = tmp.join("leaky.residue");
+    run([fixture("host_leaky")]).option("--output").option(&trace).go();
+    let t = raw_trace(&std::fs::read(&trace).expect("reading the saved trace"));
+    let recs = resolved_records(&t);
+    let first_alloc = *recs.iter().find(|r| t[r.0] == 0xc1).expect("an ALLOC record");
+    let cases = [
+        ("unknown-tag", 0xcf, "a resolved record that residue cannot read"),
+        // The first ALLOC made a FREE: nothing of that tuple is live yet.
+        ("free-of-nothing", 0xc2, "a release of a block that is not live"),
+    ];
+    for (name, tag, sentence) in cases {
+        let mut m = t.clone();
+        m[first_alloc.0] = tag;
+        let path = tmp.join(&format!("{name}.residue"));
+        std::fs::write(&path, &m).expect("writing the damaged trace");
+        let f = report_cmd(&path, &tmp.join(&format!("{name}.json")));
+        let ctx = format!("{name}: exit {}\nstderr:\n{}", f.code(), f.stderr);
+        assert_eq!(f.code(), 2, "{ctx}");
+        let offset = first_alloc.0 - 8;
+        let expected = format!("residue: {}: the trace is corrupt at byte {offset}: {sentence}", path.display());
+        assert_eq!(f.stderr.trim_end(), expected, "{ctx}");
+    }
 }
