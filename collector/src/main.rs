@@ -173,6 +173,13 @@ fn run(
         return Ok(status);
     }
     let mut sym = symbolize::Symbolizer::new();
+    // Every process's addresses at once, each module file parsed once for all of them (a
+    // multiprocessing pool is dozens of processes that loaded the same libraries).
+    let processes: Vec<_> = std::iter::once((&state.ledger, None))
+        .chain(children.iter().map(|c| (&c.ledger, forked_from(c, &state, &children))))
+        .collect();
+    report::prepare(&mut sym, &processes);
+    drop(processes);
     let mut r = report::build_with(&state.ledger, &info, problems, &mut sym, None);
     let pythonmalloc = std::env::var_os("PYTHONMALLOC");
     r.run_environment(pythonmalloc.as_deref());

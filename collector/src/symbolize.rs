@@ -6,7 +6,6 @@
 //! inlined frames, innermost first); then the ELF symbol table, or the dynamic symbols of a
 //! stripped distribution library; then `module+0xoffset`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -62,11 +61,35 @@ impl<'a> ModuleMap<'a> {
     }
 }
 
-/// Caches one addr2line loader per module file and one answer per address.
+/// Addresses one report will look up, in the modules of one image: what
+/// [`Symbolizer::prepare_next`] symbolizes ahead for the reports that follow.
+pub struct Work<'m, 'a> {
+    /// Which report: 0 for the next one, 1 for the one after, ...
+    pub process: usize,
+    pub modules: &'m ModuleMap<'a>,
+    /// Return addresses (as [`Symbolizer::symbolize`] takes them).
+    pub returns: Vec<u64>,
+    /// Function addresses (as [`Symbolizer::symbolize_function`] takes them).
+    pub functions: Vec<u64>,
+}
+
+/// One answer per address and process, and at most one module file open at a time.
+///
+/// A module's parsed debug information is large (libpython's or the C library's DWARF: tens of
+/// MiB once addr2line has read every unit's abbreviations and line-program header), so
+/// [`Symbolizer::prepare_next`] and [`Symbolizer::prepare`] symbolize every address the
+/// reports need one module file at a time, for every process at once, and drop each module's
+/// parse before opening the next: the peak is the largest module's, not the sum of all of them,
+/// and each file is parsed once however many processes loaded it.
 #[derive(Default)]
 pub struct Symbolizer {
-    loaders: HashMap<String, Option<Loader>>,
-    cache: FxMap<u64, Rc<[Frame]>>,
+    /// The module file parsed last (its path), kept for lookups nothing prepared.
+    open: Option<(String, Option<Loader>)>,
+    /// Per process, in report order: frames per looked-up address (a return address, or a
+    /// function's address + 1). Addresses mean other things in another process.
+    caches: Vec<FxMap<u64, Rc<[Frame]>>>,
+    /// The process being reported (index in `caches`), `None` before the first.
+    current: Option<usize>,
 }
 
 impl Symbolizer {
@@ -74,30 +97,109 @@ impl Symbolizer {
         Self::default()
     }
 
-    /// Another process's stacks follow: its addresses mean other things (an exec'd child has its
-    /// own layout), but the module files already parsed can serve it too.
+    /// The next process's report starts: its addresses mean other things (an exec'd child has
+    /// its own layout). The finished process's answers are dropped.
     pub fn next_process(&mut self) {
-        self.cache.clear();
+        if let Some(c) = self.current.and_then(|i| self.caches.get_mut(i)) {
+            *c = FxMap::default();
+        }
+        self.current = Some(self.current.map_or(0, |i| i + 1));
+    }
+
+    fn cache(&mut self) -> &mut FxMap<u64, Rc<[Frame]>> {
+        let i = self.current.unwrap_or(0);
+        if self.caches.len() <= i {
+            self.caches.resize_with(i + 1, FxMap::default);
+        }
+        &mut self.caches[i]
     }
 
     fn loader(&mut self, m: &Module) -> Option<&Loader> {
-        self.loaders.entry(m.path.clone()).or_insert_with(|| open_loader(m)).as_ref()
+        if self.open.as_ref().is_none_or(|(path, _)| *path != m.path) {
+            // Drop the previous module's parse before building the next one.
+            self.open = None;
+            self.open = Some((m.path.clone(), open_loader(m)));
+        }
+        self.open.as_ref().and_then(|(_, l)| l.as_ref())
+    }
+
+    /// Closes the module file parsed last and gives its memory back to the system.
+    fn close(&mut self) {
+        if self.open.take().is_some() {
+            release_free_memory();
+        }
+    }
+
+    /// Symbolizes ahead, for the current process, every return address in `returns` and every
+    /// function address in `functions` (foreign calls) that [`Symbolizer::symbolize`] and
+    /// [`Symbolizer::symbolize_function`] will be asked for, one module file at a time.
+    pub fn prepare(
+        &mut self,
+        modules: &ModuleMap<'_>,
+        returns: impl IntoIterator<Item = u64>,
+        functions: impl IntoIterator<Item = u64>,
+    ) {
+        let work = Work {
+            process: 0,
+            modules,
+            returns: returns.into_iter().collect(),
+            functions: functions.into_iter().collect(),
+        };
+        self.prepare_from(self.current.unwrap_or(0), &[work]);
+    }
+
+    /// [`Symbolizer::prepare`] for the processes whose reports come next (`Work::process` 0 is
+    /// the one after the next [`Symbolizer::next_process`]), all at once: each module file is
+    /// parsed once for all of them.
+    pub fn prepare_next(&mut self, work: &[Work<'_, '_>]) {
+        self.prepare_from(self.current.map_or(0, |i| i + 1), work);
+    }
+
+    fn prepare_from(&mut self, first: usize, work: &[Work<'_, '_>]) {
+        let Some(n) = work.iter().map(|w| w.process + 1).max() else { return };
+        if self.caches.len() < first + n {
+            self.caches.resize_with(first + n, FxMap::default);
+        }
+        // (module path, process, address, which work item maps it), grouped by module file
+        // (several records, in one process or several, may share a path).
+        let mut todo: Vec<(&str, usize, u64, usize)> = Vec::new();
+        for (k, w) in work.iter().enumerate() {
+            let p = first + w.process;
+            for a in w.returns.iter().copied().chain(w.functions.iter().map(|f| f.wrapping_add(1))) {
+                if !self.caches[p].contains_key(&a) {
+                    todo.push((w.modules.find(a.wrapping_sub(1)).map_or("", |m| m.path.as_str()), p, a, k));
+                }
+            }
+        }
+        todo.sort_unstable();
+        let mut last = None;
+        for (path, p, a, k) in todo {
+            if last != Some(path) {
+                self.close();
+                last = Some(path);
+            }
+            if !self.caches[p].contains_key(&a) {
+                let frames: Rc<[Frame]> = self.lookup(work[k].modules, a).into();
+                self.caches[p].insert(a, frames);
+            }
+        }
+        self.close();
     }
 
     /// Frames for one return address, innermost (most inlined) first.
     pub fn symbolize(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Rc<[Frame]> {
-        if let Some(f) = self.cache.get(&addr) {
+        if let Some(f) = self.cache().get(&addr) {
             return f.clone();
         }
         let frames: Rc<[Frame]> = self.lookup(modules, addr).into();
-        self.cache.insert(addr, frames.clone());
+        self.cache().insert(addr, frames.clone());
         frames
     }
 
     /// Frames for a function's own address (not a return address: no `- 1`), such as the
     /// function a foreign call was calling.
     pub fn symbolize_function(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Vec<Frame> {
-        let mut v = self.lookup(modules, addr.wrapping_add(1));
+        let mut v = self.symbolize(modules, addr.wrapping_add(1)).to_vec();
         for f in &mut v {
             f.address = addr;
             f.offset = f.offset.map(|o| o.wrapping_sub(1));
@@ -139,6 +241,14 @@ impl Symbolizer {
         }
         out
     }
+}
+
+/// Returns the heap's free pages to the system (glibc keeps them otherwise): after a module's
+/// parse is dropped, and before the report is built, so that the collector's peak is what it
+/// holds, not what it once held.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Opens the best file with debug information for a module: a separate debug file installed
@@ -265,6 +375,71 @@ mod tests {
         // `malloc` and its alias `__libc_malloc` share the address: either names it.
         assert!(f[0].function.as_deref().is_some_and(|n| n.ends_with("malloc")), "{f:?}");
         assert_eq!(f[0].module.as_deref(), Some(libc));
+    }
+
+    /// Symbolizing ahead, one module at a time, answers exactly what looking up on demand does
+    /// (inlined frames, function addresses, addresses in no module), and closes every module.
+    #[test]
+    fn prepare_answers_as_lookups_do_and_closes_modules() {
+        let dir = std::env::temp_dir().join(format!("residue-prep-{}", std::process::id()));
+        let so = crate::testutil::compile_so(
+            &dir,
+            "libprep.so",
+            "#include <stdlib.h>\n#include <string.h>\n\
+             static inline __attribute__((always_inline)) char *copy(const char *s) { return strdup(s); }\n\
+             char *prep_name(const char *s) { char *p = copy(s); return p; }\n",
+        );
+        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("libc present");
+        let data = std::fs::read(&so).unwrap();
+        let (start, size) = elf_symbol(&data, "prep_name").expect("symbol in .symtab");
+        let call = file_bytes_at(&data, start, size).iter().position(|&b| b == 0xe8).expect("a call");
+        let ret = start + call as u64 + 5;
+        let (malloc, _) = elf_symbol(&std::fs::read(libc).unwrap(), "malloc").expect("malloc in dynsym");
+        let (b_so, b_libc) = (0x7f00_0000_0000u64, 0x7e00_0000_0000u64);
+        let mods =
+            [module(so.to_str().unwrap(), b_so, vec![seg(0, 0x10000)]), module(libc, b_libc, vec![seg(0, 0x100_0000)])];
+        let map = ModuleMap::new(&mods);
+        let returns = [b_so + ret, b_libc + malloc + 4, 0x1234, b_so + ret];
+        let functions = [b_so + start, b_libc + malloc];
+        let mut lazy = Symbolizer::new();
+        let mut ahead = Symbolizer::new();
+        ahead.prepare(&map, returns, functions);
+        assert!(ahead.open.is_none(), "every module file is closed after preparing");
+        for a in returns {
+            assert_eq!(ahead.symbolize(&map, a), lazy.symbolize(&map, a), "{a:#x}");
+        }
+        for f in functions {
+            assert_eq!(ahead.symbolize_function(&map, f), lazy.symbolize_function(&map, f), "{f:#x}");
+        }
+        assert!(ahead.open.is_none(), "answered from the cache alone");
+        let names: Vec<_> = ahead.symbolize(&map, b_so + ret).iter().map(|f| f.function.clone().unwrap()).collect();
+        assert_eq!(names, ["copy", "prep_name"]);
+        assert_eq!(ahead.symbolize_function(&map, b_so + start)[0].function.as_deref(), Some("prep_name"));
+
+        // Two processes ahead, the library at another place in the second: each gets its own
+        // answers, the file parsed once for both.
+        let mods2 = [module(so.to_str().unwrap(), b_libc, vec![seg(0, 0x10000)])];
+        let map2 = ModuleMap::new(&mods2);
+        let mut s = Symbolizer::new();
+        let work = [
+            Work { process: 0, modules: &map, returns: vec![b_so + ret], functions: vec![] },
+            Work { process: 1, modules: &map2, returns: vec![b_libc + ret], functions: vec![b_libc + start] },
+        ];
+        s.prepare_next(&work);
+        assert!(s.open.is_none());
+        s.next_process();
+        assert_eq!(s.symbolize(&map, b_so + ret), lazy.symbolize(&map, b_so + ret));
+        s.next_process();
+        assert!(s.caches[0].is_empty(), "a finished process's answers are dropped");
+        let mut lazy2 = Symbolizer::new();
+        assert_eq!(s.symbolize(&map2, b_libc + ret), lazy2.symbolize(&map2, b_libc + ret));
+        assert_eq!(s.symbolize(&map2, b_libc + ret)[1].function.as_deref(), Some("prep_name"));
+        assert_eq!(s.symbolize_function(&map2, b_libc + start), lazy2.symbolize_function(&map2, b_libc + start));
+        assert!(s.open.is_none(), "answered from the cache alone");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

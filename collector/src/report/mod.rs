@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use residue_protocol::Kind;
 use serde::Serialize;
 
-use crate::ledger::Ledger;
+use crate::ledger::{Image, Ledger};
 use crate::noise::{self, Origin};
-use crate::symbolize::{ModuleMap, Symbolizer};
+use crate::symbolize::{ModuleMap, Symbolizer, Work};
 
 pub const SCHEMA: &str = "residue-report/1";
 /// How the interposer describes an anonymous mapping.
@@ -390,6 +390,50 @@ struct Group {
     anonymous: Count,
 }
 
+/// The native return addresses and the foreign-call functions of the stacks `ids` of `img`.
+fn stack_addresses(img: &Image, ids: impl Iterator<Item = u32>) -> (Vec<u64>, Vec<u64>) {
+    use residue_protocol::frame::{classify, Frame};
+    let (mut returns, mut functions) = (Vec::new(), Vec::new());
+    for id in ids {
+        for &v in img.stacks.get(&id).unwrap_or(&[]) {
+            match classify(v) {
+                Frame::Native(a) => returns.push(a),
+                Frame::Foreign(f) => functions.push(f),
+                Frame::Python { .. } => {}
+            }
+        }
+    }
+    (returns, functions)
+}
+
+/// Symbolizes ahead what the reports of `processes` will need, in the order they will be built
+/// ([`build_with`], [`build_child`] with the same symbolizer): the stacks of what each final
+/// image holds, and of what a forked child inherited and kept. Each module file is then parsed
+/// once for all the processes, and one at a time.
+pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>>)]) {
+    crate::symbolize::release_free_memory();
+    let mut parts = Vec::new();
+    for (k, (ledger, inherited)) in processes.iter().enumerate() {
+        let Some(img) = ledger.final_image() else { continue };
+        parts.push((k, img, stack_addresses(img, img.live().map(|(_, _, e)| e.stack))));
+        if let Some(inh) = inherited {
+            let kept = inh
+                .parent
+                .live()
+                .filter(|&(kind, id, e)| e.seq < inh.fork_seq && img.entries.get(&(kind, id)).is_none())
+                .map(|(_, _, e)| e.stack);
+            parts.push((k, inh.parent, stack_addresses(inh.parent, kept)));
+        }
+    }
+    let maps: Vec<ModuleMap<'_>> = parts.iter().map(|(_, img, _)| ModuleMap::new(&img.modules)).collect();
+    let work: Vec<Work<'_, '_>> = parts
+        .into_iter()
+        .zip(&maps)
+        .map(|((process, _, (returns, functions)), modules)| Work { process, modules, returns, functions })
+        .collect();
+    sym.prepare_next(&work);
+}
+
 /// Builds the report of the ledger's final image.
 pub fn build(ledger: &Ledger, info: &ProcessInfo, problems: Vec<String>) -> Report {
     build_with(ledger, info, problems, &mut Symbolizer::new(), None)
@@ -510,6 +554,14 @@ pub fn build_with(
         let mut arenas = false;
         let mut missing = 0usize;
         let mut interposer_own = Count::default();
+        // Every address the stacks below need, symbolized ahead one module file at a time (a
+        // parsed module is large: only one is in memory at once), with the ledger's free pages
+        // given back first. Nothing left to do when `prepare` did it for every process.
+        crate::symbolize::release_free_memory();
+        for (img, groups, _) in &sources {
+            let (returns, functions) = stack_addresses(img, groups.keys().map(|k| k.0));
+            sym.prepare(&ModuleMap::new(&img.modules), returns, functions);
+        }
         for (img, groups, inherited_from) in sources {
             let modules = ModuleMap::new(&img.modules);
             for ((stack_id, kind, api), Group { amount: count, mut descriptions, anonymous }) in groups {
@@ -595,7 +647,18 @@ pub fn build_with(
         }
     }
     for l in &mut libraries {
-        l.stacks.sort_by(|a, b| (b.bytes, b.count, a.stack_id).cmp(&(a.bytes, a.count, b.stack_id)));
+        // Ties (fopen's stream and its descriptor share a stack) by kind and API, so the order
+        // never depends on a hash map's.
+        l.stacks.sort_by(|a, b| {
+            (b.bytes, b.count, a.stack_id, &a.kind, &a.api, a.inherited_from).cmp(&(
+                a.bytes,
+                a.count,
+                b.stack_id,
+                &b.kind,
+                &b.api,
+                b.inherited_from,
+            ))
+        });
     }
     libraries.sort_by(|a, b| (a.origin, weight(b)).cmp(&(b.origin, weight(a))).then_with(|| a.module.cmp(&b.module)));
     let (unattributed, libraries): (Vec<Library>, Vec<Library>) =
