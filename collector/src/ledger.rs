@@ -1055,6 +1055,22 @@ impl Ledger {
         }
     }
 
+    /// The image a resolved record applies to: the last one for a fix-up (it corrects what was
+    /// already logged), else the current one, whose event counts it adds to.
+    fn resolved_image(&mut self, flags: u8) -> Result<&mut Image, &'static str> {
+        use resolved::flag;
+        if flags & flag::FIXUP != 0 {
+            return self.images.last_mut().ok_or("a fix-up before any image");
+        }
+        let img = current_of(&mut self.images, &mut self.after_exec);
+        if flags & flag::ACQUIRE != 0 {
+            img.acquires += 1;
+        } else {
+            img.releases += 1;
+        }
+        Ok(img)
+    }
+
     /// A resolved trace's `HEAP` record.
     pub fn resolved_heap(
         &mut self,
@@ -1065,17 +1081,7 @@ impl Ledger {
         use resolved::flag;
         let removed = removed.map(|r| self.tuple_of(r)).transpose()?;
         let added = added.map(|r| self.tuple_of(r)).transpose()?;
-        let img = if flags & flag::FIXUP != 0 {
-            self.images.last_mut().ok_or("a fix-up before any image")?
-        } else {
-            let img = current_of(&mut self.images, &mut self.after_exec);
-            if flags & flag::ACQUIRE != 0 {
-                img.acquires += 1;
-            } else {
-                img.releases += 1;
-            }
-            img
-        };
+        let img = self.resolved_image(flags)?;
         if let Some((i, t)) = removed {
             let n = match i {
                 Some(i) => img.tuple_live.get_mut(i),
@@ -1112,18 +1118,7 @@ impl Ledger {
 
     /// A resolved trace's `OTHER` record: the entry of `(kind, id)` is now `entry`.
     pub fn resolved_other(&mut self, flags: u8, kind: Kind, id: u64, entry: Option<Entry>) -> Result<(), &'static str> {
-        use resolved::flag;
-        let img = if flags & flag::FIXUP != 0 {
-            self.images.last_mut().ok_or("a fix-up before any image")?
-        } else {
-            let img = current_of(&mut self.images, &mut self.after_exec);
-            if flags & flag::ACQUIRE != 0 {
-                img.acquires += 1;
-            } else {
-                img.releases += 1;
-            }
-            img
-        };
+        let img = self.resolved_image(flags)?;
         let old = match entry {
             Some(e) => img.entries.other.insert((kind, id), e),
             None => img.entries.other.remove(&(kind, id)),
