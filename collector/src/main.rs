@@ -161,7 +161,20 @@ fn run(
         let mut buf = [0u8; MAX_SMALL_RECORD];
         let pid = info.pid.unwrap_or(0);
         let n = Encoder::default().process_end(&mut buf, 0, pid, info.code.unwrap_or(0), info.signal.unwrap_or(0));
-        if let Err(e) = f.write_all(&buf[..n]) {
+        let mut tail = buf[..n].to_vec();
+        if !children.is_empty() {
+            // Children's streams are reported live but not saved: say so where the trace is read.
+            let text = format!(
+                "this trace does not hold the {} child process{} followed during the run (a saved trace holds the traced process and its exec'd images): run it again to see {}",
+                children.len(),
+                if children.len() == 1 { "" } else { "es" },
+                if children.len() == 1 { "it" } else { "them" },
+            );
+            let mut rec = vec![0u8; text.len() + MAX_SMALL_RECORD];
+            let m = Encoder::default().notice(&mut rec, 0, text.as_bytes());
+            tail.extend_from_slice(&rec[..m]);
+        }
+        if let Err(e) = f.write_all(&tail) {
             problems.push(format!("appending the exit status to the trace file failed ({e})"));
         }
     }

@@ -342,6 +342,34 @@ fn resolved_trace_reports_exactly_what_the_live_run_did() {
     }
 }
 
+/// Followed children are reported live but their streams are not saved: `residue report` of
+/// the trace says how many it does not hold, instead of leaving them out silently.
+#[test]
+fn a_saved_trace_says_how_many_followed_children_it_does_not_hold() {
+    let tmp = TempDir::new("children-not-saved");
+    let trace = tmp.join("fork.residue");
+    let live = run([fixture("host_fork").as_os_str(), "exit".as_ref()]).option("--output").option(&trace).go();
+    let children = live.report.json["children"].as_array().map_or(0, Vec::len);
+    assert!(children > 0, "host_fork's child is followed live\n{}", live.context());
+    let json = tmp.join("fork.json");
+    let f = report_cmd(&trace, &json);
+    assert_eq!(f.code(), 0, "{}", f.stderr);
+    let plural = if children == 1 { "" } else { "es" };
+    let sentence = format!("this trace does not hold the {children} child process{plural} followed during the run");
+    // `residue report` prints its text report on stdout.
+    assert_eq!(f.stdout.matches(&sentence).count(), 1, "{sentence:?} once\n{}", f.stdout);
+    let again = read_report(&json, &f, "residue report (fork)");
+    let notices = again.json["notices"].to_string();
+    assert!(notices.contains(&sentence), "the JSON report's notices say it too: {notices}");
+
+    // Not said when nothing was followed.
+    let trace = tmp.join("leaky.residue");
+    run([fixture("host_leaky")]).option("--output").option(&trace).go();
+    let f = report_cmd(&trace, &tmp.join("leaky.json"));
+    assert_eq!(f.code(), 0, "{}", f.stderr);
+    assert!(!f.stdout.contains("child process"), "{}", f.stdout);
+}
+
 /// host_leaky's trace cut just before its image's exit record: every record before it is
 /// there, so the partial report holds exactly what the live run reported, marked incomplete,
 /// with the sentence saying the file was cut and exit status 1.
