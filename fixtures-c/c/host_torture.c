@@ -19,7 +19,11 @@
  *   handover the main thread mallocs and frees alone, then 3 threads join in while it goes on,
  *            all four allocating and freeing at once, half of it through a shared slot (so that
  *            blocks change threads): the interposer's sequence numbers go from the main
- *            thread's own counter to a shared one under load. Leaks 4 x 48 (one per thread). */
+ *            thread's own counter to a shared one under load. Leaks 4 x 48 (one per thread).
+ *   smallstack a thread created with the smallest stack pthread allows (PTHREAD_STACK_MIN): the
+ *            interposer's thread-local storage comes out of it and must leave it room. Exit
+ *            status 3 if the thread could not be created. Leaks 3 x 40. */
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -119,6 +123,16 @@ static void *handover_thread(void *arg) {
     return NULL;
 }
 
+/* smallstack */
+static void *small_thread(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 1000; i++)
+        free(malloc(16 + (size_t)i));
+    for (int i = 0; i < 3; i++)
+        keep(torture_leak(40));
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "keydtor") == 0) {
@@ -182,6 +196,16 @@ int main(int argc, char **argv) {
             pthread_join(t[i], NULL);
         free(__atomic_exchange_n(&shared_slot, NULL, __ATOMIC_ACQ_REL));
         keep(torture_leak(48));
+        return 0;
+    }
+    if (strcmp(mode, "smallstack") == 0) {
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, PTHREAD_STACK_MIN);
+        pthread_t t;
+        if (pthread_create(&t, &attr, small_thread, NULL) != 0)
+            return 3;
+        pthread_join(t, NULL);
         return 0;
     }
     if (strcmp(mode, "stress32") == 0) {

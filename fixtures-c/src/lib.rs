@@ -251,8 +251,14 @@ mod tests {
 pub mod torture {
     pub const FUNCTION: &str = "torture_leak";
     /// (mode, blocks, bytes per block)
-    pub const MODES: [(&str, u64, u64); 5] =
-        [("keydtor", 40, 48), ("churn", 2000, 64), ("signal", 10, 32), ("stress32", 160, 24), ("handover", 4, 48)];
+    pub const MODES: [(&str, u64, u64); 6] = [
+        ("keydtor", 40, 48),
+        ("churn", 2000, 64),
+        ("signal", 10, 32),
+        ("stress32", 160, 24),
+        ("handover", 4, 48),
+        ("smallstack", 3, 40),
+    ];
 }
 
 /// host_unwind (c/host_unwind.cc): leaks left behind when control leaves hooked frames by a

@@ -1,5 +1,6 @@
 //! Per-thread direct-mapped caches in front of the global intern tables (stacks, Python code
-//! objects, Python lines). The global tables are megabytes of hashed slots shared by every
+//! objects, Python lines). A thread's caches live on the heap (`Thread::near`), zeroed: all
+//! zero is empty. The global tables are megabytes of hashed slots shared by every
 //! thread, so each probe is likely a cache miss; a thread's hot keys are a few hundred and fit
 //! here, in its own memory. Entries are copies of what the global tables answered: keys carry
 //! everything that makes them unique (generation included), so an entry is never stale, only
@@ -11,10 +12,6 @@ pub struct Near<const N: usize> {
 }
 
 impl<const N: usize> Near<N> {
-    pub const fn new() -> Self {
-        Near { entries: [(0, 0); N] }
-    }
-
     #[inline(always)]
     fn index(key: u64) -> usize {
         const { assert!(N.is_power_of_two()) };
@@ -42,10 +39,4 @@ pub struct NearCaches {
     pub codes: Near<64>,
     /// (code, instruction) key -> line + 1.
     pub lines: Near<64>,
-}
-
-impl NearCaches {
-    pub const fn new() -> Self {
-        NearCaches { stacks: Near::new(), codes: Near::new(), lines: Near::new() }
-    }
 }

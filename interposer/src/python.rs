@@ -324,21 +324,25 @@ fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize
         let offset = instr.wrapping_sub(code + l.code_adaptive as u64) as i64;
         let ident = identity(code, checked)?;
         // SAFETY: recording runs under the thread's guard; this is the only borrow of its caches.
-        let near = unsafe { t.near() };
-        let id = match near.codes.get(ident.key) {
+        let mut near = unsafe { t.near() };
+        let id = match near.as_ref().and_then(|n| n.codes.get(ident.key)) {
             Some(id) => id,
             None => {
                 let id = code_id(t, &ident, checked)?;
-                near.codes.put(ident.key, id);
+                if let Some(n) = near.as_deref_mut() {
+                    n.codes.put(ident.key, id);
+                }
                 id
             }
         };
         let line_key = mix(ident.key, offset as u64);
-        let line = match near.lines.get(line_key) {
+        let line = match near.as_ref().and_then(|n| n.lines.get(line_key)) {
             Some(line) => line,
             None => {
                 let line = line_of(line_key, code, offset);
-                near.lines.put(line_key, line);
+                if let Some(n) = near {
+                    n.lines.put(line_key, line);
+                }
                 line
             }
         };

@@ -114,7 +114,7 @@ fn hash(frames: &[u64]) -> u64 {
 fn intern(t: &Thread, frames: &[u64]) -> (u32, bool) {
     let h = hash(frames);
     // SAFETY: recording runs under the thread's guard; this is the only borrow of its caches.
-    let near = unsafe { &mut t.near().stacks };
+    let Some(near) = (unsafe { t.near() }).map(|n| &mut n.stacks) else { return intern_global(h) };
     if let Some(id) = near.get(h) {
         return (id, false);
     }

@@ -66,7 +66,12 @@ pub struct Thread {
     /// Scratch space for one stack: reused, so that recording does not clear kilobytes of stack
     /// memory on every allocation.
     frames: UnsafeCell<[u64; FRAME_BUF]>,
-    near: UnsafeCell<NearCaches>,
+    /// The thread's caches in front of the global tables: allocated on first use, freed at
+    /// thread exit (see [`Thread::near`]).
+    near: Cell<*mut NearCaches>,
+    /// The thread's exit hook ran: later recordings (destructors that allocate) go without
+    /// caches rather than allocate them again.
+    retired: Cell<bool>,
 }
 
 /// Frames the per-thread scratch buffer holds: our own frames, the deepest native stack, the
@@ -83,7 +88,8 @@ thread_local! {
             writer: Cell::new(false),
             foreign: Cell::new(0),
             frames: UnsafeCell::new([0; FRAME_BUF]),
-            near: UnsafeCell::new(NearCaches::new()),
+            near: Cell::new(ptr::null_mut()),
+            retired: Cell::new(false),
         }
     };
 }
@@ -110,14 +116,37 @@ impl Thread {
         unsafe { &mut *self.frames.get() }
     }
 
-    /// The thread's caches in front of the global intern tables.
+    /// The thread's caches in front of the global intern tables, or `None` (allocation failed,
+    /// or the thread is ending). On the heap, not in TLS: the static TLS block of a preloaded
+    /// library comes out of every thread's stack, and a thread asking for a 16 KiB stack must
+    /// still get one.
     ///
     /// # Safety
     /// As [`Thread::frame_buf`]: only under this thread's [`Guard`], one borrow at a time.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn near(&self) -> &mut NearCaches {
-        // SAFETY: the caller guarantees exclusive use (see above); the storage is this thread's.
-        unsafe { &mut *self.near.get() }
+    pub unsafe fn near(&self) -> Option<&mut NearCaches> {
+        let mut p = self.near.get();
+        if p.is_null() && !self.retired.get() {
+            // Our own allocation (the guard is held): LibcAlloc, zeroed, which is empty.
+            // SAFETY: a non-zero-sized layout.
+            p = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<NearCaches>()) }.cast();
+            self.near.set(p);
+        }
+        // SAFETY: null or this thread's own block, freed only by `retire` (which clears the
+        // pointer first); the caller guarantees exclusive use.
+        unsafe { p.as_mut() }
+    }
+
+    /// The thread is ending: free its caches (and the unwinder's memo); later recordings on it
+    /// go without them. Called by the transport's thread-exit hook, under the guard.
+    pub fn retire(&self) {
+        self.retired.set(true);
+        let p = self.near.replace(ptr::null_mut());
+        if !p.is_null() {
+            // SAFETY: allocated in `near` with this layout, and no longer reachable.
+            unsafe { std::alloc::dealloc(p.cast(), std::alloc::Layout::new::<NearCaches>()) };
+        }
+        residue_unwind::thread_exit();
     }
 
     pub fn tid(&self) -> u32 {

@@ -478,6 +478,7 @@ unsafe extern "C" fn thread_exit(_value: *mut libc::c_void) {
             slot.in_use.store(false, Ordering::Release);
         }
     }
+    t.retire();
     t.busy.set(was_busy);
 }
 

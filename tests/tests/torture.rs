@@ -39,6 +39,14 @@ fn thirty_two_threads_freeing_each_others_blocks() {
     mode("stress32");
 }
 
+/// A thread created with PTHREAD_STACK_MIN (16 KiB): the interposer's static TLS comes out of
+/// every thread's stack, so it must stay small (its per-thread caches live on the heap), or
+/// pthread_create fails with EINVAL (the host's exit status 3 here).
+#[test]
+fn a_thread_with_the_smallest_stack_is_still_created() {
+    mode("smallstack");
+}
+
 /// While one thread records, it numbers events with an unlocked add; when three more join it
 /// under load, everyone switches to the shared counter (interposer/src/seq.rs). Exact totals
 /// through the collector, and in the raw stream itself every acquisition and release has a

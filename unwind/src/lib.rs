@@ -25,9 +25,10 @@
 //! address no loaded module's `.eh_frame_hdr` covers (JIT code); a capture while running on a
 //! stack other than the thread's own (sigaltstack, makecontext fibers); a capture made while
 //! the same thread is inside another one (a signal handler that interrupted it), including the
-//! first capture of a thread re-entering itself from inside pthread_getattr_np. libgcc may take its own
-//! mutex and sort registered frames with malloc when a JIT registered any, so the caller's
-//! re-entrancy guard must cover `capture`.
+//! first capture of a thread re-entering itself from inside pthread_getattr_np; a capture on a
+//! thread without a memo (its allocation failed, or the thread is past its exit hook). libgcc
+//! may take its own mutex and sort registered frames with malloc when a JIT registered any, so
+//! the caller's re-entrancy guard must cover `capture`.
 
 // The fast path is per architecture; elsewhere every capture is a libgcc walk (correct, slow).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -80,7 +81,7 @@ pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = x86_64::Regs::here();
-        match memo::with(|bounds, near, prev, next| x86_64::walk(out, regs, bounds, near, prev, next)) {
+        match memo::with(|bounds, memo| x86_64::walk(out, regs, bounds, memo)) {
             Some(n) => n,
             None => {
                 // Skip libgcc::walk's own frame and ours (capture is never inlined, and this call
@@ -98,6 +99,13 @@ pub fn capture(out: &mut [u64]) -> usize {
         std::hint::black_box(n)
     }
 }
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub use memo::thread_exit;
+
+/// The calling thread is ending (nothing is kept for it on this architecture).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub fn thread_exit() {}
 
 /// Forget cached unwind rules. The interposer calls this after dlclose: a rule cached for an
 /// address of the unloaded module must not be applied to whatever is mapped there next.

@@ -14,7 +14,7 @@
 //! Consecutive allocations share most of their stack (the program's outer frames, the
 //! interpreter's evaluation loop), so most frames are replayed.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 
 /// Steps remembered per walk: the starting state, the interposer's default depth (64) and its
 /// own frames. Deeper frames are walked with lookups.
@@ -56,7 +56,9 @@ pub(crate) struct Walk {
     pub steps: [Step; CAP],
 }
 
+#[cfg(test)]
 const EMPTY_STEP: Step = Step { cfa: 0, ra: 0, fp: 0, slot: 0 };
+#[cfg(test)]
 pub(crate) const EMPTY_WALK: Walk = Walk { generation: u64::MAX, len: 0, ended: false, steps: [EMPTY_STEP; CAP] };
 
 impl Walk {
@@ -99,6 +101,7 @@ pub(crate) struct Near {
 }
 
 impl Near {
+    #[cfg(test)]
     pub(crate) const fn new() -> Near {
         Near { generation: u64::MAX, entries: [(0, 0); NEAR] }
     }
@@ -127,64 +130,114 @@ impl Near {
 pub(crate) const PREV: usize = 1;
 const SLOTS: usize = PREV + 1;
 
-struct Memo {
+/// What a thread keeps between captures. On the heap, not in TLS: about 9 KiB, which in the
+/// static TLS block of a preloaded library would come out of every thread's stack (a thread
+/// created with a 16 KiB stack would not be created at all). Allocated zeroed on the thread's
+/// first capture (all zero is empty: generation 0 is the cache's first, key 0 is never a return
+/// address), freed by [`thread_exit`].
+pub(crate) struct Memo {
+    near: Near,
+    walks: [Walk; SLOTS],
+    /// Which of `walks` is the newest complete walk; the next walk overwrites the oldest.
+    last: usize,
+}
+
+/// The per-thread TLS part: a few words.
+struct ThreadState {
     /// The thread's stack range (module `stack`).
     lo: Cell<usize>,
     hi: Cell<usize>,
-    near: UnsafeCell<Near>,
-    walks: UnsafeCell<[Walk; SLOTS]>,
-    /// Which of `walks` is the newest complete walk; the next walk overwrites the oldest.
-    last: Cell<usize>,
+    memo: Cell<*mut Memo>,
     busy: Cell<bool>,
+    /// [`thread_exit`] ran: later captures (destructors that allocate) walk without a memo.
+    retired: Cell<bool>,
 }
 
 thread_local! {
     // Const-initialized, no Drop: plain TLS, nothing registered, usable until the thread's
     // last instruction.
-    static MEMO: Memo = const {
-        Memo {
+    static THREAD: ThreadState = const {
+        ThreadState {
             lo: Cell::new(0),
             hi: Cell::new(0),
-            near: UnsafeCell::new(Near::new()),
-            walks: UnsafeCell::new([EMPTY_WALK; SLOTS]),
-            last: Cell::new(0),
+            memo: Cell::new(std::ptr::null_mut()),
             busy: Cell::new(false),
+            retired: Cell::new(false),
         }
     };
 }
 
-/// Runs a walk with this thread's stack range, rule cache, previous walks (newest first) and
-/// room for the new one; a successful walk (`Some`) becomes the newest. `None` without calling
-/// `walk` if re-entered (a signal handler capturing while this thread captures): the caller
-/// falls back to libgcc.
+/// What a walk with a memo gets: the rule cache, the previous walks (newest first) and room
+/// for its own record.
+pub(crate) type Parts<'a> = (&'a mut Near, [&'a Walk; PREV], &'a mut Walk);
+
+/// Runs a walk with this thread's stack range and memo; a successful walk (`Some`) becomes the
+/// newest. `None` without calling `walk` (the caller falls back to libgcc) if re-entered (a
+/// signal handler capturing while this thread captures) or if the thread has no memo: its
+/// allocation failed, or the thread is ending (destructors that allocate after
+/// [`thread_exit`]), both rare enough that one walk without a memo is not worth a second copy
+/// of the hot loop.
 #[inline(always)]
-pub(crate) fn with(
-    walk: impl FnOnce((usize, usize), &mut Near, [&Walk; PREV], &mut Walk) -> Option<usize>,
-) -> Option<usize> {
-    MEMO.with(|m| {
-        if m.busy.replace(true) {
+pub(crate) fn with(walk: impl FnOnce((usize, usize), Parts<'_>) -> Option<usize>) -> Option<usize> {
+    THREAD.with(|t| {
+        if t.busy.replace(true) {
             return None;
         }
         // Fetching the range may allocate and so re-enter (the main thread's reads
-        // /proc/self/maps): `busy` sends that capture to libgcc.
-        let Some(bounds) = crate::stack::bounds(&m.lo, &m.hi) else {
-            m.busy.set(false);
+        // /proc/self/maps): `busy` sends that capture to libgcc. So may allocating the memo.
+        let Some(bounds) = crate::stack::bounds(&t.lo, &t.hi) else {
+            t.busy.set(false);
             return None;
         };
-        let last = m.last.get();
-        let slot = |age: usize| (last + SLOTS - age) % SLOTS;
-        let base = m.walks.get() as *mut Walk;
-        // SAFETY: `busy` makes these the only live borrows of the walks on this thread (a
-        // nested call returns above), and the TLS is only reachable from this thread. The
-        // indices are distinct (ages 0..SLOTS), so the one `&mut` aliases none of the others.
-        let (prev, next, near) = unsafe {
-            (std::array::from_fn(|age| &*base.add(slot(age))), &mut *base.add(slot(PREV)), &mut *m.near.get())
-        };
-        let r = walk(bounds, near, prev, next);
-        if r.is_some() {
-            m.last.set(slot(PREV));
+        let mut m = t.memo.get();
+        if m.is_null() && !t.retired.get() {
+            m = allocate();
+            t.memo.set(m);
         }
-        m.busy.set(false);
+        let r = if m.is_null() {
+            None
+        } else {
+            // SAFETY: `m` is this thread's own live memo (allocated above or earlier, freed
+            // only by thread_exit, which clears the pointer first), and `busy` makes this the
+            // only borrow of it.
+            let Memo { near, walks, last } = unsafe { &mut *m };
+            let newest = *last;
+            let slot = |age: usize| (newest + SLOTS - age) % SLOTS;
+            let base = walks.as_mut_ptr();
+            // SAFETY: distinct indices (ages 0..SLOTS) into `walks`, borrowed for this call
+            // only: the one `&mut` aliases none of the shared borrows.
+            let (prev, next) =
+                unsafe { (std::array::from_fn(|age| &*base.add(slot(age))), &mut *base.add(slot(PREV))) };
+            let r = walk(bounds, (near, prev, next));
+            if r.is_some() {
+                *last = slot(PREV);
+            }
+            r
+        };
+        t.busy.set(false);
         r
     })
+}
+
+fn allocate() -> *mut Memo {
+    // SAFETY: a non-zero-sized layout; the zeroed block is a valid, empty Memo (see above).
+    unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<Memo>()) as *mut Memo }
+}
+
+/// The calling thread is ending: its memo is freed, and its later captures walk without one.
+/// For the interposer's thread-exit hook; harmless to call twice or on a thread that never
+/// captured.
+pub fn thread_exit() {
+    THREAD.with(|t| {
+        if t.busy.get() {
+            // Called from inside a capture (a signal handler): leave the memo in use alone.
+            return;
+        }
+        t.retired.set(true);
+        let m = t.memo.replace(std::ptr::null_mut());
+        if !m.is_null() {
+            // SAFETY: allocated by `allocate` with the same layout, and no longer reachable.
+            unsafe { std::alloc::dealloc(m as *mut u8, std::alloc::Layout::new::<Memo>()) };
+        }
+    });
 }

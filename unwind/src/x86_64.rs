@@ -1,6 +1,6 @@
 //! x86-64: starting registers, the compact rule, and the walk.
 
-use crate::memo::{Near, Step, Walk, CAP, CFA_FROM_RBP, PREV};
+use crate::memo::{Parts, Step, Walk, CAP, CFA_FROM_RBP, PREV};
 use crate::{cache, eh};
 use gimli::{CfaRule, RegisterRule, X86_64};
 use std::sync::atomic::Ordering;
@@ -181,9 +181,7 @@ pub(crate) fn walk(
     out: &mut [u64],
     regs: Regs,
     (lo, hi): (usize, usize),
-    near: &mut Near,
-    prev: [&Walk; PREV],
-    next: &mut Walk,
+    (near, prev, next): Parts<'_>,
 ) -> Option<usize> {
     let (lo, hi) = (lo as u64, hi as u64);
     if regs.sp < lo || regs.sp >= hi {
@@ -199,11 +197,11 @@ pub(crate) fn walk(
     // Rules may have changed since (dlclose): then nothing of an older walk is replayed.
     let usable = prev.map(|p| if p.generation == generation { p.len } else { 0 });
     next.generation = generation;
+    // Step 0: the starting state.
+    next.steps[0] = Step { cfa: sp, ra: key, fp, slot: 0 };
     // `at[k]`: the step of `prev[k]` to compare with next; `sync`: the walk whose state before
     // step `at[k]` equals ours, so that step's CFA and rbp slot are ours too.
     let mut at = [0usize; PREV];
-    // Step 0: the starting state.
-    next.steps[0] = Step { cfa: sp, ra: key, fp, slot: 0 };
     let mut sync = find(&prev, &usable, &mut at, sp, key, fp);
     let mut ended = false;
     let mut n = 0;
@@ -298,7 +296,7 @@ fn find(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memo::EMPTY_WALK;
+    use crate::memo::{Near, EMPTY_WALK};
 
     /// A made-up stack in a buffer, with made-up return addresses whose rules are put in the
     /// cache: walked once to fill a memo, then again in states that equal the memo's except
@@ -333,7 +331,7 @@ mod tests {
         let walk_from = |fp: u64, near: &mut Near, prev: [&Walk; PREV], next: &mut Walk| {
             let mut out = [0u64; 8];
             let regs = Regs { pc: k0 - 1, sp: at(0), fp };
-            let n = walk(&mut out, regs, bounds, near, prev, next).expect("all rules are compact");
+            let n = walk(&mut out, regs, bounds, (near, prev, next)).expect("all rules are compact");
             out[..n].to_vec()
         };
         let empty = EMPTY_WALK;

@@ -225,13 +225,17 @@ fn concurrent_invalidation_keeps_results_correct() {
     assert!(invalidator.join().unwrap() > 0);
 }
 
-static SIGNAL_PAIR: std::sync::Mutex<Option<Pair>> = std::sync::Mutex::new(None);
+thread_local! {
+    /// Per thread: `raise` runs the handler on the raising thread, and the two signal tests
+    /// run at once on two threads (a shared slot let one take the other's capture).
+    static SIGNAL_PAIR: std::cell::RefCell<Option<Pair>> = const { std::cell::RefCell::new(None) };
+}
 
 extern "C" fn on_signal(_: c_int) {
     // Allocating here is fine only because the signal is raised synchronously by the test
     // thread, outside any allocator call.
     let p = rust_recurse_pair(5);
-    *SIGNAL_PAIR.lock().unwrap() = Some(p);
+    SIGNAL_PAIR.with(|s| *s.borrow_mut() = Some(p));
 }
 
 #[inline(never)]
@@ -264,7 +268,7 @@ fn raise_with_handler(sig: c_int, on_alt_stack: bool) -> Pair {
         }
         drop(alt);
     }
-    SIGNAL_PAIR.lock().unwrap().take().expect("handler ran")
+    SIGNAL_PAIR.with(|s| s.borrow_mut().take()).expect("handler ran")
 }
 
 /// The signal trampoline (`__restore_rt`) is not compactly expressible: the whole capture
