@@ -106,11 +106,11 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
     // CPython's memory API (PyMem_Malloc, PyObject_Malloc) allocates for its caller: an
     // extension module's PyMem_Malloc is the extension's, libpython's own use stays libpython's.
     if let Some(o) = owner.filter(|&o| mods[o].is_some_and(noise::is_interpreter)) {
-        let outer_function = |sym: &mut Symbolizer, i: usize| {
-            sym.symbolize(modules, natives[i]).last().and_then(|f| f.function.clone()).unwrap_or_default()
-        };
         let mut j = o;
-        while j < natives.len() && mods[j] == mods[o] && owner::is_python_allocator(&outer_function(sym, j)) {
+        while j < natives.len()
+            && mods[j] == mods[o]
+            && owner::is_python_allocator(&outer_name(sym, modules, natives[j]).unwrap_or_default())
+        {
             j += 1;
         }
         if j > o && j < natives.len() {
