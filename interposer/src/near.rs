@@ -31,8 +31,60 @@ impl<const N: usize> Near<N> {
     }
 }
 
+/// What a thread last saw a Python frame at (code object, instruction) turn into: the frame's
+/// recorded value (code id and line, without the entry mark), under the code object's identity
+/// key then (a code object freed and replaced at the same address has another key).
+#[derive(Clone, Copy)]
+pub struct PyFrame {
+    pub code: u64,
+    pub instr: u64,
+    pub identity: u64,
+    pub value: u64,
+}
+
+/// Entries of [`PyFrames`]: a loop's Python call sites, times the frames above them.
+const PY_FRAMES: usize = 64;
+
+/// A direct-mapped table of [`PyFrame`]s, tagged with the Python module's stream generation
+/// (a forked child's stream needs every code object sent again).
+pub struct PyFrames {
+    generation: u64,
+    entries: [PyFrame; PY_FRAMES],
+}
+
+impl PyFrames {
+    #[inline(always)]
+    fn index(code: u64, instr: u64) -> usize {
+        let h = (code ^ instr.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> (64 - PY_FRAMES.trailing_zeros())) as usize
+    }
+
+    /// Empties the table if `generation` is not the one its entries were made under.
+    #[inline(always)]
+    pub fn check(&mut self, generation: u64) {
+        if self.generation != generation {
+            self.entries = [PyFrame { code: 0, instr: 0, identity: 0, value: 0 }; PY_FRAMES];
+            self.generation = generation;
+        }
+    }
+
+    /// The value of a frame at (`code`, `instr`) if this table has it under `identity`.
+    #[inline(always)]
+    pub fn get(&self, code: u64, instr: u64, identity: u64) -> Option<u64> {
+        let e = &self.entries[Self::index(code, instr)];
+        (e.code == code && e.instr == instr && e.identity == identity && code != 0).then_some(e.value)
+    }
+
+    #[inline(always)]
+    pub fn put(&mut self, e: PyFrame) {
+        self.entries[Self::index(e.code, e.instr)] = e;
+    }
+}
+
 /// The caches of one thread (see [`crate::state::Thread::near`]).
 pub struct NearCaches {
+    /// (code object, instruction) -> the Python frame's value.
+    pub py_frames: PyFrames,
     /// Stack hash -> stack id.
     pub stacks: Near<256>,
     /// Code identity key -> code id.

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use residue_protocol::{frame, Encoder};
 
+use crate::near::{NearCaches, PyFrame};
 use crate::state::Thread;
 use crate::transport::emit;
 
@@ -227,7 +228,8 @@ fn layout() -> &'static Layout {
 /// faulting; it is only used until the layout has proven itself once.
 #[inline(always)]
 fn word(addr: u64, checked: bool) -> Option<u64> {
-    if addr < 4096 || !addr.is_multiple_of(8) {
+    // One test for both conditions (a branch per load adds up over a walk).
+    if (addr < 4096) | !addr.is_multiple_of(8) {
         return None;
     }
     if !checked {
@@ -292,16 +294,32 @@ pub fn frames(t: &Thread, out: &mut [u64]) -> usize {
 }
 
 fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize> {
+    if checked {
+        walk_frames::<true>(t, tstate, out)
+    } else {
+        walk_frames::<false>(t, tstate, out)
+    }
+}
+
+/// The walk, with `CHECKED` reads (before the layout has proven itself) or plain ones.
+#[inline(always)]
+fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64]) -> Option<usize> {
+    let checked = CHECKED;
     let l = layout();
-    let code_type = CODE_TYPE.load(Ordering::Relaxed);
     let first = word(tstate + l.tstate_cframe as u64, checked)?;
     let mut f = match l.cframe_current {
         Some(_) if first == 0 => return Some(0),
         Some(off) => word(first + off as u64, checked)?,
         None => first,
     };
+    // SAFETY: recording runs under the thread's guard; this is the only borrow of its caches.
+    let mut near = unsafe { t.near() };
+    if let Some(n) = near.as_deref_mut() {
+        n.py_frames.check(GENERATION.load(Ordering::Relaxed));
+    }
+    let limit = out.len().min(MAX_PY_FRAMES);
     let mut n = 0;
-    while f != 0 && n < out.len().min(MAX_PY_FRAMES) {
+    while f != 0 && n < limit {
         if let Some(owner) = l.frame_owner {
             if byte(f + owner as u64, checked)? == OWNED_BY_CSTACK {
                 // The shim under an evaluation loop's first frame: that frame was the entry.
@@ -313,44 +331,72 @@ fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize
             }
         }
         let code = word(f + l.frame_code as u64, checked)?;
-        if word(code + 8, checked)? != code_type {
-            return None;
-        }
+        let instr = word(f + l.frame_prev_instr as u64, checked)?;
         let entry = match l.frame_is_entry {
             Some(off) => byte(f + off as u64, checked)? != 0,
             None => false,
         };
-        let instr = word(f + l.frame_prev_instr as u64, checked)?;
-        let offset = instr.wrapping_sub(code + l.code_adaptive as u64) as i64;
-        let ident = identity(code, checked)?;
-        // SAFETY: recording runs under the thread's guard; this is the only borrow of its caches.
-        let mut near = unsafe { t.near() };
-        let id = match near.as_ref().and_then(|n| n.codes.get(ident.key)) {
-            Some(id) => id,
-            None => {
-                let id = code_id(t, &ident, checked)?;
-                if let Some(n) = near.as_deref_mut() {
-                    n.codes.put(ident.key, id);
-                }
-                id
-            }
+        // This thread saw this code object, identified as it is now, at this instruction
+        // before: the same frame value. (Not taken before the layout is proven.)
+        let ident = identity::<CHECKED>(code)?;
+        let seen = match near.as_deref() {
+            Some(nc) if !CHECKED => nc.py_frames.get(code, instr, ident.key),
+            _ => None,
         };
-        let line_key = mix(ident.key, offset as u64);
-        let line = match near.as_ref().and_then(|n| n.lines.get(line_key)) {
-            Some(line) => line,
-            None => {
-                let line = line_of(line_key, code, offset);
-                if let Some(n) = near {
-                    n.lines.put(line_key, line);
-                }
-                line
-            }
+        let value = match seen {
+            Some(v) => v,
+            None => frame_value(t, near.as_deref_mut(), code, instr, &ident, checked)?,
         };
-        out[n] = frame::python(id, line, entry);
+        out[n] = if entry { value | frame::python(0, 0, true) } else { value };
         n += 1;
         f = word(f + l.frame_previous as u64, checked)?;
     }
     Some(n)
+}
+
+/// A frame's value (code id and line, without the entry mark) from the code object's identity,
+/// through the thread's caches and the global tables; remembered in the thread's frame table.
+#[cold]
+#[inline(never)]
+fn frame_value(
+    t: &Thread,
+    mut near: Option<&mut NearCaches>,
+    code: u64,
+    instr: u64,
+    ident: &Identity,
+    checked: bool,
+) -> Option<u64> {
+    let l = layout();
+    if word(code + 8, checked)? != CODE_TYPE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let offset = instr.wrapping_sub(code + l.code_adaptive as u64) as i64;
+    let id = match near.as_ref().and_then(|n| n.codes.get(ident.key)) {
+        Some(id) => id,
+        None => {
+            let id = code_id(t, ident, checked)?;
+            if let Some(n) = near.as_deref_mut() {
+                n.codes.put(ident.key, id);
+            }
+            id
+        }
+    };
+    let line_key = mix(ident.key, offset as u64);
+    let line = match near.as_ref().and_then(|n| n.lines.get(line_key)) {
+        Some(line) => line,
+        None => {
+            let line = line_of(line_key, code, offset);
+            if let Some(n) = near.as_deref_mut() {
+                n.lines.put(line_key, line);
+            }
+            line
+        }
+    };
+    let value = frame::python(id, line, false);
+    if let Some(n) = near {
+        n.py_frames.put(PyFrame { code, instr, identity: ident.key, value });
+    }
+    Some(value)
 }
 
 const TABLE: usize = 1 << 16;
@@ -409,7 +455,11 @@ struct Identity {
     first_line: u32,
 }
 
-fn identity(code: u64, checked: bool) -> Option<Identity> {
+/// Inlined into the frame walk, once per frame: with `CHECKED` a constant, each field is one
+/// load.
+#[inline(always)]
+fn identity<const CHECKED: bool>(code: u64) -> Option<Identity> {
+    let checked = CHECKED;
     let l = layout();
     let filename = word(code + l.code_filename as u64, checked)?;
     let qualname = word(code + l.code_qualname as u64, checked)?;

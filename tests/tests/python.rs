@@ -273,6 +273,37 @@ fn cffi_calls_are_named_by_the_function_python_called() {
 }
 
 #[test]
+fn code_objects_that_reuse_memory_keep_their_own_names_and_lines() {
+    // Each round's functions are compiled afresh and dropped, so later rounds' code objects
+    // (and their name and file strings) tend to land where earlier ones were. Each thread
+    // remembers what a (code object, instruction) turned into; that must never outlive the code
+    // object it was made for.
+    let rounds = 12u64;
+    let script = py_script("generated_code.py");
+    let o =
+        run(["python3".as_ref(), script.as_os_str(), fixture("libtail.so").as_os_str(), rounds.to_string().as_ref()])
+            .go();
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.finished.stdout, format!("generated_code: {rounds} rounds\n"), "{ctx}");
+    assert_eq!(user_library_names(r), ["libtail.so"], "{ctx}");
+    assert_eq!(r.heap("libtail.so"), Amount::new(2 * rounds, 2 * rounds * 4), "{ctx}");
+    let mut seen: Vec<(String, String, u64)> = stacks_of(r, "libtail.so")
+        .into_iter()
+        .map(|s| {
+            assert_eq!(amount(s), Amount::new(1, 4), "one block per generated function\n{ctx}");
+            python_frames(s).into_iter().next().expect("a Python frame")
+        })
+        .collect();
+    seen.sort();
+    let mut want: Vec<(String, String, u64)> = (0..rounds)
+        .flat_map(|i| [(format!("f_{i}"), format!("gen_{i}.py"), 2), ("g".to_owned(), "same.py".to_owned(), i + 2)])
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "{ctx}");
+}
+
+#[test]
 fn threads_keep_their_own_python_stacks() {
     let o = lines_run("python3", "threads").go();
     let (r, ctx) = (&o.report, o.context());

@@ -123,12 +123,12 @@ impl Near {
     }
 }
 
-/// Previous walks kept; one more slot receives the walk under way. One, measured: keeping
-/// three found more matches where a loop alternates between call paths (ctypes: 4 lookups a
-/// capture down to 1) but cost more on every capture than that saved (the walk's state is
-/// compared against each, and the records take twice the cache).
-pub(crate) const PREV: usize = 1;
-const SLOTS: usize = PREV + 1;
+/// The previous walk is kept, and one more slot receives the walk under way. One, measured:
+/// keeping three found more matches where a loop alternates between call paths (ctypes: 4
+/// lookups a capture down to 1) but cost more on every capture than that saved (the walk's
+/// state is compared against each, and the records take twice the cache); so did keeping one
+/// per class of starting stack pointer.
+const SLOTS: usize = 2;
 
 /// What a thread keeps between captures. On the heap, not in TLS: about 9 KiB, which in the
 /// static TLS block of a preloaded library would come out of every thread's stack (a thread
@@ -138,7 +138,7 @@ const SLOTS: usize = PREV + 1;
 pub(crate) struct Memo {
     near: Near,
     walks: [Walk; SLOTS],
-    /// Which of `walks` is the newest complete walk; the next walk overwrites the oldest.
+    /// Which of `walks` is the newest complete walk; the next walk overwrites the other.
     last: usize,
 }
 
@@ -167,9 +167,8 @@ thread_local! {
     };
 }
 
-/// What a walk with a memo gets: the rule cache, the previous walks (newest first) and room
-/// for its own record.
-pub(crate) type Parts<'a> = (&'a mut Near, [&'a Walk; PREV], &'a mut Walk);
+/// What a walk with a memo gets: the rule cache, the previous walk and room for its own record.
+pub(crate) type Parts<'a> = (&'a mut Near, &'a Walk, &'a mut Walk);
 
 /// Runs a walk with this thread's stack range and memo; a successful walk (`Some`) becomes the
 /// newest. `None` without calling `walk` (the caller falls back to libgcc) if re-entered (a
@@ -201,16 +200,12 @@ pub(crate) fn with(walk: impl FnOnce((usize, usize), Parts<'_>) -> Option<usize>
             // only by thread_exit, which clears the pointer first), and `busy` makes this the
             // only borrow of it.
             let Memo { near, walks, last } = unsafe { &mut *m };
-            let newest = *last;
-            let slot = |age: usize| (newest + SLOTS - age) % SLOTS;
-            let base = walks.as_mut_ptr();
-            // SAFETY: distinct indices (ages 0..SLOTS) into `walks`, borrowed for this call
-            // only: the one `&mut` aliases none of the shared borrows.
-            let (prev, next) =
-                unsafe { (std::array::from_fn(|age| &*base.add(slot(age))), &mut *base.add(slot(PREV))) };
+            let newest = *last & 1;
+            let [a, b] = walks;
+            let (prev, next) = if newest == 0 { (&*a, b) } else { (&*b, a) };
             let r = walk(bounds, (near, prev, next));
             if r.is_some() {
-                *last = slot(PREV);
+                *last = newest ^ 1;
             }
             r
         };

@@ -1,6 +1,6 @@
 //! x86-64: starting registers, the compact rule, and the walk.
 
-use crate::memo::{Parts, Step, Walk, CAP, CFA_FROM_RBP, PREV};
+use crate::memo::{Parts, Step, Walk, CAP, CFA_FROM_RBP};
 use crate::{cache, eh};
 use gimli::{CfaRule, RegisterRule, X86_64};
 use std::sync::atomic::Ordering;
@@ -173,9 +173,11 @@ fn read(addr: u64, lo: u64, hi: u64) -> Option<u64> {
 /// addresses. `None` means "hand the whole capture to libgcc": a rule could not be made
 /// compact, or this is not the thread's stack we know (a signal alternate stack, a fiber).
 ///
-/// `prev` are this thread's previous walks, `next` receives this one (module `memo`): while the
-/// state equals a state of one of them, the step is replayed from it without a rule lookup.
-/// Other lookups go through the thread's `near` cache first.
+/// `prev` is this thread's previous walk, `next` receives this one (module `memo`). While the
+/// walk is in a state `prev` passed through, `prev`'s next steps are taken as they are for as
+/// long as the stack words they read still hold what they held ([`replay`]); elsewhere each
+/// step looks its rule up, through the thread's `near` cache first. This runs on every
+/// allocation: the loops are kept to few instructions a frame.
 #[inline(always)]
 pub(crate) fn walk(
     out: &mut [u64],
@@ -195,48 +197,63 @@ pub(crate) fn walk(
     let mut key = regs.pc + 1;
     let generation = cache::generation();
     // Rules may have changed since (dlclose): then nothing of an older walk is replayed.
-    let usable = prev.map(|p| if p.generation == generation { p.len } else { 0 });
+    let usable = if prev.generation == generation { prev.len.min(CAP) } else { 0 };
+    let steps = &prev.steps[..usable];
     next.generation = generation;
     // Step 0: the starting state.
     next.steps[0] = Step { cfa: sp, ra: key, fp, slot: 0 };
-    // `at[k]`: the step of `prev[k]` to compare with next; `sync`: the walk whose state before
-    // step `at[k]` equals ours, so that step's CFA and rbp slot are ours too.
-    let mut at = [0usize; PREV];
-    let mut sync = find(&prev, &usable, &mut at, sp, key, fp);
+    // `at`: the step of `prev` to compare with next; `synced`: the state before step `at`
+    // equals ours, so that step's CFA and rbp slot are ours too.
+    let mut at = 0;
+    let mut synced = seek(prev, steps, &mut at, sp, key, fp);
     let mut ended = false;
     let mut n = 0;
     while n < out.len() {
         let (cfa, fp_slot, from_rbp);
-        match sync {
-            Some(k) if at[k] < usable[k] => {
-                let s = &prev[k].steps[at[k]];
-                (cfa, fp_slot, from_rbp) = (s.cfa, s.fp_slot(), s.slot & CFA_FROM_RBP);
-            }
-            Some(k) if prev[k].ended => {
-                // In the state the previous walk ended in: same key, same END rule.
-                ended = true;
-                break;
-            }
-            _ => {
-                sync = None;
-                let rule = near.rule(key, generation, rule_for)?;
-                match rule & KIND_MASK {
-                    KIND_NORMAL => {}
-                    KIND_END => {
-                        ended = true;
-                        break;
-                    }
-                    _ => return None,
+        if synced {
+            let m = replay(&steps[at..], lo, &mut out[n..], &mut next.steps, n, &mut fp);
+            if m > 0 {
+                (sp, key) = (steps[at + m - 1].cfa, steps[at + m - 1].ra);
+                at += m;
+                n += m;
+                if n == out.len() {
+                    break;
                 }
-                from_rbp = if rule & CFA_RBP != 0 { CFA_FROM_RBP } else { 0 };
-                let base = if from_rbp != 0 { fp } else { sp };
-                cfa = base.wrapping_add(rule as u32 as i32 as i64 as u64);
-                fp_slot = if rule & RBP_SAVED != 0 {
-                    cfa.wrapping_add((rule >> RBP_SHIFT) as u16 as i16 as i64 as u64)
-                } else {
-                    0
-                };
             }
+            if at == usable {
+                if prev.ended && usable == prev.len {
+                    // In the state the previous walk ended in: same key, same END rule.
+                    ended = true;
+                    break;
+                }
+                // The previous walk went no further (its record is full, or it stopped
+                // reading): look the rest up.
+                synced = false;
+                continue;
+            }
+            // Step `at` read a word that changed. Its CFA and rbp slot are still ours (the state
+            // before it is); what it reads there is not, and from here on the walk is its own.
+            let s = &steps[at];
+            (cfa, fp_slot, from_rbp) = (s.cfa, s.fp_slot(), s.slot & CFA_FROM_RBP);
+            at += 1;
+        } else {
+            let rule = near.rule(key, generation, rule_for)?;
+            match rule & KIND_MASK {
+                KIND_NORMAL => {}
+                KIND_END => {
+                    ended = true;
+                    break;
+                }
+                _ => return None,
+            }
+            from_rbp = if rule & CFA_RBP != 0 { CFA_FROM_RBP } else { 0 };
+            let base = if from_rbp != 0 { fp } else { sp };
+            cfa = base.wrapping_add(rule as u32 as i32 as i64 as u64);
+            fp_slot = if rule & RBP_SAVED != 0 {
+                cfa.wrapping_add((rule >> RBP_SHIFT) as u16 as i16 as i64 as u64)
+            } else {
+                0
+            };
         }
         // Leaving the stack (or a corrupt frame) ends the walk: frames past it are unreadable.
         let Some(ra) = read(cfa.wrapping_sub(8), lo, hi) else { break };
@@ -247,14 +264,6 @@ pub(crate) fn walk(
             let Some(v) = read(fp_slot, lo, hi) else { break };
             fp = v;
         }
-        if let Some(k) = sync {
-            if !prev[k].matches(at[k], cfa, ra, fp) {
-                sync = None;
-            }
-            at[k] += 1;
-        } else {
-            sync = find(&prev, &usable, &mut at, cfa, ra, fp);
-        }
         out[n] = ra;
         n += 1;
         if n < CAP {
@@ -262,35 +271,66 @@ pub(crate) fn walk(
         }
         sp = cfa;
         key = ra;
+        synced = seek(prev, steps, &mut at, cfa, ra, fp);
     }
     next.len = (n + 1).min(CAP);
     next.ended = ended && n < CAP;
     Some(n)
 }
 
-/// Looks for the state (`cfa`, `ra`, `fp`), after a step or the starting one, in the previous
-/// walks: the walk it is found in, with its cursor moved past the matching step. CFAs grow
-/// outwards, so cursors that only move out find it in one pass over each walk.
+/// Takes the leading `steps` (of this thread's previous walk, whose state before the first of
+/// them equals the current one) whose stack words still hold what that walk read there: the
+/// return address at CFA-8, and rbp's slot where the step reloads it, each at or above `lo`
+/// (this capture's stack pointer: a plain walk reads nothing below it). Equal state and equal
+/// words make an equal step, so each is this walk's step too: its return address goes to
+/// `out`, the step to `record[n + 1..]` (as far as it reaches), and rbp, once reloaded, to
+/// `fp` (before that it may differ from the old walk's only where no step uses it, and keeps
+/// its actual value). Returns how many were taken; the first step whose words differ is left
+/// to the caller.
 #[inline(always)]
-fn find(
-    prev: &[&Walk; PREV],
-    usable: &[usize; PREV],
-    at: &mut [usize; PREV],
-    cfa: u64,
-    ra: u64,
-    fp: u64,
-) -> Option<usize> {
-    for k in 0..PREV {
-        let w = prev[k];
-        while at[k] < usable[k] && w.steps[at[k]].cfa < cfa {
-            at[k] += 1;
+fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step; CAP], n: usize, fp: &mut u64) -> usize {
+    let take = steps.len().min(out.len());
+    let mut i = 0;
+    while i < take {
+        let s = steps[i];
+        let ra_at = s.cfa.wrapping_sub(8);
+        let slot = s.fp_slot();
+        // A step that leaves rbp alone checks its return address twice, which keeps the loop
+        // free of a branch on it.
+        let (at2, want2) = if slot != 0 { (slot, s.fp) } else { (ra_at, s.ra) };
+        // SAFETY: the old walk read these very words: aligned, inside this thread's stack,
+        // which stays mapped while the thread runs (a walk never reads outside the thread's
+        // own stack: `walk` bails out on any other). Below `lo` they are stale, and rejected.
+        let (v1, v2) =
+            unsafe { (std::ptr::read_volatile(ra_at as *const u64), std::ptr::read_volatile(at2 as *const u64)) };
+        if (v1 ^ s.ra) | (v2 ^ want2) | u64::from(ra_at < lo) | u64::from(at2 < lo) != 0 {
+            break;
         }
-        if at[k] < usable[k] && w.matches(at[k], cfa, ra, fp) {
-            at[k] += 1;
-            return Some(k);
+        if slot != 0 {
+            *fp = v2;
         }
+        out[i] = s.ra;
+        if let Some(r) = record.get_mut(n + 1 + i) {
+            *r = Step { fp: *fp, ..s };
+        }
+        i += 1;
     }
-    None
+    i
+}
+
+/// Whether the state (`cfa`, `ra`, `fp`), after a step or the starting one, is one the previous
+/// walk passed through; `at` moves past that step if so. CFAs grow outwards, so a cursor that
+/// only moves out finds it in one pass over the walk.
+#[inline(always)]
+fn seek(w: &Walk, steps: &[Step], at: &mut usize, cfa: u64, ra: u64, fp: u64) -> bool {
+    while *at < steps.len() && steps[*at].cfa < cfa {
+        *at += 1;
+    }
+    if *at < steps.len() && w.matches(*at, cfa, ra, fp) {
+        *at += 1;
+        return true;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -328,7 +368,7 @@ mod tests {
         stack[16] = 0x2222;
         let bounds = (base as usize, (base + 8 * 64) as usize);
         let mut near = Near::new();
-        let walk_from = |fp: u64, near: &mut Near, prev: [&Walk; PREV], next: &mut Walk| {
+        let walk_from = |fp: u64, near: &mut Near, prev: &Walk, next: &mut Walk| {
             let mut out = [0u64; 8];
             let regs = Regs { pc: k0 - 1, sp: at(0), fp };
             let n = walk(&mut out, regs, bounds, (near, prev, next)).expect("all rules are compact");
@@ -336,16 +376,13 @@ mod tests {
         };
         let empty = EMPTY_WALK;
         let mut first = EMPTY_WALK;
-        assert_eq!(walk_from(at(8), &mut near, [&empty; PREV], &mut first), [k1, k2]);
+        assert_eq!(walk_from(at(8), &mut near, &empty, &mut first), [k1, k2]);
         // Same pc, sp and return address after frame 0; rbp differs, and k1's rule uses it.
         let mut second = EMPTY_WALK;
-        fn prevs<'a>(w: &'a Walk, empty: &'a Walk) -> [&'a Walk; PREV] {
-            std::array::from_fn(|i| if i == 0 { w } else { empty })
-        }
-        assert_eq!(walk_from(at(16), &mut near, prevs(&first, &empty), &mut second), [k1, k3]);
+        assert_eq!(walk_from(at(16), &mut near, &first, &mut second), [k1, k3]);
         // And back: the first walk's state again is replayed to the same result.
         let mut third = EMPTY_WALK;
-        assert_eq!(walk_from(at(8), &mut near, prevs(&second, &empty), &mut third), [k1, k2]);
+        assert_eq!(walk_from(at(8), &mut near, &second, &mut third), [k1, k2]);
     }
 
     #[test]
