@@ -6,28 +6,39 @@
 //! everything that makes them unique (generation included), so an entry is never stale, only
 //! evicted.
 
-/// A direct-mapped table of `N` (key, value) pairs; key 0 is empty (callers' keys are never 0).
+/// A table of `N` (key, value) pairs, in sets of two: a key lives in one set, at either place;
+/// key 0 is empty (callers' keys are never 0). Two ways rather than one: with one, two keys of
+/// a loop that land on the same entry would evict each other on every turn.
 pub struct Near<const N: usize> {
     entries: [(u64, u32); N],
 }
 
 impl<const N: usize> Near<N> {
+    /// The first place of `key`'s set; the other is the next one.
     #[inline(always)]
     fn index(key: u64) -> usize {
-        const { assert!(N.is_power_of_two()) };
-        // The keys are already hashes: their low bits are as good as any.
-        key as usize & (N - 1)
+        const { assert!(N.is_power_of_two() && N >= 2) };
+        // The keys are already hashes (with the lowest bit set): any other bits are as good.
+        (key >> 1) as usize & (N - 2)
     }
 
     #[inline(always)]
     pub fn get(&self, key: u64) -> Option<u32> {
-        let e = self.entries[Self::index(key)];
-        (e.0 == key).then_some(e.1)
+        let i = Self::index(key);
+        let (a, b) = (self.entries[i], self.entries[i + 1]);
+        if a.0 == key {
+            Some(a.1)
+        } else {
+            (b.0 == key).then_some(b.1)
+        }
     }
 
+    /// Puts `key` first in its set; what was first moves second, and what was second goes.
     #[inline(always)]
     pub fn put(&mut self, key: u64, value: u32) {
-        self.entries[Self::index(key)] = (key, value);
+        let i = Self::index(key);
+        self.entries[i + 1] = self.entries[i];
+        self.entries[i] = (key, value);
     }
 }
 

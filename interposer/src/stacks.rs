@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use residue_protocol::{Api, Encoder, Kind, MAX_FRAMES, MAX_SMALL_RECORD};
+pub use residue_unwind::Entry;
 
 use crate::python;
 use crate::state::Thread;
@@ -29,23 +30,23 @@ const MAX_PROBES: usize = 64;
 const OWN_FRAMES: usize = 16;
 
 /// A hash and its id, side by side: one cache line per lookup.
-struct Entry {
+struct Interned {
     key: AtomicU64,
     id: AtomicU32,
 }
 
-impl Entry {
-    const fn empty() -> Entry {
-        Entry { key: AtomicU64::new(0), id: AtomicU32::new(0) }
+impl Interned {
+    const fn empty() -> Interned {
+        Interned { key: AtomicU64::new(0), id: AtomicU32::new(0) }
     }
 }
 
-static L0: [Entry; 1 << 12] = [const { Entry::empty() }; 1 << 12];
-static L1: [Entry; 1 << 14] = [const { Entry::empty() }; 1 << 14];
-static L2: [Entry; 1 << 16] = [const { Entry::empty() }; 1 << 16];
-static L3: [Entry; 1 << 18] = [const { Entry::empty() }; 1 << 18];
-static L4: [Entry; 1 << 20] = [const { Entry::empty() }; 1 << 20];
-static LEVELS: [&[Entry]; 5] = [&L0, &L1, &L2, &L3, &L4];
+static L0: [Interned; 1 << 12] = [const { Interned::empty() }; 1 << 12];
+static L1: [Interned; 1 << 14] = [const { Interned::empty() }; 1 << 14];
+static L2: [Interned; 1 << 16] = [const { Interned::empty() }; 1 << 16];
+static L3: [Interned; 1 << 18] = [const { Interned::empty() }; 1 << 18];
+static L4: [Interned; 1 << 20] = [const { Interned::empty() }; 1 << 20];
+static LEVELS: [&[Interned]; 5] = [&L0, &L1, &L2, &L3, &L4];
 /// Entries inserted into each level.
 static FILLED: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
 /// The level new stacks go to.
@@ -78,10 +79,14 @@ pub fn module_unloaded() {
     residue_unwind::invalidate();
 }
 
-/// The seam: return addresses of the current thread, innermost first.
+/// The seam: return addresses of the current thread, innermost first; from the caller of the
+/// hook entered at `entry` where the hook says where that was.
 #[inline(always)]
-fn capture(out: &mut [u64]) -> usize {
-    residue_unwind::capture(out)
+fn capture(out: &mut [u64], entry: Option<Entry>) -> usize {
+    match entry {
+        Some(e) => residue_unwind::capture_from(out, e),
+        None => residue_unwind::capture(out),
+    }
 }
 
 /// A 64-bit hash of a stack. Four independent multiply lanes, so that the work per frame is
@@ -160,7 +165,7 @@ enum Probe {
 
 /// Looks `h` up in one level, inserting it (with a new id) if `insert` and a free entry comes
 /// first.
-fn probe(level: &[Entry], h: u64, insert: bool) -> Probe {
+fn probe(level: &[Interned], h: u64, insert: bool) -> Probe {
     let mask = level.len() - 1;
     let mut i = (h as usize ^ (h >> 32) as usize) & mask;
     for _ in 0..MAX_PROBES {
@@ -198,13 +203,20 @@ fn probe(level: &[Entry], h: u64, insert: bool) -> Probe {
 /// Records that `kind` resource `id` was acquired: captures and interns the stack, then encodes
 /// the stack (if new) and the acquisition into this thread's batch. Returns the stack's id, for
 /// further acquisitions made by the same call ([`acquired_with`]).
-#[inline(never)]
+#[inline]
 pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
+    acquired_at(t, None, seq, kind, api, id, size)
+}
+
+/// As [`acquired`], for a hook that knows where it was entered (its stack pointer and rbp at
+/// its first instruction): the stack is walked from its caller on, without the hook's frames.
+#[inline(never)]
+pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
     const _: () = assert!(OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES < crate::state::FRAME_BUF);
     // SAFETY: recording runs under the thread's guard, and this is its only use of the buffer.
     let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
-    let n = capture(&mut buf[..depth + OWN_FRAMES]);
+    let n = capture(&mut buf[..depth + OWN_FRAMES], entry);
     let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
     let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
     let native_end = n.min(skip + depth);

@@ -81,7 +81,7 @@ pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = x86_64::Regs::here();
-        match memo::with(|bounds, memo| x86_64::walk(out, regs, bounds, memo)) {
+        match memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)) {
             Some(n) => n,
             None => {
                 // Skip libgcc::walk's own frame and ours (capture is never inlined, and this call
@@ -94,6 +94,42 @@ pub fn capture(out: &mut [u64]) -> usize {
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
+        let n = libgcc::walk(out, 2);
+        FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        std::hint::black_box(n)
+    }
+}
+
+/// Where a hooked function was entered, as its first instructions see it: the stack pointer,
+/// which points at its return address, and the frame pointer register (its caller's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub sp: u64,
+    pub fp: u64,
+}
+
+/// Like [`capture`], from the caller of the function entered at `entry` (which must still be
+/// running, with everything it pushed since above `entry.sp` left alone): `out[0]` is that
+/// function's return address. The frames between here and that function are not walked at
+/// all. Where the fast walk cannot go, libgcc walks the whole stack instead, from this
+/// function's caller on: the caller's own frames then come first, to be skipped as after
+/// [`capture`].
+#[inline(never)]
+pub fn capture_from(out: &mut [u64], entry: Entry) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        match memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)) {
+            Some(n) => n,
+            None => {
+                let n = libgcc::walk(out, 2);
+                FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                std::hint::black_box(n)
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = entry;
         let n = libgcc::walk(out, 2);
         FALLBACKS.fetch_add(1, Ordering::Relaxed);
         std::hint::black_box(n)

@@ -92,7 +92,7 @@ impl Walk {
 /// loop keeps meeting, small enough to stay in L1.
 const NEAR: usize = 256;
 
-/// A direct-mapped cache of rules in front of the global table (module `cache`): the global
+/// A small two-way cache of rules in front of the global table (module `cache`): the global
 /// table is a megabyte of hashed slots, so each of its lookups is likely a cache miss; a
 /// thread's hot return addresses are a few hundred. Tagged with the generation like a `Walk`.
 pub(crate) struct Near {
@@ -113,12 +113,19 @@ impl Near {
             self.entries = [(0, 0); NEAR];
             self.generation = generation;
         }
-        let e = &mut self.entries[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - NEAR.trailing_zeros())) as usize];
-        if e.0 == key {
-            return Some(e.1);
+        // Sets of two entries: with one, two return addresses of a loop that land on the same
+        // entry would evict each other on every turn. A hit in the second place stays there.
+        let i = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - NEAR.trailing_zeros())) as usize & !1;
+        let (a, b) = (self.entries[i], self.entries[i + 1]);
+        if a.0 == key {
+            return Some(a.1);
+        }
+        if b.0 == key {
+            return Some(b.1);
         }
         let rule = slow(key)?;
-        *e = (key, rule);
+        self.entries[i + 1] = a;
+        self.entries[i] = (key, rule);
         Some(rule)
     }
 }

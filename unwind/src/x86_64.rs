@@ -5,6 +5,14 @@ use crate::{cache, eh};
 use gimli::{CfaRule, RegisterRule, X86_64};
 use std::sync::atomic::Ordering;
 
+/// Where a walk starts: registers read inside [`crate::capture`], or a hooked function's entry
+/// ([`crate::capture_from`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Start {
+    Here(Regs),
+    Entry(crate::Entry),
+}
+
 /// Registers at a point inside [`crate::capture`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Regs {
@@ -181,33 +189,51 @@ fn read(addr: u64, lo: u64, hi: u64) -> Option<u64> {
 #[inline(always)]
 pub(crate) fn walk(
     out: &mut [u64],
-    regs: Regs,
+    start: Start,
     (lo, hi): (usize, usize),
     (near, prev, next): Parts<'_>,
 ) -> Option<usize> {
     let (lo, hi) = (lo as u64, hi as u64);
-    if regs.sp < lo || regs.sp >= hi {
+    let (entry_sp, fp) = match start {
+        Start::Here(regs) => (regs.sp, regs.fp),
+        Start::Entry(e) => (e.sp, e.fp),
+    };
+    if entry_sp < lo || entry_sp >= hi.wrapping_sub(8) || entry_sp & 7 != 0 || out.is_empty() {
         return None;
     }
-    // Nothing legitimate lies below our own stack pointer: bound reads from there up.
-    let lo = regs.sp;
-    let (mut sp, mut fp) = (regs.sp, regs.fp);
-    // Frame 0's pc is not a return address; key it as pc + 1 so the uniform "rule at key - 1"
-    // lookup lands on the pc itself.
-    let mut key = regs.pc + 1;
+    // Nothing legitimate lies below the starting stack pointer: bound reads from there up.
+    let lo = entry_sp;
+    let mut fp = fp;
+    let (mut sp, mut key, mut n) = match start {
+        // Frame 0's pc is not a return address; key it as pc + 1 so the uniform "rule at
+        // key - 1" lookup lands on the pc itself.
+        Start::Here(regs) => (regs.sp, regs.pc + 1, 0),
+        // At a function's first instruction the return address is at the stack pointer and
+        // the caller's stack pointer is just above it: the state after that function's frame,
+        // whose return address is the first one reported.
+        Start::Entry(e) => {
+            let ra = read(e.sp, lo, hi)?;
+            if ra == 0 {
+                return Some(0);
+            }
+            out[0] = ra;
+            (e.sp + 8, ra, 1)
+        }
+    };
     let generation = cache::generation();
     // Rules may have changed since (dlclose): then nothing of an older walk is replayed.
     let usable = if prev.generation == generation { prev.len.min(CAP) } else { 0 };
     let steps = &prev.steps[..usable];
     next.generation = generation;
-    // Step 0: the starting state.
-    next.steps[0] = Step { cfa: sp, ra: key, fp, slot: 0 };
+    // The starting state is step `n` (step 0 of an entry walk is never matched: no return
+    // address is 0).
+    next.steps[0] = Step { cfa: entry_sp, ra: 0, fp, slot: 0 };
+    next.steps[n] = Step { cfa: sp, ra: key, fp, slot: 0 };
     // `at`: the step of `prev` to compare with next; `synced`: the state before step `at`
     // equals ours, so that step's CFA and rbp slot are ours too.
     let mut at = 0;
     let mut synced = seek(prev, steps, &mut at, sp, key, fp);
     let mut ended = false;
-    let mut n = 0;
     while n < out.len() {
         let (cfa, fp_slot, from_rbp);
         if synced {
@@ -371,7 +397,7 @@ mod tests {
         let walk_from = |fp: u64, near: &mut Near, prev: &Walk, next: &mut Walk| {
             let mut out = [0u64; 8];
             let regs = Regs { pc: k0 - 1, sp: at(0), fp };
-            let n = walk(&mut out, regs, bounds, (near, prev, next)).expect("all rules are compact");
+            let n = walk(&mut out, Start::Here(regs), bounds, (near, prev, next)).expect("all rules are compact");
             out[..n].to_vec()
         };
         let empty = EMPTY_WALK;

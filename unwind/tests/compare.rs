@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use residue_unwind::{capture, capture_libgcc, invalidate, stats};
+use residue_unwind::{capture, capture_from, capture_libgcc, invalidate, stats, Entry};
 use std::ffi::{c_int, c_void};
 use std::hint::black_box;
 
@@ -333,4 +333,55 @@ fn check_detects_a_wrong_stack() {
     changed.ours[5] ^= 0x10;
     assert!(check(&changed).is_err());
     black_box(());
+}
+
+/// The shape of an interposer hook that starts its walk at its own entry: a naked entry that
+/// hands its stack pointer and rbp to the body in the next argument registers and jumps there,
+/// so the body returns straight to the caller.
+#[unsafe(naked)]
+extern "C" fn hooked(out: *mut Pair) {
+    core::arch::naked_asm!("mov rsi, rsp", "mov rdx, rbp", "jmp {body}", body = sym hooked_body)
+}
+
+extern "C" fn hooked_body(out: *mut Pair, sp: u64, fp: u64) {
+    let mut a = [0u64; MAX];
+    let na = capture_from(&mut a, Entry { sp, fp });
+    let mut b = [0u64; MAX];
+    let nb = capture_libgcc(&mut b);
+    // libgcc's first frame is the call in here; the next is `hooked`'s return address.
+    let p = Pair { ours: a[..na].to_vec(), reference: b[1.min(nb)..nb].to_vec() };
+    // SAFETY: `out` is the caller's live Pair.
+    unsafe { *out = p };
+}
+
+/// Calls `hooked` and compares: the walk from the entry must be libgcc's walk past the body.
+#[inline(never)]
+fn entry_pair(site: bool) -> Pair {
+    let mut p = Pair { ours: Vec::new(), reference: Vec::new() };
+    // Two call sites: alternating between them replays part of the previous walk only.
+    if site {
+        hooked(&mut p);
+    } else {
+        hooked(black_box(&mut p));
+    }
+    black_box(p)
+}
+
+#[test]
+fn walks_from_a_hooks_entry_skip_the_hook_and_match_libgcc() {
+    for depth in [0, 3, 40] {
+        for rep in 0..REPS {
+            let check = |site| {
+                let p = entry_pair(site);
+                assert!(!p.ours.is_empty(), "depth {depth}: empty walk");
+                assert_eq!(
+                    p.ours, p.reference,
+                    "depth {depth}, rep {rep}: walk from the entry != libgcc past the body"
+                );
+            };
+            rust_recurse(depth, &mut || check(rep % 2 == 0));
+            through_c(o2_recurse, depth as c_int, || check(rep % 3 == 0));
+            through_c(o0_recurse, depth as c_int, || check(true));
+        }
+    }
 }

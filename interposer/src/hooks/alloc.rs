@@ -12,20 +12,62 @@ use residue_protocol::{Api, Kind};
 use crate::ffi::{
     __libc_calloc, __libc_free, __libc_malloc, __libc_memalign, __libc_pvalloc, __libc_realloc, __libc_valloc,
 };
+use crate::seq;
+use crate::stacks::{self, Entry};
 use crate::state::{self, next_seq, Guard};
-use crate::{seq, stacks};
 
 /// Records an acquisition; an internal panic turns the interposer passive instead of reaching C.
 #[inline(always)]
 fn acquired(g: &Guard, api: Api, p: *mut c_void, size: usize) {
+    acquired_at(g, None, api, p, size);
+}
+
+/// As [`acquired`], for a hook entered through [`entered!`]: its stack is walked from the caller.
+#[inline(always)]
+fn acquired_at(g: &Guard, entry: Option<Entry>, api: Api, p: *mut c_void, size: usize) {
     if p.is_null() {
         return;
     }
     let t = g.thread();
     let seq = seq::next_for(t);
-    if catch_unwind(AssertUnwindSafe(|| stacks::acquired(t, seq, Kind::HEAP, api, p as u64, size as u64))).is_err() {
+    let record = || stacks::acquired_at(t, entry, seq, Kind::HEAP, api, p as u64, size as u64);
+    if catch_unwind(AssertUnwindSafe(record)).is_err() {
         state::go_passive();
     }
+}
+
+/// The busiest hooks are entered through a naked stub: it passes the stack pointer and rbp as
+/// they are at the hook's first instruction (the stack pointer at the return address) in the
+/// next free argument registers, and jumps to the hook proper, which then returns straight to
+/// the caller. Knowing its entry, the hook's stack walk starts at its caller: the frames of the
+/// hook, the recording code and the unwinder are never walked.
+macro_rules! entered {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $body:ident, $sp:literal, $fp:literal) => {
+        $(#[$doc])*
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            core::arch::naked_asm!(concat!("mov ", $sp, ", rsp"), concat!("mov ", $fp, ", rbp"), "jmp {body}", body = sym $body)
+        }
+    };
+}
+
+entered! {
+    /// # Safety
+    /// As C's malloc.
+    malloc(size: usize) -> *mut c_void => malloc_entered, "rsi", "rdx"
+}
+
+entered! {
+    /// # Safety
+    /// As C's calloc.
+    calloc(n: usize, size: usize) -> *mut c_void => calloc_entered, "rdx", "rcx"
+}
+
+entered! {
+    /// # Safety
+    /// As C's realloc.
+    realloc(p: *mut c_void, size: usize) -> *mut c_void => realloc_entered, "rdx", "rcx"
 }
 
 #[inline(always)]
@@ -37,26 +79,28 @@ fn released(g: &Guard, api: Api, p: *mut c_void) {
     }
 }
 
+/// malloc proper, entered from its stub with the stub's stack pointer and rbp.
+///
 /// # Safety
-/// As C's malloc.
-#[no_mangle]
-pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+/// As C's malloc; `sp` and `fp` as the stub passes them.
+unsafe extern "C" fn malloc_entered(size: usize, sp: u64, fp: u64) -> *mut c_void {
     // SAFETY: forwarding the caller's arguments to glibc's implementation.
     let p = unsafe { __libc_malloc(size) };
     if let Some(g) = Guard::enter() {
-        acquired(&g, Api::MALLOC, p, size);
+        acquired_at(&g, Some(Entry { sp, fp }), Api::MALLOC, p, size);
     }
     p
 }
 
+/// calloc proper (see [`malloc_entered`]).
+///
 /// # Safety
-/// As C's calloc.
-#[no_mangle]
-pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+/// As C's calloc; `sp` and `fp` as the stub passes them.
+unsafe extern "C" fn calloc_entered(n: usize, size: usize, sp: u64, fp: u64) -> *mut c_void {
     // SAFETY: forwarding the caller's arguments to glibc's implementation.
     let p = unsafe { __libc_calloc(n, size) };
     if let Some(g) = Guard::enter() {
-        acquired(&g, Api::CALLOC, p, n.wrapping_mul(size));
+        acquired_at(&g, Some(Entry { sp, fp }), Api::CALLOC, p, n.wrapping_mul(size));
     }
     p
 }
@@ -66,7 +110,7 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `p` is null or a live block from this allocator.
-unsafe fn resize(api: Api, p: *mut c_void, size: usize) -> *mut c_void {
+unsafe fn resize(api: Api, entry: Option<Entry>, p: *mut c_void, size: usize) -> *mut c_void {
     let Some(g) = Guard::enter() else {
         // SAFETY: forwarding the caller's arguments to glibc's implementation.
         return unsafe { __libc_realloc(p, size) };
@@ -74,7 +118,7 @@ unsafe fn resize(api: Api, p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
         // SAFETY: as above.
         let q = unsafe { __libc_realloc(p, size) };
-        acquired(&g, api, q, size);
+        acquired_at(&g, entry, api, q, size);
         return q;
     }
     let release_seq = next_seq();
@@ -89,16 +133,17 @@ unsafe fn resize(api: Api, p: *mut c_void, size: usize) -> *mut c_void {
         state::go_passive();
     }
     // realloc(p, 0) frees p and returns NULL in glibc; otherwise q is the new block.
-    acquired(&g, api, q, size);
+    acquired_at(&g, entry, api, q, size);
     q
 }
 
+/// realloc proper (see [`malloc_entered`]).
+///
 /// # Safety
-/// As C's realloc.
-#[no_mangle]
-pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+/// As C's realloc; `sp` and `fp` as the stub passes them.
+unsafe extern "C" fn realloc_entered(p: *mut c_void, size: usize, sp: u64, fp: u64) -> *mut c_void {
     // SAFETY: the caller's contract is realloc's.
-    unsafe { resize(Api::REALLOC, p, size) }
+    unsafe { resize(Api::REALLOC, Some(Entry { sp, fp }), p, size) }
 }
 
 /// # Safety
@@ -112,7 +157,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
         return std::ptr::null_mut();
     };
     // SAFETY: the caller's contract is reallocarray's.
-    unsafe { resize(Api::REALLOCARRAY, p, total) }
+    unsafe { resize(Api::REALLOCARRAY, None, p, total) }
 }
 
 /// # Safety
