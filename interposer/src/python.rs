@@ -246,6 +246,34 @@ fn word(addr: u64, checked: bool) -> Option<u64> {
     (n == 8).then_some(v)
 }
 
+/// A word at `base + off`, where `base` is an object of this thread's frame chain that passed
+/// [`plausible`]: with `CHECKED`, read as [`word`] reads; without, read directly, the layout
+/// having proven itself (a walk then costs a few loads a frame, not a test per load).
+#[inline(always)]
+fn field<const CHECKED: bool>(base: u64, off: usize) -> Option<u64> {
+    if CHECKED {
+        return word(base + off as u64, true);
+    }
+    // SAFETY: `base` is a live object of this thread's frame chain (a frame, its code object,
+    // the code's name; non-null and aligned, checked by the caller), and `off` a field inside
+    // it per the validated layout. The thread is inside our hook: the chain cannot change.
+    Some(unsafe { std::ptr::read_unaligned((base + off as u64) as *const u64) })
+}
+
+/// The byte at `base + off` (as [`field`]).
+#[inline(always)]
+fn field_byte<const CHECKED: bool>(base: u64, off: usize) -> Option<u8> {
+    let at = base + off as u64;
+    let w = field::<CHECKED>(at & !7, 0)?;
+    Some((w >> ((at & 7) * 8)) as u8)
+}
+
+/// What a pointer to an object must look like before its fields are read.
+#[inline(always)]
+fn plausible(p: u64) -> bool {
+    (p >= 4096) & p.is_multiple_of(8)
+}
+
 fn byte(addr: u64, checked: bool) -> Option<u8> {
     let w = word(addr & !7, checked)?;
     Some((w >> ((addr & 7) * 8)) as u8)
@@ -320,22 +348,28 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64]) ->
     let limit = out.len().min(MAX_PY_FRAMES);
     let mut n = 0;
     while f != 0 && n < limit {
+        if !plausible(f) {
+            return None;
+        }
         if let Some(owner) = l.frame_owner {
-            if byte(f + owner as u64, checked)? == OWNED_BY_CSTACK {
+            if field_byte::<CHECKED>(f, owner)? == OWNED_BY_CSTACK {
                 // The shim under an evaluation loop's first frame: that frame was the entry.
                 if n > 0 {
                     out[n - 1] |= frame::python(0, 0, true);
                 }
-                f = word(f + l.frame_previous as u64, checked)?;
+                f = field::<CHECKED>(f, l.frame_previous)?;
                 continue;
             }
         }
-        let code = word(f + l.frame_code as u64, checked)?;
-        let instr = word(f + l.frame_prev_instr as u64, checked)?;
+        let code = field::<CHECKED>(f, l.frame_code)?;
+        let instr = field::<CHECKED>(f, l.frame_prev_instr)?;
         let entry = match l.frame_is_entry {
-            Some(off) => byte(f + off as u64, checked)? != 0,
+            Some(off) => field_byte::<CHECKED>(f, off)? != 0,
             None => false,
         };
+        if !plausible(code) {
+            return None;
+        }
         // This thread saw this code object, identified as it is now, at this instruction
         // before: the same frame value. (Not taken before the layout is proven.)
         let ident = identity::<CHECKED>(code)?;
@@ -349,7 +383,7 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64]) ->
         };
         out[n] = if entry { value | frame::python(0, 0, true) } else { value };
         n += 1;
-        f = word(f + l.frame_previous as u64, checked)?;
+        f = field::<CHECKED>(f, l.frame_previous)?;
     }
     Some(n)
 }
@@ -459,14 +493,16 @@ struct Identity {
 /// load.
 #[inline(always)]
 fn identity<const CHECKED: bool>(code: u64) -> Option<Identity> {
-    let checked = CHECKED;
     let l = layout();
-    let filename = word(code + l.code_filename as u64, checked)?;
-    let qualname = word(code + l.code_qualname as u64, checked)?;
-    let name_len = word(qualname + l.ascii_length as u64, checked)?;
+    let filename = field::<CHECKED>(code, l.code_filename)?;
+    let qualname = field::<CHECKED>(code, l.code_qualname)?;
+    if !plausible(qualname) {
+        return None;
+    }
+    let name_len = field::<CHECKED>(qualname, l.ascii_length)?;
     // PyASCIIObject.hash, right after the length in every version read here.
-    let name_hash = word(qualname + l.ascii_length as u64 + 8, checked)?;
-    let first_line = word(code + (l.code_firstlineno as u64 & !7), checked)? >> ((l.code_firstlineno % 8) * 8);
+    let name_hash = field::<CHECKED>(qualname, l.ascii_length + 8)?;
+    let first_line = field::<CHECKED>(code, l.code_firstlineno & !7)? >> ((l.code_firstlineno % 8) * 8);
     let salt = filename
         ^ qualname.rotate_left(17)
         ^ name_hash.rotate_left(7)
