@@ -82,10 +82,10 @@ pub fn module_unloaded() {
 /// The seam: return addresses of the current thread, innermost first; from the caller of the
 /// hook entered at `entry` where the hook says where that was.
 #[inline(always)]
-fn capture(out: &mut [u64], entry: Option<Entry>) -> usize {
+fn capture(t: &Thread, out: &mut [u64], entry: Option<Entry>) -> usize {
     match entry {
-        Some(e) => residue_unwind::capture_from(out, e),
-        None => residue_unwind::capture(out),
+        Some(e) => residue_unwind::capture_from_in(&t.unwind, out, e),
+        None => residue_unwind::capture_in(&t.unwind, out),
     }
 }
 
@@ -216,7 +216,7 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
     // SAFETY: recording runs under the thread's guard, and this is its only use of the buffer.
     let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
-    let n = capture(&mut buf[..depth + OWN_FRAMES], entry);
+    let n = capture(t, &mut buf[..depth + OWN_FRAMES], entry);
     let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
     let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
     let native_end = n.min(skip + depth);

@@ -72,6 +72,9 @@ pub struct Thread {
     /// The thread's exit hook ran: later recordings (destructors that allocate) go without
     /// caches rather than allocate them again.
     retired: Cell<bool>,
+    /// The unwinder's per-thread state, kept here so that a capture needs no TLS lookup of its
+    /// own.
+    pub unwind: residue_unwind::ThreadState,
 }
 
 /// Frames the per-thread scratch buffer holds: our own frames, the deepest native stack, the
@@ -90,6 +93,7 @@ thread_local! {
             frames: UnsafeCell::new([0; FRAME_BUF]),
             near: Cell::new(ptr::null_mut()),
             retired: Cell::new(false),
+            unwind: residue_unwind::ThreadState::new(),
         }
     };
 }
@@ -146,7 +150,7 @@ impl Thread {
             // SAFETY: allocated in `near` with this layout, and no longer reachable.
             unsafe { std::alloc::dealloc(p.cast(), std::alloc::Layout::new::<NearCaches>()) };
         }
-        residue_unwind::thread_exit();
+        residue_unwind::thread_exit_in(&self.unwind);
     }
 
     pub fn tid(&self) -> u32 {

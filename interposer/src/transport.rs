@@ -424,12 +424,19 @@ fn locked_chunk(t: &Thread, slot: &Slot, need: usize) -> Option<*mut Chunk> {
 }
 
 /// This thread's slot, claimed on first use.
+#[inline(always)]
 fn slot_of(t: &Thread) -> Option<&'static Slot> {
     let s = t.slot.get();
     if !s.is_null() {
         // SAFETY: slots live in a static table.
         return Some(unsafe { &*s });
     }
+    claim_slot(t)
+}
+
+#[cold]
+#[inline(never)]
+fn claim_slot(t: &Thread) -> Option<&'static Slot> {
     let tid = t.tid();
     let start = tid as usize % SLOTS;
     let mut chosen = None;

@@ -136,12 +136,77 @@ pub fn capture_from(out: &mut [u64], entry: Entry) -> usize {
     }
 }
 
+/// As [`capture_from`], with the calling thread's own unwinder state kept by the caller
+/// (see [`ThreadState`]).
+#[inline(never)]
+pub fn capture_from_in(state: &ThreadState, out: &mut [u64], entry: Entry) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        match memo::with_state(state, |bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)) {
+            Some(n) => n,
+            None => {
+                let n = libgcc::walk(out, 2);
+                FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                std::hint::black_box(n)
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = entry;
+        let n = libgcc::walk(out, 2);
+        FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        std::hint::black_box(n)
+    }
+}
+
+/// As [`capture`], with the calling thread's own unwinder state kept by the caller (see
+/// [`ThreadState`]).
+#[inline(never)]
+pub fn capture_in(state: &ThreadState, out: &mut [u64]) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let regs = x86_64::Regs::here();
+        match memo::with_state(state, |bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)) {
+            Some(n) => n,
+            None => {
+                let n = libgcc::walk(out, 2);
+                FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                std::hint::black_box(n)
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = state;
+        let n = libgcc::walk(out, 2);
+        FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        std::hint::black_box(n)
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub use memo::thread_exit;
+pub use memo::{thread_exit, thread_exit_in, ThreadState};
 
 /// The calling thread is ending (nothing is kept for it on this architecture).
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 pub fn thread_exit() {}
+
+/// As [`thread_exit`], for a caller-kept state.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub fn thread_exit_in(_: &ThreadState) {}
+
+/// What the unwinder keeps per thread (nothing on this architecture).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[derive(Default)]
+pub struct ThreadState;
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+impl ThreadState {
+    pub const fn new() -> ThreadState {
+        ThreadState
+    }
+}
 
 /// Forget cached unwind rules. The interposer calls this after dlclose: a rule cached for an
 /// address of the unloaded module must not be applied to whatever is mapped there next.

@@ -149,8 +149,10 @@ pub(crate) struct Memo {
     last: usize,
 }
 
-/// The per-thread TLS part: a few words.
-struct ThreadState {
+/// What the unwinder keeps per thread, a few words: in this crate's own TLS for [`crate::capture`],
+/// or in the caller's (the interposer keeps one in its per-thread state, so that a capture
+/// costs no second TLS lookup). Each thread must use its own: the stack range is the thread's.
+pub struct ThreadState {
     /// The thread's stack range (module `stack`).
     lo: Cell<usize>,
     hi: Cell<usize>,
@@ -160,10 +162,9 @@ struct ThreadState {
     retired: Cell<bool>,
 }
 
-thread_local! {
-    // Const-initialized, no Drop: plain TLS, nothing registered, usable until the thread's
-    // last instruction.
-    static THREAD: ThreadState = const {
+impl ThreadState {
+    /// Empty: the range is fetched and the memo allocated on the first capture.
+    pub const fn new() -> ThreadState {
         ThreadState {
             lo: Cell::new(0),
             hi: Cell::new(0),
@@ -171,7 +172,19 @@ thread_local! {
             busy: Cell::new(false),
             retired: Cell::new(false),
         }
-    };
+    }
+}
+
+impl Default for ThreadState {
+    fn default() -> ThreadState {
+        ThreadState::new()
+    }
+}
+
+thread_local! {
+    // Const-initialized, no Drop: plain TLS, nothing registered, usable until the thread's
+    // last instruction.
+    static THREAD: ThreadState = const { ThreadState::new() };
 }
 
 /// What a walk with a memo gets: the rule cache, the previous walk and room for its own record.
@@ -185,7 +198,16 @@ pub(crate) type Parts<'a> = (&'a mut Near, &'a Walk, &'a mut Walk);
 /// of the hot loop.
 #[inline(always)]
 pub(crate) fn with(walk: impl FnOnce((usize, usize), Parts<'_>) -> Option<usize>) -> Option<usize> {
-    THREAD.with(|t| {
+    THREAD.with(|t| with_state(t, walk))
+}
+
+/// As [`with`], with the calling thread's own `t`.
+#[inline(always)]
+pub(crate) fn with_state(
+    t: &ThreadState,
+    walk: impl FnOnce((usize, usize), Parts<'_>) -> Option<usize>,
+) -> Option<usize> {
+    {
         if t.busy.replace(true) {
             return None;
         }
@@ -218,7 +240,7 @@ pub(crate) fn with(walk: impl FnOnce((usize, usize), Parts<'_>) -> Option<usize>
         };
         t.busy.set(false);
         r
-    })
+    }
 }
 
 fn allocate() -> *mut Memo {
@@ -230,7 +252,12 @@ fn allocate() -> *mut Memo {
 /// For the interposer's thread-exit hook; harmless to call twice or on a thread that never
 /// captured.
 pub fn thread_exit() {
-    THREAD.with(|t| {
+    THREAD.with(thread_exit_in);
+}
+
+/// As [`thread_exit`], for the calling thread's own `t`.
+pub fn thread_exit_in(t: &ThreadState) {
+    {
         if t.busy.get() {
             // Called from inside a capture (a signal handler): leave the memo in use alone.
             return;
@@ -241,5 +268,5 @@ pub fn thread_exit() {
             // SAFETY: allocated by `allocate` with the same layout, and no longer reachable.
             unsafe { std::alloc::dealloc(m as *mut u8, std::alloc::Layout::new::<Memo>()) };
         }
-    });
+    }
 }
