@@ -191,17 +191,24 @@ fn run(
     let processes: Vec<_> = std::iter::once((&state.ledger, None))
         .chain(children.iter().map(|c| (&c.ledger, forked_from(c, &state, &children))))
         .collect();
-    report::prepare(&mut sym, &processes);
+    // Without --all the runtime's residue is summarized: its stacks' frames are not needed.
+    let listed = if all { report::Listed::All } else { report::Listed::User };
+    report::prepare(&mut sym, &processes, listed);
     drop(processes);
-    let mut r = report::build_with(&state.ledger, &info, problems, &mut sym, None);
+    let mut r = report::build_with(&state.ledger, &info, problems, &mut sym, None, listed);
     let pythonmalloc = std::env::var_os("PYTHONMALLOC");
     r.run_environment(pythonmalloc.as_deref());
     let children = children
         .iter()
         .map(|c| {
             let inherited = forked_from(c, &state, &children);
-            let mut cr =
-                report::build_child(&c.ledger, c.error.iter().map(ToString::to_string).collect(), &mut sym, inherited);
+            let mut cr = report::build_child(
+                &c.ledger,
+                c.error.iter().map(ToString::to_string).collect(),
+                &mut sym,
+                inherited,
+                listed,
+            );
             cr.run_environment(pythonmalloc.as_deref());
             if all {
                 cr.show_all();

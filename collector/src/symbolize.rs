@@ -90,6 +90,49 @@ pub struct Symbolizer {
     caches: Vec<FxMap<u64, Rc<[Frame]>>>,
     /// The process being reported (index in `caches`), `None` before the first.
     current: Option<usize>,
+    /// Per module file: its function symbols, for [`Symbolizer::function_name`].
+    names: FxMap<String, Option<Rc<SymbolNames>>>,
+}
+
+/// A module's function symbols (`.symtab`, or `.dynsym` in a stripped file), sorted by address:
+/// what names the function a return address is in without reading any debug information.
+pub struct SymbolNames {
+    syms: Vec<(u64, String)>,
+}
+
+impl SymbolNames {
+    /// The symbols of the module's best file: its separate debug file (which keeps `.symtab`)
+    /// if installed, else the module itself.
+    fn load(m: &Module) -> Option<SymbolNames> {
+        use object::{Object, ObjectSymbol, SymbolKind};
+        let file = candidate_files(m).into_iter().find_map(|p| std::fs::File::open(p).ok())?;
+        // SAFETY: a read-only private mapping of a module file, read while this function runs;
+        // the files are the target's libraries, which nothing rewrites in place while a report
+        // is built (a package upgrade replaces them by rename: the mapping keeps the old file).
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        let file = object::File::parse(&*bytes).ok()?;
+        let table: Vec<_> =
+            if file.symbols().next().is_some() { file.symbols().collect() } else { file.dynamic_symbols().collect() };
+        let mut syms: Vec<(u64, String)> = table
+            .into_iter()
+            .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
+            .filter_map(|s| Some((s.address(), s.name().ok()?.to_owned())))
+            .collect();
+        syms.sort_unstable();
+        Some(SymbolNames { syms })
+    }
+
+    /// The function containing file address `probe`, with a compiler clone's suffix
+    /// (`.constprop.0`, `.isra.0`, `.part.0`, `.cold`) cut: the function DWARF would name.
+    fn find(&self, probe: u64) -> Option<String> {
+        let i = self.syms.partition_point(|s| s.0 <= probe).checked_sub(1)?;
+        let name = addr2line::demangle_auto(self.syms[i].1.as_str().into(), None).into_owned();
+        let cut = [".constprop.", ".isra.", ".part.", ".cold", ".lto_priv."].iter().filter_map(|p| name.find(p)).min();
+        Some(match cut {
+            Some(c) => name[..c].to_owned(),
+            None => name,
+        })
+    }
 }
 
 impl Symbolizer {
@@ -186,6 +229,23 @@ impl Symbolizer {
         self.close();
     }
 
+    /// The function a return address is in, by the module's symbol table alone (no debug
+    /// information is read: cheap where a module's DWARF is tens of MiB). For the report's
+    /// decisions that hang on a few known C function names (allocator wrappers, our hooks, the
+    /// evaluation loop), which the symbol table and DWARF's outermost frame spell alike.
+    pub fn function_name(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Option<String> {
+        let m = modules.find(addr.wrapping_sub(1))?;
+        let names = match self.names.get(&m.path) {
+            Some(n) => n.clone(),
+            None => {
+                let n = SymbolNames::load(m).map(Rc::new);
+                self.names.insert(m.path.clone(), n.clone());
+                n
+            }
+        }?;
+        names.find(addr.wrapping_sub(1).wrapping_sub(m.base))
+    }
+
     /// Frames for one return address, innermost (most inlined) first.
     pub fn symbolize(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Rc<[Frame]> {
         if let Some(f) = self.cache().get(&addr) {
@@ -255,26 +315,29 @@ pub fn release_free_memory() {
 /// by a `-dbg` package (found by build-id), else the module itself through the descriptor
 /// opened when it was loaded (still valid if the file was deleted or replaced), else its path.
 fn open_loader(m: &Module) -> Option<Loader> {
+    candidate_files(m).into_iter().find_map(|p| Loader::new(p).ok())
+}
+
+/// The files that may describe a module, best first: a separate debug file installed by a
+/// `-dbg` package (found by build-id), the module itself through the descriptor opened when it
+/// was loaded (still valid if the file was deleted or replaced), its path.
+fn candidate_files(m: &Module) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     if m.build_id.len() >= 2 {
         let hex: String = m.build_id.iter().map(|b| format!("{b:02x}")).collect();
         let debug = PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]));
         if debug.is_file() {
-            if let Ok(l) = Loader::new(&debug) {
-                return Some(l);
-            }
+            out.push(debug);
         }
     }
     if let Some(file) = &m.file {
         use std::os::fd::AsRawFd;
-        let via_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
-        if let Ok(l) = Loader::new(via_fd) {
-            return Some(l);
-        }
+        out.push(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())));
     }
     if m.path.starts_with('/') {
-        return Loader::new(&m.path).ok();
+        out.push(PathBuf::from(&m.path));
     }
-    None
+    out
 }
 
 #[cfg(test)]

@@ -389,6 +389,58 @@ fn python_malloc_flag_reaches_the_target() {
 }
 
 #[test]
+fn summarized_residue_is_classified_as_when_listed() {
+    // Without --all the runtime's stacks are resolved only as far as their owner and origin
+    // (their modules' debug information is never read); with --all every frame is. Both must
+    // classify every stack alike: the same summaries, the same user libraries.
+    let (f1, r1, ctx1) = go_raw(lines_run("python3", "lines"), "python-summary");
+    let (f2, r2, ctx2) = go_raw(lines_run("python3", "lines").option("--all"), "python-summary-all");
+    let ctx = format!("{ctx1}\n---- with --all ----\n{ctx2}");
+    assert_eq!((f1.code(), f2.code()), (0, 0), "{ctx}");
+    for origin in ["interpreter", "loader"] {
+        let (a, b) = (&r1.json["runtime_residue"][origin], &r2.json["runtime_residue"][origin]);
+        for field in ["unreleased", "count", "bytes", "stacks", "modules"] {
+            assert_eq!(a[field], b[field], "{origin} {field}\n{ctx}");
+        }
+        assert!(a["count"].as_u64().unwrap_or(0) > 0, "the interpreter leaves residue at exit\n{ctx}");
+    }
+    // Two runs: addresses and stack ids differ; what the report says of each stack must not.
+    let user = |r: &Report| -> Vec<String> {
+        let mut v: Vec<String> = r
+            .libraries()
+            .into_iter()
+            .filter(|l| l["origin"] == "user")
+            .flat_map(|l| {
+                l["stacks"].as_array().into_iter().flatten().map(move |st| {
+                    let functions: Vec<&str> = st["frames"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| f["function"].as_str().unwrap_or("?"))
+                        .collect();
+                    format!(
+                        "{} {} {} {} x{} {}B owner {} {:?} {}",
+                        l["module"],
+                        st["origin"],
+                        st["kind"],
+                        st["api"],
+                        st["count"],
+                        st["bytes"],
+                        st["owner_frame"],
+                        functions,
+                        st["python"]
+                    )
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(user(&r1), user(&r2), "{ctx}");
+    assert_eq!(r1.json["python"], r2.json["python"], "{ctx}");
+}
+
+#[test]
 fn all_lists_the_runtime_residue_with_its_origin() {
     let (f, r, ctx) = go_raw(run(["python3", "-c", STDLIB_ONLY]).option("--all"), "python-all");
     assert_eq!(f.code(), 0, "{ctx}");

@@ -406,23 +406,80 @@ fn stack_addresses(img: &Image, ids: impl Iterator<Item = u32>) -> (Vec<u64>, Ve
     (returns, functions)
 }
 
+/// Which stacks a report lists frame by frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// All of them (`--all`, `residue check`, saved reports).
+    All,
+    /// The user's: the interpreter's and the loader's residue is summarized, and its stacks are
+    /// resolved only as far as deciding that (`stack::Detail::Owner`), which spares reading
+    /// the debug information of the modules only they pass through.
+    User,
+}
+
+/// How much of stack `id` (of a `kind` resource, in `img`) a report with `listed` needs.
+fn detail_of(
+    sym: &mut Symbolizer,
+    img: &Image,
+    modules: &ModuleMap<'_>,
+    id: u32,
+    kind: Kind,
+    listed: Listed,
+) -> stack::Detail {
+    if listed == Listed::All {
+        return stack::Detail::Full;
+    }
+    let raw: &[u64] = img.stacks.get(&id).map_or(&[], |v| v);
+    match stack::resolve(img, modules, sym, raw, stack::Detail::Owner) {
+        stack::Resolved::InterposerOwn => stack::Detail::Owner,
+        stack::Resolved::Stack { library, frames, owner_frame, .. } => {
+            let library = if img.stacks.get(&id).is_some() { library } else { "[stack not in trace]".to_owned() };
+            if noise::classify_frames(&kind_name(kind), &frames, owner_frame, &library).is_runtime() {
+                stack::Detail::Owner
+            } else {
+                stack::Detail::Full
+            }
+        }
+    }
+}
+
+/// The stacks among `stacks` (with their resources' kinds) that a report with `listed` shows.
+fn listed_stacks(
+    sym: &mut Symbolizer,
+    img: &Image,
+    stacks: impl Iterator<Item = (Kind, u32)>,
+    listed: Listed,
+) -> Vec<u32> {
+    let modules = ModuleMap::new(&img.modules);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (kind, id) in stacks {
+        if seen.insert((kind, id)) && detail_of(sym, img, &modules, id, kind, listed) == stack::Detail::Full {
+            out.push(id);
+        }
+    }
+    out
+}
+
 /// Symbolizes ahead what the reports of `processes` will need, in the order they will be built
 /// ([`build_with`], [`build_child`] with the same symbolizer): the stacks of what each final
-/// image holds, and of what a forked child inherited and kept. Each module file is then parsed
-/// once for all the processes, and one at a time.
-pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>>)]) {
+/// image holds, and of what a forked child inherited and kept, as far as `listed` shows them.
+/// Each module file is then parsed once for all the processes, and one at a time.
+pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>>)], listed: Listed) {
     crate::symbolize::release_free_memory();
     let mut parts = Vec::new();
     for (k, (ledger, inherited)) in processes.iter().enumerate() {
         let Some(img) = ledger.final_image() else { continue };
-        parts.push((k, img, stack_addresses(img, img.live().map(|(_, _, e)| e.stack))));
+        let ids = listed_stacks(sym, img, img.live().map(|(kind, _, e)| (kind, e.stack)), listed);
+        parts.push((k, img, stack_addresses(img, ids.into_iter())));
         if let Some(inh) = inherited {
             let kept = inh
                 .parent
                 .live()
                 .filter(|&(kind, id, e)| e.seq < inh.fork_seq && img.entries.get(&(kind, id)).is_none())
-                .map(|(_, _, e)| e.stack);
-            parts.push((k, inh.parent, stack_addresses(inh.parent, kept)));
+                .map(|(kind, _, e)| (kind, e.stack));
+            let ids = listed_stacks(sym, inh.parent, kept, listed);
+            parts.push((k, inh.parent, stack_addresses(inh.parent, ids.into_iter())));
         }
     }
     let maps: Vec<ModuleMap<'_>> = parts.iter().map(|(_, img, _)| ModuleMap::new(&img.modules)).collect();
@@ -436,7 +493,7 @@ pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>
 
 /// Builds the report of the ledger's final image.
 pub fn build(ledger: &Ledger, info: &ProcessInfo, problems: Vec<String>) -> Report {
-    build_with(ledger, info, problems, &mut Symbolizer::new(), None)
+    build_with(ledger, info, problems, &mut Symbolizer::new(), None, Listed::All)
 }
 
 /// [`build`], with a symbolizer shared by the reports of several processes (the root and its
@@ -447,6 +504,7 @@ pub fn build_with(
     mut problems: Vec<String>,
     sym: &mut Symbolizer,
     inherited: Option<Inherited<'_>>,
+    listed: Listed,
 ) -> Report {
     sym.next_process();
     let tracked = ledger.header_seen;
@@ -559,7 +617,8 @@ pub fn build_with(
         // given back first. Nothing left to do when `prepare` did it for every process.
         crate::symbolize::release_free_memory();
         for (img, groups, _) in &sources {
-            let (returns, functions) = stack_addresses(img, groups.keys().map(|k| k.0));
+            let ids = listed_stacks(sym, img, groups.keys().map(|k| (k.1, k.0)), listed);
+            let (returns, functions) = stack_addresses(img, ids.into_iter());
             sym.prepare(&ModuleMap::new(&img.modules), returns, functions);
         }
         for (img, groups, inherited_from) in sources {
@@ -570,21 +629,29 @@ pub fn build_with(
                 let stack_missing = raw.is_none();
                 missing += usize::from(stack_missing);
                 let raw: &[u64] = raw.unwrap_or(&[]);
-                let (lib, frames, owner_frame, python, foreign_call) = match stack::resolve(img, &modules, sym, raw) {
-                    stack::Resolved::InterposerOwn => {
-                        interposer_own.add(count);
-                        continue;
-                    }
-                    stack::Resolved::Stack { library, frames, owner_frame, python, foreign_call } => (
-                        if stack_missing { "[stack not in trace]".to_owned() } else { library },
-                        frames,
-                        owner_frame,
-                        python,
-                        foreign_call,
-                    ),
-                };
+                let detail = detail_of(sym, img, &modules, stack_id, kind, listed);
+                let (lib, frames, owner_frame, python, foreign_call) =
+                    match stack::resolve(img, &modules, sym, raw, detail) {
+                        stack::Resolved::InterposerOwn => {
+                            interposer_own.add(count);
+                            continue;
+                        }
+                        stack::Resolved::Stack { library, frames, owner_frame, python, foreign_call } => (
+                            if stack_missing { "[stack not in trace]".to_owned() } else { library },
+                            frames,
+                            owner_frame,
+                            python,
+                            foreign_call,
+                        ),
+                    };
                 // pymalloc's arenas are mmap'd by this function and never unmapped before exit.
-                arenas |= frames.iter().any(|f| f.function.as_deref() == Some("_PyObject_ArenaMmap"));
+                // (It is called through the allocator table, never inlined: an unlisted stack's
+                // symbol table names it as well as DWARF would.)
+                const ARENA: &str = "_PyObject_ArenaMmap";
+                arenas |= match detail {
+                    stack::Detail::Full => frames.iter().any(|f| f.function.as_deref() == Some(ARENA)),
+                    stack::Detail::Owner => stack::runs(&modules, sym, raw, ARENA),
+                };
                 let mut st = StackOut {
                     kind: kind_name(kind),
                     api: api.to_string(),
@@ -735,8 +802,9 @@ pub fn build_child(
     problems: Vec<String>,
     sym: &mut Symbolizer,
     inherited: Option<Inherited<'_>>,
+    listed: Listed,
 ) -> Report {
-    let mut r = build_with(ledger, &ProcessInfo::default(), problems, sym, inherited);
+    let mut r = build_with(ledger, &ProcessInfo::default(), problems, sym, inherited, listed);
     r.parent_pid = ledger.images.first().map(|i| i.ppid).filter(|&p| p != 0);
     r
 }

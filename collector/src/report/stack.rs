@@ -38,8 +38,33 @@ fn is_libc(module: &str) -> bool {
 }
 
 /// The native frame that runs Python frames (3.11 and 3.12 name it the same).
-fn is_eval_loop(f: &Frame) -> bool {
-    f.function.as_deref().is_some_and(|n| n == "_PyEval_EvalFrameDefault")
+fn is_eval_loop(name: Option<&str>) -> bool {
+    name == Some("_PyEval_EvalFrameDefault")
+}
+
+/// How much of a stack [`resolve`] works out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// What a report shows: every native frame symbolized from the debug information.
+    Full,
+    /// What decides the owner and the origin (module paths, frame kinds, a few function names
+    /// from the symbol tables), with the same answer as `Full`: native frames carry their
+    /// module only. For stacks a report summarizes without listing them, so that their
+    /// modules' debug information (the C library's, libpython's: tens of MiB) is never read.
+    Owner,
+}
+
+fn module_out(addr: u64, module: Option<&str>) -> FrameOut {
+    FrameOut {
+        kind: "native",
+        function: None,
+        module: module.map(str::to_owned),
+        file: None,
+        line: None,
+        address: Some(format!("{addr:#x}")),
+        offset: None,
+        inlined: false,
+    }
 }
 
 fn native_out(f: &Frame) -> FrameOut {
@@ -55,9 +80,10 @@ fn native_out(f: &Frame) -> FrameOut {
     }
 }
 
-/// The name of the function a native frame is in (the outermost of its inline chain).
+/// The name of the function a native frame is in (the outermost of its inline chain), from the
+/// symbol table: the owner rules compare it with a few C functions' names.
 fn outer_name(sym: &mut Symbolizer, modules: &ModuleMap<'_>, addr: u64) -> Option<String> {
-    sym.symbolize(modules, addr).last().and_then(|f| f.function.clone())
+    sym.function_name(modules, addr)
 }
 
 /// Where libffi's frames begin (the innermost of them) in a stack made under a foreign call:
@@ -79,7 +105,15 @@ fn ffi_boundary(mods: &[Option<&str>], skip: usize, mut name: impl FnMut(usize) 
     mods.iter().position(|m| m.is_some_and(is_libffi))
 }
 
-pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: &[u64]) -> Resolved {
+/// Whether a native frame of stack `raw` is in function `name` (by the symbol tables).
+pub fn runs(modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: &[u64], name: &str) -> bool {
+    raw.iter().any(|&v| match classify(v) {
+        Value::Native(a) => outer_name(sym, modules, a).as_deref() == Some(name),
+        _ => false,
+    })
+}
+
+pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: &[u64], detail: Detail) -> Resolved {
     let mut natives = Vec::new();
     let mut pythons = Vec::new();
     let mut foreign = None;
@@ -137,8 +171,11 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
     }
 
     let foreign_frames = |sym: &mut Symbolizer, f: u64| {
-        let mut out: Vec<FrameOut> = sym.symbolize_function(modules, f).iter().map(native_out).collect();
         let module = foreign_module(f);
+        if detail == Detail::Owner {
+            return vec![FrameOut { kind: "foreign", ..module_out(f, module.as_deref()) }];
+        }
+        let mut out: Vec<FrameOut> = sym.symbolize_function(modules, f).iter().map(native_out).collect();
         for o in &mut out {
             o.kind = "foreign";
             if o.module != module {
@@ -188,8 +225,7 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
             // hook, whose caller is the next frame.
             continue;
         }
-        let sf = sym.symbolize(modules, addr);
-        if sf.last().is_some_and(is_eval_loop) && py.peek().is_some() {
+        if py.peek().is_some() && is_eval_loop(outer_name(sym, modules, addr).as_deref()) {
             // This evaluation loop ran the Python frames up to and including the next entry.
             for (code, line, entry) in py.by_ref() {
                 frames.push(python_out(img, code, line));
@@ -199,7 +235,10 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
             }
             continue;
         }
-        frames.extend(sf.iter().map(native_out));
+        match detail {
+            Detail::Full => frames.extend(sym.symbolize(modules, addr).iter().map(native_out)),
+            Detail::Owner => frames.push(module_out(addr, mods[i])),
+        }
     }
     // Python frames no evaluation loop claimed (its native frame was beyond the captured
     // depth, or not symbolized): keep them, outermost last.
@@ -278,7 +317,8 @@ mod tests {
         ];
         let map = ModuleMap::new(&img.modules);
         let mut s = Symbolizer::new();
-        let Resolved::Stack { library, frames, owner_frame, python, foreign_call } = resolve(&img, &map, &mut s, &raw)
+        let Resolved::Stack { library, frames, owner_frame, python, foreign_call } =
+            resolve(&img, &map, &mut s, &raw, Detail::Full)
         else {
             panic!("not the interposer's")
         };
@@ -298,7 +338,9 @@ mod tests {
         assert_eq!(owner_frame, Some(1));
 
         // Without the foreign value, the owner rule stops at libffi, the first non-machinery.
-        let Resolved::Stack { library, owner_frame, foreign_call, .. } = resolve(&img, &map, &mut s, &raw[..5]) else {
+        let Resolved::Stack { library, owner_frame, foreign_call, .. } =
+            resolve(&img, &map, &mut s, &raw[..5], Detail::Full)
+        else {
             panic!()
         };
         assert_eq!((library.as_str(), owner_frame), (ffi.to_str().unwrap(), Some(1)));
@@ -313,7 +355,7 @@ mod tests {
             0x5000_0000_0000 + sym(&own, "writer") + 1,
             b_libc + sym(libc, "malloc") + 1,
         ];
-        assert!(matches!(resolve(&img, &map, &mut s, &raw), Resolved::InterposerOwn));
+        assert!(matches!(resolve(&img, &map, &mut s, &raw, Detail::Full), Resolved::InterposerOwn));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
