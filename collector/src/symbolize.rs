@@ -98,6 +98,8 @@ pub struct Symbolizer {
 /// what names the function a return address is in without reading any debug information.
 pub struct SymbolNames {
     syms: Vec<(u64, String)>,
+    /// Answers by file address: a stack's frames repeat across stacks.
+    found: std::cell::RefCell<FxMap<u64, Option<Rc<str>>>>,
 }
 
 impl SymbolNames {
@@ -119,19 +121,30 @@ impl SymbolNames {
             .filter_map(|s| Some((s.address(), s.name().ok()?.to_owned())))
             .collect();
         syms.sort_unstable();
-        Some(SymbolNames { syms })
+        Some(SymbolNames { syms, found: Default::default() })
     }
 
     /// The function containing file address `probe`, with a compiler clone's suffix
     /// (`.constprop.0`, `.isra.0`, `.part.0`, `.cold`) cut: the function DWARF would name.
-    fn find(&self, probe: u64) -> Option<String> {
-        let i = self.syms.partition_point(|s| s.0 <= probe).checked_sub(1)?;
-        let name = addr2line::demangle_auto(self.syms[i].1.as_str().into(), None).into_owned();
-        let cut = [".constprop.", ".isra.", ".part.", ".cold", ".lto_priv."].iter().filter_map(|p| name.find(p)).min();
-        Some(match cut {
-            Some(c) => name[..c].to_owned(),
-            None => name,
-        })
+    fn find(&self, probe: u64) -> Option<Rc<str>> {
+        if let Some(n) = self.found.borrow().get(&probe) {
+            return n.clone();
+        }
+        let name = self.syms.partition_point(|s| s.0 <= probe).checked_sub(1).map(|i| {
+            let raw = self.syms[i].1.as_str();
+            let cut =
+                [".constprop.", ".isra.", ".part.", ".cold", ".lto_priv."].iter().filter_map(|p| raw.find(p)).min();
+            let raw = cut.map_or(raw, |c| &raw[..c]);
+            // Only mangled names need the demangler (C names are most of what is asked).
+            let name = if raw.starts_with("_Z") || raw.starts_with("_R") {
+                addr2line::demangle_auto(raw.into(), None).into_owned()
+            } else {
+                raw.to_owned()
+            };
+            Rc::<str>::from(name)
+        });
+        self.found.borrow_mut().insert(probe, name.clone());
+        name
     }
 }
 
@@ -243,7 +256,7 @@ impl Symbolizer {
                 n
             }
         }?;
-        names.find(addr.wrapping_sub(1).wrapping_sub(m.base))
+        names.find(addr.wrapping_sub(1).wrapping_sub(m.base)).map(|n| n.to_string())
     }
 
     /// Frames for one return address, innermost (most inlined) first.
