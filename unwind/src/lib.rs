@@ -81,22 +81,11 @@ pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = x86_64::Regs::here();
-        match memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)) {
-            Some(n) => n,
-            None => {
-                // Skip libgcc::walk's own frame and ours (capture is never inlined, and this call
-                // is not a tail call: the counter update below runs after it).
-                let n = libgcc::walk(out, 2);
-                FALLBACKS.fetch_add(1, Ordering::Relaxed);
-                std::hint::black_box(n)
-            }
-        }
+        or_libgcc(memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
-        let n = libgcc::walk(out, 2);
-        FALLBACKS.fetch_add(1, Ordering::Relaxed);
-        std::hint::black_box(n)
+        libgcc_capture(out)
     }
 }
 
@@ -118,21 +107,12 @@ pub struct Entry {
 pub fn capture_from(out: &mut [u64], entry: Entry) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        match memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)) {
-            Some(n) => n,
-            None => {
-                let n = libgcc::walk(out, 2);
-                FALLBACKS.fetch_add(1, Ordering::Relaxed);
-                std::hint::black_box(n)
-            }
-        }
+        or_libgcc(memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
         let _ = entry;
-        let n = libgcc::walk(out, 2);
-        FALLBACKS.fetch_add(1, Ordering::Relaxed);
-        std::hint::black_box(n)
+        libgcc_capture(out)
     }
 }
 
@@ -142,21 +122,13 @@ pub fn capture_from(out: &mut [u64], entry: Entry) -> usize {
 pub fn capture_from_in(state: &ThreadState, out: &mut [u64], entry: Entry) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        match memo::with_state(state, |bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)) {
-            Some(n) => n,
-            None => {
-                let n = libgcc::walk(out, 2);
-                FALLBACKS.fetch_add(1, Ordering::Relaxed);
-                std::hint::black_box(n)
-            }
-        }
+        let start = x86_64::Start::Entry(entry);
+        or_libgcc(memo::with_state(state, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
-        let _ = entry;
-        let n = libgcc::walk(out, 2);
-        FALLBACKS.fetch_add(1, Ordering::Relaxed);
-        std::hint::black_box(n)
+        let _ = (state, entry);
+        libgcc_capture(out)
     }
 }
 
@@ -166,23 +138,36 @@ pub fn capture_from_in(state: &ThreadState, out: &mut [u64], entry: Entry) -> us
 pub fn capture_in(state: &ThreadState, out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        let regs = x86_64::Regs::here();
-        match memo::with_state(state, |bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)) {
-            Some(n) => n,
-            None => {
-                let n = libgcc::walk(out, 2);
-                FALLBACKS.fetch_add(1, Ordering::Relaxed);
-                std::hint::black_box(n)
-            }
-        }
+        let start = x86_64::Start::Here(x86_64::Regs::here());
+        or_libgcc(memo::with_state(state, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
         let _ = state;
-        let n = libgcc::walk(out, 2);
-        FALLBACKS.fetch_add(1, Ordering::Relaxed);
-        std::hint::black_box(n)
+        libgcc_capture(out)
     }
+}
+
+/// A fast walk's result, or libgcc's walk where it could not go. Always inlined into the
+/// public functions (each with its own walk inlined too): libgcc's walk skips its own frame and
+/// theirs.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[inline(always)]
+fn or_libgcc(walked: Option<usize>, out: &mut [u64]) -> usize {
+    match walked {
+        Some(n) => n,
+        None => libgcc_capture(out),
+    }
+}
+
+/// The whole capture by libgcc, skipping its walker's frame and the public function's (which
+/// inlines this, and is never itself inlined; the counter update after the call keeps it from
+/// being a tail call).
+#[inline(always)]
+fn libgcc_capture(out: &mut [u64]) -> usize {
+    let n = libgcc::walk(out, 2);
+    FALLBACKS.fetch_add(1, Ordering::Relaxed);
+    std::hint::black_box(n)
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
