@@ -9,7 +9,7 @@ pub mod sarif;
 mod stack;
 pub mod text;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use residue_protocol::Kind;
 use serde::Serialize;
@@ -429,11 +429,11 @@ fn detail_of(
     if listed == Listed::All {
         return stack::Detail::Full;
     }
-    let raw: &[u64] = img.stacks.get(&id).map_or(&[], |v| v);
+    // A stack that never arrived has nothing to symbolize (and is reported as the user's).
+    let Some(raw) = img.stacks.get(&id) else { return stack::Detail::Full };
     match stack::resolve(img, modules, sym, raw, stack::Detail::Owner) {
         stack::Resolved::InterposerOwn => stack::Detail::Owner,
         stack::Resolved::Stack { library, frames, owner_frame, .. } => {
-            let library = if img.stacks.get(&id).is_some() { library } else { "[stack not in trace]".to_owned() };
             if noise::classify_frames(&kind_name(kind), &frames, owner_frame, &library).is_runtime() {
                 stack::Detail::Owner
             } else {
@@ -443,19 +443,19 @@ fn detail_of(
     }
 }
 
-/// The stacks among `stacks` (with their resources' kinds) that a report with `listed` shows.
+/// The (kind, stack) pairs among `stacks` that a report with `listed` shows frame by frame.
 fn listed_stacks(
     sym: &mut Symbolizer,
     img: &Image,
     stacks: impl Iterator<Item = (Kind, u32)>,
     listed: Listed,
-) -> Vec<u32> {
+) -> HashSet<(Kind, u32)> {
     let modules = ModuleMap::new(&img.modules);
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut out = HashSet::new();
     for (kind, id) in stacks {
         if seen.insert((kind, id)) && detail_of(sym, img, &modules, id, kind, listed) == stack::Detail::Full {
-            out.push(id);
+            out.insert((kind, id));
         }
     }
     out
@@ -471,7 +471,7 @@ pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>
     for (k, (ledger, inherited)) in processes.iter().enumerate() {
         let Some(img) = ledger.final_image() else { continue };
         let ids = listed_stacks(sym, img, img.live().map(|(kind, _, e)| (kind, e.stack)), listed);
-        parts.push((k, img, stack_addresses(img, ids.into_iter())));
+        parts.push((k, img, stack_addresses(img, ids.into_iter().map(|(_, id)| id))));
         if let Some(inh) = inherited {
             let kept = inh
                 .parent
@@ -479,7 +479,7 @@ pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>
                 .filter(|&(kind, id, e)| e.seq < inh.fork_seq && img.entries.get(&(kind, id)).is_none())
                 .map(|(kind, _, e)| (kind, e.stack));
             let ids = listed_stacks(sym, inh.parent, kept, listed);
-            parts.push((k, inh.parent, stack_addresses(inh.parent, ids.into_iter())));
+            parts.push((k, inh.parent, stack_addresses(inh.parent, ids.into_iter().map(|(_, id)| id))));
         }
     }
     let maps: Vec<ModuleMap<'_>> = parts.iter().map(|(_, img, _)| ModuleMap::new(&img.modules)).collect();
@@ -616,12 +616,14 @@ pub fn build_with(
         // parsed module is large: only one is in memory at once), with the ledger's free pages
         // given back first. Nothing left to do when `prepare` did it for every process.
         crate::symbolize::release_free_memory();
+        let mut full = Vec::new();
         for (img, groups, _) in &sources {
             let ids = listed_stacks(sym, img, groups.keys().map(|k| (k.1, k.0)), listed);
-            let (returns, functions) = stack_addresses(img, ids.into_iter());
+            let (returns, functions) = stack_addresses(img, ids.iter().map(|&(_, id)| id));
             sym.prepare(&ModuleMap::new(&img.modules), returns, functions);
+            full.push(ids);
         }
-        for (img, groups, inherited_from) in sources {
+        for ((img, groups, inherited_from), full) in sources.into_iter().zip(full) {
             let modules = ModuleMap::new(&img.modules);
             for ((stack_id, kind, api), Group { amount: count, mut descriptions, anonymous }) in groups {
                 descriptions.sort();
@@ -629,7 +631,7 @@ pub fn build_with(
                 let stack_missing = raw.is_none();
                 missing += usize::from(stack_missing);
                 let raw: &[u64] = raw.unwrap_or(&[]);
-                let detail = detail_of(sym, img, &modules, stack_id, kind, listed);
+                let detail = if full.contains(&(kind, stack_id)) { stack::Detail::Full } else { stack::Detail::Owner };
                 let (lib, frames, owner_frame, python, foreign_call) =
                     match stack::resolve(img, &modules, sym, raw, detail) {
                         stack::Resolved::InterposerOwn => {
