@@ -7,6 +7,8 @@
  * Before forking, the parent also makes one block of 200000 bytes (fork_shared_block: large, so
  * malloc maps it apart and no later allocation reuses its address) that it keeps
  * and the child frees: the child's release of what it inherited must be matched, not unseen.
+ * Like perf's option parser, the parent overwrites the argument it consumed with a null pointer
+ * before forking: the child is still reported with the arguments the process started with.
  * The parent waits for the child, prints "host_fork: child <pid> done", and exits 0 if the child
  * exited 0, 1 otherwise. */
 #include <stdio.h>
@@ -26,6 +28,8 @@ __attribute__((noinline)) void fork_shared_block(void) {
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "exit";
+    if (argc > 1)
+        argv[1] = NULL;
     fx_run_all();
     fork_shared_block();
     pid_t pid = fork();

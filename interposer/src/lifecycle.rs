@@ -13,9 +13,10 @@ use crate::{modules, stacks, transport};
 /// This image's pid: a hook running under another pid is in a vfork child sharing our memory.
 static OWN_PID: AtomicU32 = AtomicU32::new(0);
 static MAIN_EXITED: AtomicBool = AtomicBool::new(false);
-/// The process's arguments as the constructor got them (a forked child reports the same).
-static ARGC: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-static ARGV: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The process's arguments as the constructor got them, copied: a forked child reports the
+/// same, whatever the program did to its argv since (perf's option parser, for one, overwrites
+/// the entries it consumed with null pointers; setproctitle rewrites the strings).
+static ARGS: std::sync::OnceLock<Vec<Box<[u8]>>> = std::sync::OnceLock::new();
 
 // glibc calls .init_array entries with (argc, argv, envp), after the libraries we depend on
 // (libc) are initialized; being preloaded, we run before the program and its libraries.
@@ -38,8 +39,6 @@ extern "C" fn init(argc: c_int, argv: *const *const c_char, _envp: *const *const
 }
 
 fn start(argc: c_int, argv: *const *const c_char) {
-    ARGC.store(argc, Ordering::Relaxed);
-    ARGV.store(argv as usize, Ordering::Relaxed);
     let pid = ffi::getpid();
     OWN_PID.store(pid, Ordering::Relaxed);
     let env_fd = getenv(c"RESIDUE_FD").and_then(parse_u64).map(|fd| fd as i32);
@@ -91,7 +90,22 @@ fn start(argc: c_int, argv: *const *const c_char) {
     // SAFETY: the handler is an extern "C" fn with no arguments, as pthread_atfork requires.
     unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
     install_fatal_handlers();
+    let _ = ARGS.set(copy_args(argc, argv));
     begin_stream(pid, new_stream);
+}
+
+/// The constructor's arguments, up to argc or the first null entry.
+fn copy_args(argc: c_int, argv: *const *const c_char) -> Vec<Box<[u8]>> {
+    if argv.is_null() {
+        return Vec::new();
+    }
+    (0..argc.max(0) as usize)
+        // SAFETY: glibc passes the constructor argc entries in argv, followed by a null one.
+        .map(|i| unsafe { *argv.add(i) })
+        .take_while(|a| !a.is_null())
+        // SAFETY: a non-null entry of the constructor's argv is a NUL-terminated string.
+        .map(|a| Box::from(unsafe { CStr::from_ptr(a) }.to_bytes()))
+        .collect()
 }
 
 /// Signals that end a process by default, for which a flush first shows everything recorded up
@@ -138,7 +152,7 @@ fn begin_stream(pid: u32, new_stream: bool) {
     if new_stream {
         transport::write_raw(&residue_protocol::header());
     }
-    image_start(pid, new_stream, ARGC.load(Ordering::Relaxed), ARGV.load(Ordering::Relaxed) as *const *const c_char);
+    image_start(pid, new_stream);
     modules::rescan();
     // Written before the program goes on, not merely queued: a forked child that execs at once
     // (by execl, which no hook sees) would otherwise take them with its image.
@@ -216,13 +230,8 @@ fn follow_forked_child() {
     begin_stream(pid, true);
 }
 
-fn image_start(pid: u32, root: bool, argc: c_int, argv: *const *const c_char) {
-    let args: Vec<&[u8]> = (0..argc.max(0) as usize)
-        .map(|i| {
-            // SAFETY: glibc passes argc valid NUL-terminated strings in argv.
-            unsafe { CStr::from_ptr(*argv.add(i)) }.to_bytes()
-        })
-        .collect();
+fn image_start(pid: u32, root: bool) {
+    let args: Vec<&[u8]> = ARGS.get().map(|a| a.iter().map(|a| &a[..]).collect()).unwrap_or_default();
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.into_os_string().into_encoded_bytes()).unwrap_or_default();
     // SAFETY: getppid cannot fail.
     let ppid = unsafe { libc::getppid() } as u32;
