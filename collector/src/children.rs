@@ -5,9 +5,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -46,13 +46,15 @@ impl Listener {
 
     /// Accepts children until [`Acceptor::finish`], reading each one's stream on its own thread.
     pub fn accept(self, root_exited: Arc<AtomicBool>) -> io::Result<Acceptor> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        // finish() drops its end: the hangup wakes the poll at once (a poll with a timeout made
+        // every run wait for it, 25 ms on average, after the program had exited).
+        let (wake, woken) = UnixStream::pair()?;
         let handle = std::thread::Builder::new().name("residue-children".into()).spawn(move || {
             let mut readers = Vec::new();
+            let mut stopping = false;
             loop {
-                let stopping = flag.load(Ordering::Acquire);
-                // Drain what is pending, then wait a little for more.
+                // Drain what is pending (once more after the stop: a child may have connected
+                // just before it), then wait for more.
                 while let Ok((conn, _)) = self.listener.accept() {
                     let fd = OwnedFd::from(conn);
                     let _ = set_blocking(&fd);
@@ -63,13 +65,17 @@ impl Listener {
                 if stopping {
                     break;
                 }
-                let mut pfd = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd; a short timeout so the stop flag is seen.
-                unsafe { libc::poll(&mut pfd, 1, 50) };
+                let mut pfds = [
+                    libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: woken.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                ];
+                // SAFETY: two valid pollfds, for descriptors this thread owns.
+                unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+                stopping = pfds[1].revents != 0;
             }
             readers
         })?;
-        Ok(Acceptor { stop, handle })
+        Ok(Acceptor { wake, handle })
     }
 }
 
@@ -92,7 +98,8 @@ fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
 }
 
 pub struct Acceptor {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the acceptor.
+    wake: UnixStream,
     handle: JoinHandle<Vec<JoinHandle<LiveOutcome>>>,
 }
 
@@ -100,7 +107,7 @@ impl Acceptor {
     /// Stops accepting and waits for every child's stream to end (its exit record, end of
     /// file, or a second of silence after the root exited: a daemonized child may run on).
     pub fn finish(self) -> Vec<LiveOutcome> {
-        self.stop.store(true, Ordering::Release);
+        drop(self.wake);
         let readers = self.handle.join().unwrap_or_default();
         readers.into_iter().filter_map(|h| h.join().ok()).collect()
     }
