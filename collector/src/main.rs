@@ -3,6 +3,7 @@
 
 mod check;
 mod children;
+mod dwarf;
 mod error;
 mod launch;
 mod ledger;

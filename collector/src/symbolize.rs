@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use addr2line::Loader;
 
+use crate::dwarf;
 use crate::ledger::{FxMap, Module};
 
 /// One symbolized frame. A return address can give several (inlined calls).
@@ -228,16 +229,33 @@ impl Symbolizer {
             }
         }
         todo.sort_unstable();
-        let mut last = None;
-        for (path, p, a, k) in todo {
-            if last != Some(path) {
-                self.close();
-                last = Some(path);
+        // One module file at a time: its DWARF is loaded once for all of its addresses (here,
+        // by `dwarf::Sections` where it can), then dropped.
+        let mut i = 0;
+        while i < todo.len() {
+            let path = todo[i].0;
+            let end = i + todo[i..].iter().take_while(|t| t.0 == path).count();
+            self.close();
+            let module = work[todo[i].3].modules.find(todo[i].2.wrapping_sub(1));
+            let sections =
+                module.and_then(|m| candidate_files(m).into_iter().next()).and_then(|f| dwarf::Sections::load(&f));
+            let parsed = sections.as_ref().and_then(dwarf::Sections::parse);
+            for &(_, p, a, k) in &todo[i..end] {
+                if !self.caches[p].contains_key(&a) {
+                    let frames: Rc<[Frame]> = match &parsed {
+                        Some(parsed) => lookup_in(parsed, work[k].modules, a),
+                        None => self.lookup(work[k].modules, a),
+                    }
+                    .into();
+                    self.caches[p].insert(a, frames);
+                }
             }
-            if !self.caches[p].contains_key(&a) {
-                let frames: Rc<[Frame]> = self.lookup(work[k].modules, a).into();
-                self.caches[p].insert(a, frames);
+            if sections.is_some() {
+                drop(parsed);
+                drop(sections);
+                release_free_memory();
             }
+            i = end;
         }
         self.close();
     }
@@ -281,39 +299,72 @@ impl Symbolizer {
     }
 
     fn lookup(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Vec<Frame> {
-        let base =
-            Frame { address: addr, function: None, module: None, offset: None, file: None, line: None, inlined: false };
+        let Some((m, probe, base)) = Self::place(modules, addr) else { return vec![Self::nowhere(addr)] };
+        let Some(loader) = self.loader(m) else { return vec![base] };
+        let frames = frames_of(loader.find_frames(probe).ok(), &base);
+        if frames.iter().any(|f| f.function.is_some()) {
+            return frames;
+        }
+        // No DWARF for this address: the symbol table (or, in a stripped library, the
+        // dynamic symbols) still names exported functions.
+        let name = loader.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
+        named(frames, name, base)
+    }
+
+    /// The module `addr` (a return address) is in, the file address of its call instruction,
+    /// and the frame that says only that.
+    fn place<'m>(modules: &ModuleMap<'m>, addr: u64) -> Option<(&'m Module, u64, Frame)> {
         // A return address points after the call; the call itself is at addr - 1 (which matters
         // when the call is the last instruction of a function or of a module).
-        let Some(m) = modules.find(addr.wrapping_sub(1)) else { return vec![base] };
+        let m = modules.find(addr.wrapping_sub(1))?;
         let probe = addr.wrapping_sub(1).wrapping_sub(m.base);
-        let base = Frame { module: Some(m.path.clone()), offset: Some(probe.wrapping_add(1)), ..base };
-        let Some(loader) = self.loader(m) else { return vec![base] };
-        let mut out = Vec::new();
-        if let Ok(mut iter) = loader.find_frames(probe) {
-            while let Ok(Some(f)) = iter.next() {
-                let function = f.function.as_ref().and_then(|n| n.demangle().ok()).map(|n| n.into_owned());
-                let (file, line) = match &f.location {
-                    Some(l) => (l.file.map(str::to_owned), l.line),
-                    None => (None, None),
-                };
-                out.push(Frame { function, file, line, inlined: true, ..base.clone() });
-            }
-        }
-        if let Some(last) = out.last_mut() {
-            last.inlined = false;
-        }
-        if out.iter().all(|f| f.function.is_none()) {
-            // No DWARF for this address: the symbol table (or, in a stripped library, the
-            // dynamic symbols) still names exported functions.
-            let name = loader.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
-            match out.first_mut() {
-                Some(f) => f.function = name,
-                None => out.push(Frame { function: name, ..base }),
-            }
-        }
-        out
+        let base = Frame { module: Some(m.path.clone()), offset: Some(probe.wrapping_add(1)), ..Self::nowhere(addr) };
+        Some((m, probe, base))
     }
+
+    fn nowhere(addr: u64) -> Frame {
+        Frame { address: addr, function: None, module: None, offset: None, file: None, line: None, inlined: false }
+    }
+}
+
+/// As [`Symbolizer::lookup`], through a file loaded by [`dwarf::Sections`] for the module
+/// `addr` is in.
+fn lookup_in(parsed: &dwarf::Parsed<'_>, modules: &ModuleMap<'_>, addr: u64) -> Vec<Frame> {
+    let Some((_, probe, base)) = Symbolizer::place(modules, addr) else { return vec![Symbolizer::nowhere(addr)] };
+    let frames = frames_of(parsed.find_frames(probe), &base);
+    if frames.iter().any(|f| f.function.is_some()) {
+        return frames;
+    }
+    let name = parsed.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
+    named(frames, name, base)
+}
+
+/// The frames addr2line found for one address, innermost (most inlined) first.
+fn frames_of<R: addr2line::gimli::Reader>(found: Option<addr2line::FrameIter<'_, R>>, base: &Frame) -> Vec<Frame> {
+    let mut out = Vec::new();
+    if let Some(mut iter) = found {
+        while let Ok(Some(f)) = iter.next() {
+            let function = f.function.as_ref().and_then(|n| n.demangle().ok()).map(|n| n.into_owned());
+            let (file, line) = match &f.location {
+                Some(l) => (l.file.map(str::to_owned), l.line),
+                None => (None, None),
+            };
+            out.push(Frame { function, file, line, inlined: true, ..base.clone() });
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        last.inlined = false;
+    }
+    out
+}
+
+/// `frames` (none of which has a function) named by the symbol table's `name`.
+fn named(mut frames: Vec<Frame>, name: Option<String>, base: Frame) -> Vec<Frame> {
+    match frames.first_mut() {
+        Some(f) => f.function = name,
+        None => frames.push(Frame { function: name, ..base }),
+    }
+    frames
 }
 
 /// Returns the heap's free pages to the system (glibc keeps them otherwise): after a module's
