@@ -87,9 +87,9 @@ impl Sections {
             match r.format {
                 CompressionFormat::None => found.push((id, Bytes::File(input))),
                 CompressionFormat::Zlib => {
-                    let size = usize::try_from(r.uncompressed_size).ok()?;
-                    jobs.push((id, input, total..total + size));
-                    total += size;
+                    let end = usize::try_from(r.uncompressed_size).ok().and_then(|size| total.checked_add(size))?;
+                    jobs.push((id, input, total..end));
+                    total = end;
                 }
                 _ => return None,
             }

@@ -237,7 +237,10 @@ pub(crate) fn walk(
     while n < out.len() {
         let (cfa, fp_slot, from_rbp);
         if synced {
-            let m = replay(&steps[at..], lo, &mut out[n..], &mut next.steps, n, &mut fp);
+            // Replayed steps are recorded as far as the record reaches (past it, each step is
+            // taken below, reading its words, as a step whose words changed).
+            let record = next.steps.get_mut(n + 1..).unwrap_or_default();
+            let m = replay(&steps[at..], lo, &mut out[n..], record, &mut fp);
             if m > 0 {
                 (sp, key) = (steps[at + m - 1].cfa, steps[at + m - 1].ra);
                 at += m;
@@ -309,16 +312,19 @@ pub(crate) fn walk(
 /// return address at CFA-8, and rbp's slot where the step reloads it, each at or above `lo`
 /// (this capture's stack pointer: a plain walk reads nothing below it). Equal state and equal
 /// words make an equal step, so each is this walk's step too: its return address goes to
-/// `out`, the step to `record[n + 1..]` (as far as it reaches), and rbp, once reloaded, to
-/// `fp` (before that it may differ from the old walk's only where no step uses it, and keeps
-/// its actual value). Returns how many were taken; the first step whose words differ is left
-/// to the caller.
-#[inline(always)]
-fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step; CAP], n: usize, fp: &mut u64) -> usize {
-    let take = steps.len().min(out.len());
+/// `out`, the step to `record` (at most as many as `out` and `record` hold), and rbp, once
+/// reloaded, to `fp` (before that it may differ from the old walk's only where no step uses
+/// it, and keeps its actual value). Returns how many were taken; the first step whose words
+/// differ is left to the caller. One index and a local rbp keep the loop's state in registers:
+/// this loop is most of a capture.
+#[inline(never)]
+fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step], fp: &mut u64) -> usize {
+    let mut rbp = *fp;
+    let take = steps.len().min(out.len()).min(record.len());
+    let (steps, out, record) = (&steps[..take], &mut out[..take], &mut record[..take]);
     let mut i = 0;
     while i < take {
-        let s = steps[i];
+        let s = &steps[i];
         let ra_at = s.cfa.wrapping_sub(8);
         let slot = s.fp_slot();
         // A step that leaves rbp alone checks its return address twice, which keeps the loop
@@ -329,18 +335,17 @@ fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step; CAP], n:
         // own stack: `walk` bails out on any other). Below `lo` they are stale, and rejected.
         let (v1, v2) =
             unsafe { (std::ptr::read_volatile(ra_at as *const u64), std::ptr::read_volatile(at2 as *const u64)) };
-        if (v1 ^ s.ra) | (v2 ^ want2) | u64::from(ra_at < lo) | u64::from(at2 < lo) != 0 {
+        if (v1 ^ s.ra) | (v2 ^ want2) | u64::from(ra_at.min(at2) < lo) != 0 {
             break;
         }
         if slot != 0 {
-            *fp = v2;
+            rbp = v2;
         }
         out[i] = s.ra;
-        if let Some(r) = record.get_mut(n + 1 + i) {
-            *r = Step { fp: *fp, ..s };
-        }
+        record[i] = Step { fp: rbp, ..*s };
         i += 1;
     }
+    *fp = rbp;
     i
 }
 
