@@ -279,12 +279,19 @@ fn byte(addr: u64, checked: bool) -> Option<u8> {
     Some((w >> ((addr & 7) * 8)) as u8)
 }
 
-/// Appends this thread's Python frames (innermost first) to `out`; returns how many.
+/// Appends this thread's Python frames (innermost first) to `out`; returns how many. Inlined
+/// as far as the check that the process runs Python at all (every capture of a C program asks).
+#[inline(always)]
 pub fn frames(t: &Thread, out: &mut [u64]) -> usize {
     let status = STATUS.load(Ordering::Acquire);
     if status == OFF {
         return 0;
     }
+    frames_of_runtime(t, out, status)
+}
+
+#[inline(never)]
+fn frames_of_runtime(t: &Thread, out: &mut [u64], status: u8) -> usize {
     let checked = status == UNCHECKED;
     // SAFETY: the function pointers were resolved from the CPython runtime by detect(); both
     // functions only read runtime state and are callable without the GIL.
