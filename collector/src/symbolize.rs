@@ -91,6 +91,8 @@ pub struct Symbolizer {
     caches: Vec<FxMap<u64, Rc<[Frame]>>>,
     /// The process being reported (index in `caches`), `None` before the first.
     current: Option<usize>,
+    /// Per process, in report order: [`Symbolizer::function_name`]'s answers by address.
+    names_at: Vec<FxMap<u64, Option<Rc<str>>>>,
     /// Per module file: its function symbols, for [`Symbolizer::function_name`].
     names: FxMap<String, Option<Rc<SymbolNames>>>,
 }
@@ -158,6 +160,9 @@ impl Symbolizer {
     /// its own layout). The finished process's answers are dropped.
     pub fn next_process(&mut self) {
         if let Some(c) = self.current.and_then(|i| self.caches.get_mut(i)) {
+            *c = FxMap::default();
+        }
+        if let Some(c) = self.current.and_then(|i| self.names_at.get_mut(i)) {
             *c = FxMap::default();
         }
         self.current = Some(self.current.map_or(0, |i| i + 1));
@@ -264,7 +269,22 @@ impl Symbolizer {
     /// information is read: cheap where a module's DWARF is tens of MiB). For the report's
     /// decisions that hang on a few known C function names (allocator wrappers, our hooks, the
     /// evaluation loop), which the symbol table and DWARF's outermost frame spell alike.
-    pub fn function_name(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Option<String> {
+    pub fn function_name(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Option<Rc<str>> {
+        // Asked for every frame of every stack the owner rules look at: answered per address
+        // (in the current process) before any module lookup.
+        let p = self.current.unwrap_or(0);
+        if self.names_at.len() <= p {
+            self.names_at.resize_with(p + 1, FxMap::default);
+        }
+        if let Some(n) = self.names_at[p].get(&addr) {
+            return n.clone();
+        }
+        let name = self.module_function_name(modules, addr);
+        self.names_at[p].insert(addr, name.clone());
+        name
+    }
+
+    fn module_function_name(&mut self, modules: &ModuleMap<'_>, addr: u64) -> Option<Rc<str>> {
         let m = modules.find(addr.wrapping_sub(1))?;
         let names = match self.names.get(&m.path) {
             Some(n) => n.clone(),
@@ -274,7 +294,7 @@ impl Symbolizer {
                 n
             }
         }?;
-        names.find(addr.wrapping_sub(1).wrapping_sub(m.base)).map(|n| n.to_string())
+        names.find(addr.wrapping_sub(1).wrapping_sub(m.base))
     }
 
     /// Frames for one return address, innermost (most inlined) first.

@@ -7,6 +7,8 @@
 //! would otherwise stop at libffi or above it (with `-O2`, a wrapper like `return strdup(x)`
 //! is a jump and leaves no frame of its library on the stack).
 
+use std::rc::Rc;
+
 use residue_protocol::frame::{classify, Frame as Value};
 
 use super::{ForeignCallOut, FrameOut, PythonFrameOut};
@@ -82,7 +84,7 @@ fn native_out(f: &Frame) -> FrameOut {
 
 /// The name of the function a native frame is in (the outermost of its inline chain), from the
 /// symbol table: the owner rules compare it with a few C functions' names.
-fn outer_name(sym: &mut Symbolizer, modules: &ModuleMap<'_>, addr: u64) -> Option<String> {
+fn outer_name(sym: &mut Symbolizer, modules: &ModuleMap<'_>, addr: u64) -> Option<Rc<str>> {
     sym.function_name(modules, addr)
 }
 
@@ -90,8 +92,8 @@ fn outer_name(sym: &mut Symbolizer, modules: &ModuleMap<'_>, addr: u64) -> Optio
 /// the run of frames just inside our innermost ffi_call hook that share a module. By position,
 /// not by the module's name: cffi's wheels carry their own libffi inside `_cffi_backend`
 /// (`cffistatic_ffi_call`). A libffi module by name is the fallback.
-fn ffi_boundary(mods: &[Option<&str>], skip: usize, mut name: impl FnMut(usize) -> Option<String>) -> Option<usize> {
-    let is_hook = |n: Option<String>| n.is_some_and(|n| n == "ffi_call" || n == "cffistatic_ffi_call");
+fn ffi_boundary(mods: &[Option<&str>], skip: usize, mut name: impl FnMut(usize) -> Option<Rc<str>>) -> Option<usize> {
+    let is_hook = |n: Option<Rc<str>>| n.is_some_and(|n| &*n == "ffi_call" || &*n == "cffistatic_ffi_call");
     let hook = (skip..mods.len()).find(|&i| mods[i].is_some_and(owner::is_interposer) && is_hook(name(i)));
     if let Some(inner) = hook.and_then(|h| h.checked_sub(1)).filter(|&i| i >= skip) {
         if let Some(m) = mods[inner] {
@@ -143,7 +145,7 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
         let mut j = o;
         while j < natives.len()
             && mods[j] == mods[o]
-            && owner::is_python_allocator(&outer_name(sym, modules, natives[j]).unwrap_or_default())
+            && owner::is_python_allocator(outer_name(sym, modules, natives[j]).as_deref().unwrap_or_default())
         {
             j += 1;
         }
