@@ -54,6 +54,7 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "host_handles", kind: Kind::Exe, sources: &["c/handles_host.c"], link: &["-lhandles"] },
     Artifact { out: "host_handles_clean", kind: Kind::Exe, sources: &["c/handles_host.c"], link: &["-lhandles_clean"] },
     Artifact { out: "libclean.so", kind: Kind::Lib, sources: &["c/libclean.c"], link: &[] },
+    Artifact { out: "libcallback.so", kind: Kind::Lib, sources: &["c/libcallback.c"], link: &[] },
     Artifact { out: "libgone.so", kind: Kind::Lib, sources: &["c/libgone.c"], link: &[] },
     Artifact { out: "libthreadwork.so", kind: Kind::Lib, sources: &["c/libthreadwork.c"], link: &["-pthread"] },
     Artifact { out: "libexample.so", kind: Kind::Lib, sources: &["../examples/leaky_example.c"], link: &[] },

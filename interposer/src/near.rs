@@ -57,10 +57,28 @@ pub struct PyFrame {
 const PY_FRAMES: usize = 64;
 
 /// A direct-mapped table of [`PyFrame`]s, tagged with the Python module's stream generation
-/// (a forked child's stream needs every code object sent again).
+/// (a forked child's stream needs every code object sent again), and the Python stack seen last
+/// inside the thread's innermost foreign call ([`CallFrames`]).
 pub struct PyFrames {
     generation: u64,
     entries: [PyFrame; PY_FRAMES],
+    call: CallFrames,
+}
+
+/// Python frames a stack holds at most (python.rs asserts it is its own limit).
+pub const CALL_FRAMES: usize = 128;
+
+/// The Python stack (its frames' values, innermost first) of a capture inside foreign call
+/// `call` (a ctypes or cffi call, numbered per thread) while `frame` was the thread's current
+/// Python frame, at instruction `instr`. While that call runs, the Python frame that made it
+/// waits in it and nothing under it can change: a later capture in the same call with the same
+/// current frame has the same Python stack (a callback into Python has frames of its own above).
+struct CallFrames {
+    call: u64,
+    frame: u64,
+    instr: u64,
+    len: usize,
+    values: [u64; CALL_FRAMES],
 }
 
 impl PyFrames {
@@ -75,8 +93,33 @@ impl PyFrames {
     pub fn check(&mut self, generation: u64) {
         if self.generation != generation {
             self.entries = [PyFrame { code: 0, instr: 0, identity: 0, value: 0 }; PY_FRAMES];
+            self.call.call = 0;
             self.generation = generation;
         }
+    }
+
+    /// The Python stack kept for foreign call `call` (non-zero) at current frame `frame` and
+    /// `instr`, copied into `out`; its length, or `None` if another was kept.
+    #[inline(always)]
+    pub fn in_call(&self, call: u64, frame: u64, instr: u64, out: &mut [u64]) -> Option<usize> {
+        let c = &self.call;
+        if c.call != call || c.frame != frame || c.instr != instr || c.len > out.len() {
+            return None;
+        }
+        out[..c.len].copy_from_slice(&c.values[..c.len]);
+        Some(c.len)
+    }
+
+    /// Keeps `values` as the Python stack of foreign call `call` at `frame` and `instr`.
+    #[inline(always)]
+    pub fn keep_call(&mut self, call: u64, frame: u64, instr: u64, values: &[u64]) {
+        let c = &mut self.call;
+        if values.len() > CALL_FRAMES {
+            c.call = 0;
+            return;
+        }
+        (c.call, c.frame, c.instr, c.len) = (call, frame, instr, values.len());
+        c.values[..values.len()].copy_from_slice(values);
     }
 
     /// The value of a frame at (`code`, `instr`) if this table has it under `identity`.

@@ -279,19 +279,24 @@ fn byte(addr: u64, checked: bool) -> Option<u8> {
     Some((w >> ((addr & 7) * 8)) as u8)
 }
 
-/// Appends this thread's Python frames (innermost first) to `out`; returns how many. Inlined
-/// as far as the check that the process runs Python at all (every capture of a C program asks).
+/// Appends this thread's Python frames (innermost first) to `out`; returns how many. `call`:
+/// the number of the foreign call the capture is made in (0: none), whose Python stack is the
+/// same for every capture made while its caller's frame is current (near.rs, `CallFrames`).
+/// Inlined as far as the check that the process runs Python at all (every capture of a C
+/// program asks).
 #[inline(always)]
-pub fn frames(t: &Thread, out: &mut [u64]) -> usize {
+pub fn frames(t: &Thread, out: &mut [u64], call: u64) -> usize {
     let status = STATUS.load(Ordering::Acquire);
     if status == OFF {
         return 0;
     }
-    frames_of_runtime(t, out, status)
+    frames_of_runtime(t, out, status, call)
 }
 
+const _: () = assert!(MAX_PY_FRAMES == crate::near::CALL_FRAMES);
+
 #[inline(never)]
-fn frames_of_runtime(t: &Thread, out: &mut [u64], status: u8) -> usize {
+fn frames_of_runtime(t: &Thread, out: &mut [u64], status: u8, call: u64) -> usize {
     let checked = status == UNCHECKED;
     // SAFETY: the function pointers were resolved from the CPython runtime by detect(); both
     // functions only read runtime state and are callable without the GIL.
@@ -307,7 +312,7 @@ fn frames_of_runtime(t: &Thread, out: &mut [u64], status: u8) -> usize {
     if tstate == 0 {
         return 0;
     }
-    match walk(t, tstate, out, checked) {
+    match walk(t, tstate, out, checked, call) {
         Some(n) => {
             if checked && n > 0 {
                 STATUS.store(ON, Ordering::Release);
@@ -328,17 +333,17 @@ fn frames_of_runtime(t: &Thread, out: &mut [u64], status: u8) -> usize {
     }
 }
 
-fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool) -> Option<usize> {
+fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool, call: u64) -> Option<usize> {
     if checked {
-        walk_frames::<true>(t, tstate, out)
+        walk_frames::<true>(t, tstate, out, 0)
     } else {
-        walk_frames::<false>(t, tstate, out)
+        walk_frames::<false>(t, tstate, out, call)
     }
 }
 
 /// The walk, with `CHECKED` reads (before the layout has proven itself) or plain ones.
 #[inline(always)]
-fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64]) -> Option<usize> {
+fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64], call: u64) -> Option<usize> {
     let checked = CHECKED;
     let l = layout();
     let first = word(tstate + l.tstate_cframe as u64, checked)?;
@@ -352,6 +357,18 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64]) ->
     if let Some(n) = near.as_deref_mut() {
         n.py_frames.check(GENERATION.load(Ordering::Relaxed));
     }
+    // Inside a foreign call, with the frame that made it (or the same callback frame) current
+    // again: the Python stack kept for this call at this frame. (Not before the layout is
+    // proven: then `call` is 0.)
+    let from = if !CHECKED && call != 0 && f != 0 && plausible(f) {
+        let instr = field::<CHECKED>(f, l.frame_prev_instr)?;
+        if let Some(n) = near.as_deref().and_then(|nc| nc.py_frames.in_call(call, f, instr, out)) {
+            return Some(n);
+        }
+        Some((f, instr))
+    } else {
+        None
+    };
     let limit = out.len().min(MAX_PY_FRAMES);
     let mut n = 0;
     while f != 0 && n < limit {
@@ -391,6 +408,9 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64]) ->
         out[n] = if entry { value | frame::python(0, 0, true) } else { value };
         n += 1;
         f = field::<CHECKED>(f, l.frame_previous)?;
+    }
+    if let (Some((frame, instr)), Some(nc)) = (from, near) {
+        nc.py_frames.keep_call(call, frame, instr, &out[..n]);
     }
     Some(n)
 }

@@ -221,12 +221,14 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
     let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
     let native_end = n.min(skip + depth);
     let mut end = native_end;
-    end += python::frames(t, &mut buf[end..end + python::MAX_PY_FRAMES]);
     let foreign = t.foreign.get();
     // Inside a foreign call our ffi_call hook's frame is on the stack, below the leading frames
     // of ours that were cut; after a longjmp out of the call (which skips the hook's restore)
-    // it is not, and the remembered function is stale.
-    if foreign != 0 && buf[skip..native_end].iter().any(|&a| a >= lo && a < hi) {
+    // it is not, and the remembered function (and call) is stale.
+    let in_call = foreign != 0 && buf[skip..native_end].iter().any(|&a| a >= lo && a < hi);
+    let call = if in_call { t.foreign_call.get() } else { 0 };
+    end += python::frames(t, &mut buf[end..end + python::MAX_PY_FRAMES], call);
+    if in_call {
         buf[end] = residue_protocol::frame::foreign(foreign);
         end += 1;
     }

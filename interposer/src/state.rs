@@ -63,6 +63,10 @@ pub struct Thread {
     pub writer: Cell<bool>,
     /// The function a ctypes/cffi call (libffi's `ffi_call`) is calling, 0 outside one.
     pub foreign: Cell<u64>,
+    /// The number of that call (`foreign_calls` when it began), 0 outside one.
+    pub foreign_call: Cell<u64>,
+    /// Foreign calls this thread has made.
+    pub foreign_calls: Cell<u64>,
     /// Scratch space for one stack: reused, so that recording does not clear kilobytes of stack
     /// memory on every allocation.
     frames: UnsafeCell<[u64; FRAME_BUF]>,
@@ -90,6 +94,8 @@ thread_local! {
             shared: Cell::new(false),
             writer: Cell::new(false),
             foreign: Cell::new(0),
+            foreign_call: Cell::new(0),
+            foreign_calls: Cell::new(0),
             frames: UnsafeCell::new([0; FRAME_BUF]),
             near: Cell::new(ptr::null_mut()),
             retired: Cell::new(false),

@@ -645,3 +645,49 @@ fn libc_malloc_and_free_called_through_ctypes_are_tracked_and_matched() {
     assert_eq!(mine[0]["foreign_call"]["function"], "malloc", "{ctx}");
     assert_eq!(r.json["released_origin_unseen"]["heap"].as_u64().unwrap_or(0), 0, "every free matched\n{ctx}");
 }
+
+#[test]
+fn blocks_around_a_callback_into_python_keep_their_own_python_stacks() {
+    // A foreign call's Python stack is the same for every capture made while the frame that
+    // called it is current (the interposer keeps it per call): the blocks made before and after
+    // a callback into Python share it, the callback's own (made in a nested call) have the
+    // callback's, and no call's stack is another's, even from the same frame.
+    let script = py_script("callbacks.py");
+    let o = run(["python3".as_ref(), script.as_os_str(), fixture("libcallback.so").as_os_str()]).go();
+    let (r, ctx) = (&o.report, o.context());
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.finished.stdout, "callbacks: done\n", "{ctx}");
+    assert_eq!(user_library_names(r), ["libcallback.so"], "{ctx}");
+    assert_eq!(r.heap("libcallback.so"), Amount::new(10, 101 + 103 + 111 + 113 + 121 + 123 + 2 * (201 + 203)), "{ctx}");
+    let at = |marker: &str| marked_line(&script, marker);
+    // Per block size: the (function, line) of each Python frame above `main`, innermost first.
+    let mut seen: Vec<(u64, Vec<(String, u64)>)> = stacks_of(r, "libcallback.so")
+        .into_iter()
+        .map(|s| {
+            assert_eq!(s["count"], 1, "{s:#}\n{ctx}");
+            assert_eq!(s["foreign_call"]["function"], "cb_around", "{ctx}");
+            let frames = python_frames(s);
+            let upto = frames.iter().position(|f| f.0 == "main").unwrap_or_else(|| panic!("main in {frames:?}\n{ctx}"));
+            assert!(frames.iter().all(|f| f.1 == script.to_str().unwrap()), "{frames:?}\n{ctx}");
+            (amount(s).bytes, frames[..upto].iter().map(|f| (f.0.clone(), f.2)).collect())
+        })
+        .collect();
+    seen.sort();
+    let outer_a = ("main.<locals>.outer_a".to_owned(), at("outer_a"));
+    let outer_b = ("main.<locals>.outer_b".to_owned(), at("outer_b"));
+    let again = ("main.<locals>.outer_b".to_owned(), at("outer_b_again"));
+    let inner = ("main.<locals>.callback".to_owned(), at("inner"));
+    let want = vec![
+        (101, vec![outer_a.clone()]),
+        (103, vec![outer_a.clone()]),
+        (111, vec![outer_b.clone()]),
+        (113, vec![outer_b.clone()]),
+        (121, vec![again.clone()]),
+        (123, vec![again]),
+        (201, vec![inner.clone(), outer_a.clone()]),
+        (201, vec![inner.clone(), outer_b.clone()]),
+        (203, vec![inner.clone(), outer_a]),
+        (203, vec![inner, outer_b]),
+    ];
+    assert_eq!(seen, want, "{ctx}");
+}

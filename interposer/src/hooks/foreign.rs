@@ -261,15 +261,18 @@ unsafe fn foreign_call(
         }
         real_slot.store(real, Ordering::Release);
     }
-    // Nested calls (a callback into Python that calls C again) restore the outer function, also
-    // when the call unwinds (an exception caught above us).
-    struct Restore(&'static crate::state::Thread, u64);
+    // Nested calls (a callback into Python that calls C again) restore the outer function and
+    // its number, also when the call unwinds (an exception caught above us).
+    struct Restore(&'static crate::state::Thread, u64, u64);
     impl Drop for Restore {
         fn drop(&mut self) {
             self.0.foreign.set(self.1);
+            self.0.foreign_call.set(self.2);
         }
     }
-    let _restore = Restore(t, t.foreign.replace(f as u64));
+    let call = t.foreign_calls.get().wrapping_add(1).max(1);
+    t.foreign_calls.set(call);
+    let _restore = Restore(t, t.foreign.replace(f as u64), t.foreign_call.replace(call));
     // SAFETY: `real` is a loaded module's ffi_call, of type FfiCallFn; arguments unchanged.
     unsafe { std::mem::transmute::<usize, FfiCallFn>(real)(cif, f, rvalue, avalue) };
 }
