@@ -22,7 +22,12 @@
  *            thread's own counter to a shared one under load. Leaks 4 x 48 (one per thread).
  *   smallstack a thread created with the smallest stack pthread allows (PTHREAD_STACK_MIN): the
  *            interposer's thread-local storage comes out of it and must leave it room. Exit
- *            status 3 if the thread could not be created. Leaks 3 x 40. */
+ *            status 3 if the thread could not be created. Leaks 3 x 40.
+ *   getattr  the main thread, then 4 threads, each ask pthread_getattr_np for their own stack
+ *            before they allocate anything (as Rust's runtime does at startup): glibc holds the
+ *            thread's lock and allocates inside, and the interposer, recording that allocation,
+ *            must not ask pthread_getattr_np again (a deadlock). Leaks 5 x 56. */
+#define _GNU_SOURCE /* pthread_getattr_np */
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -133,8 +138,32 @@ static void *small_thread(void *arg) {
     return NULL;
 }
 
+/* getattr */
+static void ask_own_stack(void) {
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0)
+        pthread_attr_destroy(&attr);
+}
+
+static void *getattr_thread(void *arg) {
+    (void)arg;
+    ask_own_stack();
+    keep(torture_leak(56));
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
+    if (strcmp(mode, "getattr") == 0) {
+        ask_own_stack();
+        keep(torture_leak(56));
+        for (int i = 0; i < 4; i++) {
+            pthread_t t;
+            pthread_create(&t, NULL, getattr_thread, NULL);
+            pthread_join(t, NULL);
+        }
+        return 0;
+    }
     if (strcmp(mode, "keydtor") == 0) {
         pthread_key_create(&key, key_destructor);
         for (int i = 0; i < 40; i++) {

@@ -251,13 +251,14 @@ mod tests {
 pub mod torture {
     pub const FUNCTION: &str = "torture_leak";
     /// (mode, blocks, bytes per block)
-    pub const MODES: [(&str, u64, u64); 6] = [
+    pub const MODES: [(&str, u64, u64); 7] = [
         ("keydtor", 40, 48),
         ("churn", 2000, 64),
         ("signal", 10, 32),
         ("stress32", 160, 24),
         ("handover", 4, 48),
         ("smallstack", 3, 40),
+        ("getattr", 5, 56),
     ];
 }
 

@@ -1,7 +1,8 @@
 //! Threads and signals (issue 7): key destructors that allocate after the interposer's own has
 //! run, thousands of threads that come and go, a signal handler allocating on top of hooks it
 //! interrupted, 32 threads freeing each other's blocks, threads joining a main thread that was
-//! alone (the sequence numbers' handover). Each must finish (no hang, no crash) with exact
+//! alone (the sequence numbers' handover), threads that ask pthread_getattr_np for their own
+//! stack before anything else. Each must finish (no hang, no crash) with exact
 //! totals, all attributed to the fixture's leaking function.
 
 use residue_tests::{fixture, fixtures::torture, run, Amount};
@@ -45,6 +46,15 @@ fn thirty_two_threads_freeing_each_others_blocks() {
 #[test]
 fn a_thread_with_the_smallest_stack_is_still_created() {
     mode("smallstack");
+}
+
+/// Each thread asks pthread_getattr_np for its own stack before it allocates anything, as
+/// Rust's runtime does at startup: glibc allocates inside while it holds the thread's lock, and
+/// recording that allocation must not make the unwinder ask pthread_getattr_np again (every
+/// Rust program hung).
+#[test]
+fn threads_asking_for_their_own_stack_first_do_not_hang() {
+    mode("getattr");
 }
 
 /// While one thread records, it numbers events with an unlocked add; when three more join it

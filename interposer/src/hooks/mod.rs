@@ -9,3 +9,4 @@ mod foreign;
 mod mmap;
 mod process;
 mod stream;
+mod thread;
