@@ -1,13 +1,15 @@
 /* host_handles / host_handles_clean: one source, linked once against libhandles.so and once
  * against its clean twin libhandles_clean.so (rpath $ORIGIN).
  *
- *   host_handles [REPS] [close|close_range|dup2 FILE]
+ *   host_handles [REPS] [close|close_range|closefrom|dup2 FILE]
  *
  * Runs hx_run_all() REPS times (default 1). With an action, it then turns on the leak
  * checker's own stream descriptor (RESIDUE_FD, as a program that closes every descriptor it did
  * not open would) and runs hx_run_all() once more, so that the report must hold REPS + 1 runs:
  *   close        close(RESIDUE_FD)
  *   close_range  close_range(3, ~0U, 0)
+ *   closefrom    closefrom(3) (glibc closes them with the close_range system call: no close or
+ *                close_range call a hook would see)
  *   dup2 FILE    opens FILE, dup2()s it onto RESIDUE_FD's number, writes "host data\n" through
  *                that number and closes FILE's own descriptor (the duplicate, now the host's
  *                own, stays open: one more descriptor, opened by dup2 in main)
@@ -32,6 +34,8 @@ int main(int argc, char **argv) {
             close(own);
         } else if (!strcmp(argv[2], "close_range")) {
             close_range(3, ~0U, 0);
+        } else if (!strcmp(argv[2], "closefrom")) {
+            closefrom(3);
         } else if (!strcmp(argv[2], "dup2") && argc > 3 && own >= 0) {
             int f = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0600);
             dup2(f, own);

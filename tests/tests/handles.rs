@@ -200,6 +200,19 @@ fn close_range_over_everything_spares_the_stream_and_releases_the_rest() {
 }
 
 #[test]
+fn closefrom_spares_the_stream_and_releases_the_rest() {
+    // closefrom(3) is glibc's close_range system call, made inside the C library: as
+    // close_range, the trace goes on to the end and the first run's descriptors are released.
+    let o = run([fixture("host_handles").as_os_str(), "1".as_ref(), "closefrom".as_ref()]).go();
+    let ctx = o.context();
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_eq!(o.report.unreleased(LIB, "fd"), kind_total("fd", 1), "{ctx}");
+    for kind in ["stream", "dir", "mapping"] {
+        assert_eq!(o.report.unreleased(LIB, kind), kind_total(kind, 2), "{kind}\n{ctx}");
+    }
+}
+
+#[test]
 fn dup2_onto_the_stream_descriptor_moves_the_stream_out_of_the_way() {
     // The host dup2s its own file onto residue's descriptor number and writes through it: the
     // file must hold exactly the host's bytes, and the trace must go on to the end.

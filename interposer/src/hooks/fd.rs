@@ -263,6 +263,8 @@ type MemfdFn = unsafe extern "C" fn(*const c_char, c_uint) -> c_int;
 type NoArgFn = unsafe extern "C" fn() -> c_int;
 type RecvmsgFn = unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> isize;
 
+static NEXT_CLOSEFROM: Next = Next::new(c"closefrom");
+type CloseFromFn = unsafe extern "C" fn(c_int);
 static NEXT_OPEN: Next = Next::new(c"open");
 static NEXT_OPEN64: Next = Next::new(c"open64");
 static NEXT_OPENAT: Next = Next::new(c"openat");
@@ -518,6 +520,21 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     }
     // SAFETY: forwarding the caller's arguments.
     unsafe { real(first, last, flags) }
+}
+
+/// # Safety
+/// As C's closefrom. glibc closes the descriptors with the close_range system call from inside
+/// the C library, where no hook sees it (and the stream's descriptor would go with them): the
+/// same close_range goes through [`close_range`] instead. Where the kernel has no close_range,
+/// glibc's own closefrom is the fallback.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    // SAFETY: our close_range hook takes any arguments.
+    if unsafe { close_range(lowfd.max(0) as c_uint, c_uint::MAX, 0) } == 0 {
+        return;
+    }
+    // SAFETY: NEXT_CLOSEFROM names closefrom, of type CloseFromFn; argument forwarded unchanged.
+    unsafe { resolve::<CloseFromFn>(&NEXT_CLOSEFROM)(lowfd) }
 }
 
 /// # Safety

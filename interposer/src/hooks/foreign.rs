@@ -114,6 +114,7 @@ const HOOKED: &[&CStr] = &[
     c"recvmsg",
     c"close",
     c"close_range",
+    c"closefrom",
     c"fopen",
     c"fopen64",
     c"fdopen",
