@@ -74,36 +74,59 @@ impl Tables {
 /// Largest ELF header + program header table read from the module's first page.
 const PAGE: usize = 4096;
 
-/// Find the module's tables through its ELF program headers, which sit in the first page of
-/// its first mapped segment (`dlfo_map_start`: mapping is page-granular, so that page is
-/// readable). Slices handed to gimli are then bounded by real segment extents: even a corrupt
-/// table cannot make gimli read the unmapped or PROT_NONE gaps between segments.
-fn tables(dlfo: &DlFindObject) -> Option<Tables> {
+/// Where the module's ELF program headers are, and how many: a library's sit in the first page
+/// of its first mapped segment (`dlfo_map_start`: mapping is page-granular, so that page is
+/// readable), after its ELF header. The main program's are where the kernel put them
+/// (`AT_PHDR`): glibc reports a main program linked with separate code segments as starting
+/// at its first executable segment (node: 0xb72000, its ELF header at 0x400000).
+fn program_headers(dlfo: &DlFindObject) -> Option<(usize, usize)> {
     let start = dlfo.dlfo_map_start as usize;
-    let hdr = dlfo.dlfo_eh_frame as usize;
-    if start == 0 || hdr == 0 || dlfo.dlfo_link_map.is_null() {
-        return None;
-    }
-    let ehdr_size = std::mem::size_of::<libc::Elf64_Ehdr>();
-    // SAFETY: the first page of the module's mapping is readable (see above) and holds the ELF
-    // header (read unaligned: it is plain bytes as far as we know).
-    let ehdr = unsafe { std::ptr::read_unaligned(start as *const libc::Elf64_Ehdr) };
-    if ehdr.e_ident[..4] != *b"\x7fELF" || ehdr.e_ident[4] != 2 || ehdr_size > PAGE {
-        return None;
-    }
     let phent = std::mem::size_of::<libc::Elf64_Phdr>();
-    let phoff = usize::try_from(ehdr.e_phoff).ok()?;
-    let phnum = usize::from(ehdr.e_phnum);
-    if usize::from(ehdr.e_phentsize) != phent || phoff.checked_add(phnum.checked_mul(phent)?)? > PAGE {
+    let ehdr_size = std::mem::size_of::<libc::Elf64_Ehdr>();
+    // SAFETY: the first page of the module's mapping is readable (see above); read unaligned,
+    // as plain bytes that may or may not be an ELF header.
+    let ehdr = unsafe { std::ptr::read_unaligned(start as *const libc::Elf64_Ehdr) };
+    if ehdr.e_ident[..4] == *b"\x7fELF" && ehdr.e_ident[4] == 2 && ehdr_size <= PAGE {
+        let phoff = usize::try_from(ehdr.e_phoff).ok()?;
+        let phnum = usize::from(ehdr.e_phnum);
+        if usize::from(ehdr.e_phentsize) != phent || phoff.checked_add(phnum.checked_mul(phent)?)? > PAGE {
+            return None;
+        }
+        return Some((start + phoff, phnum));
+    }
+    // SAFETY: `l_name`, the second field of the public `struct link_map`, points at the
+    // module's NUL-terminated name, the empty string for the main program.
+    let main = unsafe { *(*(dlfo.dlfo_link_map as *const *const u8).add(1)) == 0 };
+    if !main {
         return None;
     }
+    // SAFETY: getauxval reads the process's auxiliary vector; no preconditions.
+    let (phdr, phnum, size) =
+        unsafe { (libc::getauxval(libc::AT_PHDR), libc::getauxval(libc::AT_PHNUM), libc::getauxval(libc::AT_PHENT)) };
+    if phdr == 0 || size as usize != phent {
+        return None;
+    }
+    Some((phdr as usize, phnum as usize))
+}
+
+/// Find the module's tables through its ELF program headers ([`program_headers`]). Slices
+/// handed to gimli are then bounded by real segment extents: even a corrupt table cannot make
+/// gimli read the unmapped or PROT_NONE gaps between segments.
+fn tables(dlfo: &DlFindObject) -> Option<Tables> {
+    let hdr = dlfo.dlfo_eh_frame as usize;
+    if dlfo.dlfo_map_start.is_null() || hdr == 0 || dlfo.dlfo_link_map.is_null() {
+        return None;
+    }
+    let (phdrs, phnum) = program_headers(dlfo)?;
+    let phent = std::mem::size_of::<libc::Elf64_Phdr>();
     // SAFETY: `l_addr` (the load bias) is the first field of the public `struct link_map`, and
     // `dlfo_link_map` points at the live link map of this (loaded) module.
     let bias = unsafe { *(dlfo.dlfo_link_map as *const usize) };
     let mut t = Tables { hdr, hdr_len: 0, loads: [(0, 0); MAX_LOADS], nloads: 0 };
     for i in 0..phnum {
-        // SAFETY: inside the first page (checked above), read unaligned.
-        let ph = unsafe { std::ptr::read_unaligned((start + phoff + i * phent) as *const libc::Elf64_Phdr) };
+        // SAFETY: inside the program header table found above (a library's first page, or the
+        // main program's table the kernel mapped), read unaligned.
+        let ph = unsafe { std::ptr::read_unaligned((phdrs + i * phent) as *const libc::Elf64_Phdr) };
         let lo = bias.wrapping_add(ph.p_vaddr as usize);
         let hi = lo.wrapping_add(ph.p_memsz as usize);
         match ph.p_type {

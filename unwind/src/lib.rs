@@ -19,10 +19,13 @@
 //! Every stack read is bounded by the current thread's stack (fetched once per thread), so a
 //! bad rule or a corrupt stack ends the walk instead of faulting.
 //!
+//! A return address that no FDE describes, neither a loaded module's nor one a JIT registered
+//! with libgcc (V8's code), ends the walk after that frame, as libgcc's walk ends there.
+//!
 //! What goes to libgcc (counted in [`stats`]`().fallbacks`): a stack through a signal frame;
 //! a frame whose CFA is not rsp/rbp + offset or whose rbp is restored other than from the
 //! stack (hand-written asm: ld.so's lazy-binding trampoline, some of libcrypto); a return
-//! address no loaded module's `.eh_frame_hdr` covers (JIT code); a capture while running on a
+//! address whose FDE only libgcc finds (registered at run time by a JIT); a capture while running on a
 //! stack other than the thread's own (sigaltstack, makecontext fibers); a capture made while
 //! the same thread is inside another one (a signal handler that interrupted it), including the
 //! first capture of a thread re-entering itself from inside pthread_getattr_np; a capture on a

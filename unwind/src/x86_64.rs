@@ -266,7 +266,17 @@ pub(crate) fn walk(
             (cfa, fp_slot, from_rbp) = (s.cfa, s.fp_slot(), s.slot & CFA_FROM_RBP);
             at += 1;
         } else {
-            let rule = near.rule(key, generation, rule_for)?;
+            let Some(rule) = near.rule(key, generation, rule_for) else {
+                // No compact rule. Where no FDE describes the code at all (JIT code), libgcc
+                // ends its walk at this frame, already reported: so does this one. Otherwise
+                // libgcc walks the whole stack.
+                if crate::libgcc::ends_at(key) {
+                    // `ended` stays false, so the record does not say the walk ends here: a
+                    // replay that comes this far asks again.
+                    break;
+                }
+                return None;
+            };
             match rule & KIND_MASK {
                 KIND_NORMAL => {}
                 KIND_END => {

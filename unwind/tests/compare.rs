@@ -385,3 +385,48 @@ fn walks_from_a_hooks_entry_skip_the_hook_and_match_libgcc() {
         }
     }
 }
+
+thread_local! {
+    static JIT_PAIR: std::cell::RefCell<Option<Pair>> = const { std::cell::RefCell::new(None) };
+}
+
+extern "C" fn capture_inside_jit_code() {
+    let p = capture_both();
+    JIT_PAIR.with(|s| *s.borrow_mut() = Some(p));
+}
+
+/// Code that no FDE describes (a JIT's: here a few bytes in an anonymous executable mapping):
+/// libgcc reports the frame that returns into it, then stops. So does the fast walk, by itself:
+/// handing such captures to libgcc made a JavaScript runtime 15 times slower.
+#[test]
+fn code_without_unwind_info_ends_the_walk_as_libgcc_ends_it() {
+    // sub rsp, 8; call rdi; add rsp, 8; ret
+    const CODE: [u8; 11] = [0x48, 0x83, 0xec, 0x08, 0xff, 0xd7, 0x48, 0x83, 0xc4, 0x08, 0xc3];
+    // SAFETY: a fresh private anonymous mapping, written before it is made executable and
+    // called as a function of the type its code implements (it calls its argument, a plain
+    // extern "C" function, with the stack aligned as the ABI requires); unmapped after.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), page.cast::<u8>(), CODE.len());
+        assert_eq!(libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+        let jit: extern "C" fn(extern "C" fn()) = std::mem::transmute(page);
+        let range = page as u64..page as u64 + 4096;
+        for _ in 0..REPS {
+            let before = stats().fallbacks;
+            jit(capture_inside_jit_code);
+            let p = JIT_PAIR.with(|s| s.borrow_mut().take()).expect("captured");
+            assert_same(&p);
+            assert_eq!(stats().fallbacks, before, "the walk ended by itself");
+            assert!(p.ours.last().is_some_and(|ra| range.contains(ra)), "it ends in the JIT code: {:x?}", p.ours);
+        }
+        libc::munmap(page, 4096);
+    }
+}
