@@ -26,10 +26,15 @@
  *   getattr  the main thread, then 4 threads, each ask pthread_getattr_np for their own stack
  *            before they allocate anything (as Rust's runtime does at startup): glibc holds the
  *            thread's lock and allocates inside, and the interposer, recording that allocation,
- *            must not ask pthread_getattr_np again (a deadlock). Leaks 5 x 56. */
+ *            must not ask pthread_getattr_np again (a deadlock). Leaks 5 x 56.
+ *   unshare  unshare(CLONE_NEWUSER), which the kernel allows a single-threaded process only
+ *            (exit status 4 if it fails), then the main thread and one more thread each leak
+ *            1 block of 72 bytes. Leaks 2 x 72. */
 #define _GNU_SOURCE /* pthread_getattr_np */
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,8 +157,26 @@ static void *getattr_thread(void *arg) {
     return NULL;
 }
 
+/* unshare */
+static void *unshare_thread(void *arg) {
+    (void)arg;
+    keep(torture_leak(72));
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
+    if (strcmp(mode, "unshare") == 0) {
+        if (unshare(CLONE_NEWUSER) != 0) {
+            perror("unshare");
+            return 4;
+        }
+        keep(torture_leak(72));
+        pthread_t t;
+        pthread_create(&t, NULL, unshare_thread, NULL);
+        pthread_join(t, NULL);
+        return 0;
+    }
     if (strcmp(mode, "getattr") == 0) {
         ask_own_stack();
         keep(torture_leak(56));

@@ -251,7 +251,7 @@ mod tests {
 pub mod torture {
     pub const FUNCTION: &str = "torture_leak";
     /// (mode, blocks, bytes per block)
-    pub const MODES: [(&str, u64, u64); 7] = [
+    pub const MODES: [(&str, u64, u64); 8] = [
         ("keydtor", 40, 48),
         ("churn", 2000, 64),
         ("signal", 10, 32),
@@ -259,6 +259,7 @@ pub mod torture {
         ("handover", 4, 48),
         ("smallstack", 3, 40),
         ("getattr", 5, 56),
+        ("unshare", 2, 72),
     ];
 }
 

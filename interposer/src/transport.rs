@@ -62,6 +62,8 @@ enum Msg {
     Sync(&'static AtomicBool),
     /// As `Sync`, then write the image-exit record and stop.
     Finish(u64, &'static AtomicBool),
+    /// As `Sync`, then stop without an exit record (the image goes on: [`pause_writer`]).
+    Stop(&'static AtomicBool),
 }
 
 struct Channel {
@@ -79,6 +81,8 @@ fn channel() -> Option<&'static Channel> {
     unsafe { CHANNEL.load(Ordering::Acquire).as_ref() }
 }
 static WRITER_ALIVE: AtomicBool = AtomicBool::new(false);
+/// The writer thread's id (0 before it runs).
+static WRITER_TID: AtomicU32 = AtomicU32::new(0);
 static OUT_FD: AtomicI32 = AtomicI32::new(-1);
 static DEAD: AtomicBool = AtomicBool::new(false);
 static WRITE_LOCK: SpinLock = SpinLock::new();
@@ -181,6 +185,59 @@ pub fn start(fd: i32) -> bool {
         WRITER_ALIVE.store(false, Ordering::Release);
     }
     true
+}
+
+/// Stops the writer thread and waits until it is gone from the process (not merely returned:
+/// removed from the thread group, which is what the kernel checks), for a call the kernel only
+/// allows a single-threaded process (unshare or setns into a user namespace). Meanwhile the
+/// recording threads write their chunks themselves, as when there is no writer. False if there
+/// was no writer to stop, or it did not go in time (then it may still be running).
+pub fn pause_writer() -> bool {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    let tid = WRITER_TID.load(Ordering::Acquire);
+    if !WRITER_ALIVE.load(Ordering::Acquire) || tid == 0 || thread().writer.get() {
+        return false;
+    }
+    flush_own();
+    DONE.store(false, Ordering::Release);
+    if send_msg(Msg::Stop(&DONE)).is_err() {
+        return false;
+    }
+    let task = format!("/proc/self/task/{tid}\0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut spins = 0;
+    // SAFETY: access on a NUL-terminated path has no memory-safety preconditions.
+    while !DONE.load(Ordering::Acquire) || unsafe { libc::access(task.as_ptr().cast(), libc::F_OK) } == 0 {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        crate::sync::backoff(&mut spins);
+    }
+    true
+}
+
+/// Whether the writer thread is running.
+pub fn writer_running() -> bool {
+    WRITER_ALIVE.load(Ordering::Acquire)
+}
+
+/// After a [`pause_writer`] that gave up: starts a writer if the old one did stop after all.
+pub fn resume_writer_if_stopped() {
+    if !WRITER_ALIVE.load(Ordering::Acquire) && !DEAD.load(Ordering::Acquire) {
+        resume_writer();
+    }
+}
+
+/// Starts a writer again after [`pause_writer`], on a new channel (the old one's receiver went
+/// with the old writer).
+pub fn resume_writer() {
+    let (tx, rx) = bounded(CHANNEL_DEPTH);
+    let (pool_tx, pool_rx) = bounded(POOL_DEPTH);
+    CHANNEL.store(Box::into_raw(Box::new(Channel { tx, pool_tx, pool_rx })), Ordering::Release);
+    WRITER_ALIVE.store(true, Ordering::Release);
+    if !spawn_writer(rx) {
+        WRITER_ALIVE.store(false, Ordering::Release);
+    }
 }
 
 /// In a forked child that starts its own stream: everything here is a copy of the parent's, made
@@ -732,16 +789,31 @@ fn handle(m: Msg) -> bool {
             done.store(true, Ordering::Release);
             true
         }
+        Msg::Stop(done) => {
+            // Whatever was queued behind the stop is written before the writer goes.
+            WRITER_ALIVE.store(false, Ordering::Release);
+            steal_all();
+            done.store(true, Ordering::Release);
+            true
+        }
     }
 }
 
 fn writer(rx: Receiver<Msg>) {
     block_signals();
+    WRITER_TID.store(crate::ffi::gettid(), Ordering::Release);
     loop {
         match rx.recv_timeout(TICK) {
             Ok(m) => {
+                let stop = matches!(m, Msg::Stop(_));
                 if handle(m) {
                     WRITER_ALIVE.store(false, Ordering::Release);
+                    if stop {
+                        // Senders saw the writer alive until now: what they queued is written.
+                        while let Ok(m) = rx.try_recv() {
+                            handle(m);
+                        }
+                    }
                     return;
                 }
             }

@@ -149,6 +149,9 @@ const HOOKED: &[&CStr] = &[
     c"_Exit",
     c"abort",
     c"pthread_exit",
+    c"pthread_getattr_np",
+    c"unshare",
+    c"setns",
 ];
 
 /// Our hook for `f` if `f` is the C library's definition of a function we hook. Every foreign

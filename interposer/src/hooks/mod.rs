@@ -7,6 +7,7 @@ mod dl;
 pub(crate) mod fd;
 mod foreign;
 mod mmap;
+mod namespace;
 mod process;
 mod stream;
 mod thread;

@@ -1,0 +1,78 @@
+//! unshare and setns. Entering a new user namespace (and, with setns, some other kinds) is only
+//! allowed to a single-threaded process, and the interposer's writer thread makes every traced
+//! process multi-threaded: `unshare -r`, rootless containers and sandboxes failed with EINVAL
+//! under residue. Where the call fails that way and the writer is the process's only other
+//! thread, the writer steps aside for the call (the calling thread writes its own events
+//! meanwhile) and starts again after it.
+
+use std::ffi::c_int;
+
+use crate::ffi::{resolve, Next};
+use crate::state::Guard;
+use crate::transport;
+
+type UnshareFn = unsafe extern "C" fn(c_int) -> c_int;
+type SetnsFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+
+static NEXT_UNSHARE: Next = Next::new(c"unshare");
+static NEXT_SETNS: Next = Next::new(c"setns");
+
+/// # Safety
+/// As C's unshare.
+#[no_mangle]
+pub unsafe extern "C" fn unshare(flags: c_int) -> c_int {
+    // SAFETY: NEXT_UNSHARE names unshare, of type UnshareFn; the argument forwarded unchanged.
+    single_threaded(|| unsafe { resolve::<UnshareFn>(&NEXT_UNSHARE)(flags) })
+}
+
+/// # Safety
+/// As C's setns.
+#[no_mangle]
+pub unsafe extern "C" fn setns(fd: c_int, nstype: c_int) -> c_int {
+    // SAFETY: NEXT_SETNS names setns, of type SetnsFn; arguments forwarded unchanged.
+    single_threaded(|| unsafe { resolve::<SetnsFn>(&NEXT_SETNS)(fd, nstype) })
+}
+
+/// Makes `call`; if it fails with EINVAL while the writer is the only other thread, makes it
+/// again with the writer stopped (retrying briefly: a thread that has returned may still be
+/// leaving the thread group), then restarts the writer. errno is the call's.
+fn single_threaded(mut call: impl FnMut() -> c_int) -> c_int {
+    let r = call();
+    if r == 0 || errno() != libc::EINVAL || !writer_is_the_only_other_thread() {
+        return r;
+    }
+    // Our own allocations (the writer's restart) are not the program's.
+    let Some(_guard) = Guard::enter_any() else { return r };
+    if !transport::pause_writer() {
+        transport::resume_writer_if_stopped();
+        set_errno(libc::EINVAL);
+        return r;
+    }
+    let mut r = call();
+    for _ in 0..100 {
+        if r == 0 || errno() != libc::EINVAL {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+        r = call();
+    }
+    let e = errno();
+    transport::resume_writer();
+    set_errno(e);
+    r
+}
+
+/// Whether the process's threads are this one and the writer (/proc/self/task has two).
+fn writer_is_the_only_other_thread() -> bool {
+    transport::writer_running() && std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 2)
+}
+
+fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e };
+}
