@@ -173,7 +173,21 @@ pub struct Options<'a> {
     pub children: Option<&'a Path>,
 }
 
-/// Starts the target with the interposer preloaded and the stream on `CHILD_FD`.
+/// `preferred`, unless the user handed residue a descriptor of that number to pass down to
+/// the program (`exec 1021<file; residue run -- ...`): the program inherits it and must find
+/// it as it was. Then the next lower number that nothing passes down (closed here, or one of
+/// residue's own, all close-on-exec).
+fn free_child_fd(preferred: i32) -> i32 {
+    let inherited = |fd: i32| {
+        // SAFETY: F_GETFD on any integer is safe; it fails with EBADF if fd is not open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        flags >= 0 && flags & libc::FD_CLOEXEC == 0
+    };
+    (3..=preferred).rev().find(|&fd| !inherited(fd)).unwrap_or(preferred)
+}
+
+/// Starts the target with the interposer preloaded and the stream on `CHILD_FD` (or the
+/// nearest number below it that the program does not inherit).
 pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
     if opts.preload.as_os_str().as_bytes().iter().any(|b| matches!(b, b':' | b' ' | b'\t')) {
         return Err(Error::new(format!(
@@ -209,10 +223,10 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
         };
     }
 
-    let child_fd = match opts.fd_limit {
+    let child_fd = free_child_fd(match opts.fd_limit {
         Some(l) if l.rlim_cur != libc::RLIM_INFINITY && l.rlim_cur <= CHILD_FD as u64 => (l.rlim_cur as i32 - 1).max(3),
         _ => CHILD_FD,
-    };
+    });
     let mut preload = opts.preload.as_os_str().to_owned();
     if let Some(theirs) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");

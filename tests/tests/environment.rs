@@ -46,3 +46,31 @@ fn interposer_without_a_collector_is_passive() {
     assert_eq!(f.code(), 0, "stderr:\n{}", f.stderr);
     assert!(f.stdout.starts_with("host_fork: child ") && f.stdout.ends_with(" done\n"), "stdout: {:?}", f.stdout);
 }
+
+#[test]
+fn a_descriptor_handed_down_on_the_streams_number_reaches_the_program_untouched() {
+    // The user's shell passes a file on descriptor 1021, the number residue prefers for its
+    // stream: the program must read the user's file there, and the trace go on elsewhere.
+    let tmp = residue_tests::TempDir::new("inherited-fd");
+    let file = tmp.join("handed-down");
+    std::fs::write(&file, "the user's data\n").unwrap();
+    let input = std::fs::File::open(&file).unwrap();
+    let json = tmp.join("report.json");
+    let b = run(["bash".as_ref(), "-c".as_ref(), "cat <&1021".as_ref()] as [&std::ffi::OsStr; 3]);
+    let mut cmd = b.command(&json);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&input);
+    // SAFETY: dup2 in the forked child before exec, onto a number it then owns (no close-on-exec).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(fd, 1021) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let finished = residue_tests::run_captured(cmd, "residue run -- bash -c 'cat <&1021'");
+    let report = residue_tests::read_report(&json, &finished, "inherited descriptor 1021");
+    assert_eq!(finished.stdout, "the user's data\n", "{}", finished.stderr);
+    assert_eq!(finished.code(), 0, "{}", finished.stderr);
+    assert_eq!(report.complete(), Some(true), "{}", finished.stderr);
+}
