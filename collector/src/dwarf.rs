@@ -176,6 +176,7 @@ fn inflate(input: &[u8], out: &mut [u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::symbolize::{frames_of, Frame};
 
     /// The C library's debug file where installed (compressed, the case this is for), else the
     /// test binary itself: both give the same frames through this loader and addr2line's.
@@ -215,24 +216,17 @@ mod tests {
         let mut compared = 0;
         for k in 0..n {
             let probe = text.address() + text.size() * k / n;
-            let ours: Vec<_> = match ctx.find_frames(probe) {
-                Some(mut it) => std::iter::from_fn(|| it.next().ok().flatten())
-                    .map(|f| {
-                        let name = f.function.and_then(|n| n.demangle().ok().map(|s| s.into_owned()));
-                        (name, f.location.map(|l| (l.file.map(str::to_owned), l.line)))
-                    })
-                    .collect(),
-                None => Vec::new(),
+            let base = Frame {
+                address: probe,
+                function: None,
+                module: None,
+                offset: None,
+                file: None,
+                line: None,
+                inlined: false,
             };
-            let expected: Vec<_> = match theirs.find_frames(probe) {
-                Ok(mut it) => std::iter::from_fn(|| it.next().ok().flatten())
-                    .map(|f| {
-                        let name = f.function.and_then(|n| n.demangle().ok().map(|s| s.into_owned()));
-                        (name, f.location.map(|l| (l.file.map(str::to_owned), l.line)))
-                    })
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
+            let ours = frames_of(ctx.find_frames(probe), &base);
+            let expected = frames_of(theirs.find_frames(probe).ok(), &base);
             assert_eq!(ours, expected, "{} at {probe:#x}", path.display());
             assert_eq!(ctx.find_symbol(probe), theirs.find_symbol(probe), "{} at {probe:#x}", path.display());
             compared += usize::from(!ours.is_empty());

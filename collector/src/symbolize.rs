@@ -360,7 +360,10 @@ fn lookup_in(parsed: &dwarf::Parsed<'_>, modules: &ModuleMap<'_>, addr: u64) -> 
 }
 
 /// The frames addr2line found for one address, innermost (most inlined) first.
-fn frames_of<R: addr2line::gimli::Reader>(found: Option<addr2line::FrameIter<'_, R>>, base: &Frame) -> Vec<Frame> {
+pub(crate) fn frames_of<R: addr2line::gimli::Reader>(
+    found: Option<addr2line::FrameIter<'_, R>>,
+    base: &Frame,
+) -> Vec<Frame> {
     let mut out = Vec::new();
     if let Some(mut iter) = found {
         while let Ok(Some(f)) = iter.next() {
