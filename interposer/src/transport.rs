@@ -790,7 +790,7 @@ fn handle(m: Msg) -> bool {
             true
         }
         Msg::Stop(done) => {
-            // Whatever was queued behind the stop is written before the writer goes.
+            // From now on the recording threads write their chunks themselves.
             WRITER_ALIVE.store(false, Ordering::Release);
             steal_all();
             done.store(true, Ordering::Release);
@@ -809,7 +809,8 @@ fn writer(rx: Receiver<Msg>) {
                 if handle(m) {
                     WRITER_ALIVE.store(false, Ordering::Release);
                     if stop {
-                        // Senders saw the writer alive until now: what they queued is written.
+                        // What senders queued while they still saw the writer alive is written
+                        // before it goes.
                         while let Ok(m) = rx.try_recv() {
                             handle(m);
                         }

@@ -38,11 +38,15 @@ pub unsafe extern "C" fn setns(fd: c_int, nstype: c_int) -> c_int {
 /// leaving the thread group), then restarts the writer. errno is the call's.
 fn single_threaded(mut call: impl FnMut() -> c_int) -> c_int {
     let r = call();
-    if r == 0 || errno() != libc::EINVAL || !writer_is_the_only_other_thread() {
+    if r == 0 || errno() != libc::EINVAL {
         return r;
     }
-    // Our own allocations (the writer's restart) are not the program's.
+    // What follows allocates (the thread count, the writer's restart): ours, not the program's.
     let Some(_guard) = Guard::enter_any() else { return r };
+    if !writer_is_the_only_other_thread() {
+        set_errno(libc::EINVAL);
+        return r;
+    }
     if !transport::pause_writer() {
         transport::resume_writer_if_stopped();
         set_errno(libc::EINVAL);
