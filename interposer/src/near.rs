@@ -69,14 +69,14 @@ pub struct PyFrames {
 pub const CALL_FRAMES: usize = 128;
 
 /// The Python stack (its frames' values, innermost first) of a capture inside foreign call
-/// `call` (a ctypes or cffi call, numbered per thread) while `frame` was the thread's current
-/// Python frame, at instruction `instr`. While that call runs, the Python frame that made it
-/// waits in it and nothing under it can change: a later capture in the same call with the same
-/// current frame has the same Python stack (a callback into Python has frames of its own above).
+/// `call` (a ctypes or cffi call, numbered per thread) while `at` was the thread's current
+/// Python frame: its address, instruction and code object's identity key. While that call runs,
+/// the Python frame that made it waits in it and nothing under it can change: a later capture
+/// in the same call, with the same frame current at the same point of the same code, has the
+/// same Python stack.
 struct CallFrames {
     call: u64,
-    frame: u64,
-    instr: u64,
+    at: (u64, u64, u64),
     len: usize,
     values: [u64; CALL_FRAMES],
 }
@@ -98,27 +98,27 @@ impl PyFrames {
         }
     }
 
-    /// The Python stack kept for foreign call `call` (non-zero) at current frame `frame` and
-    /// `instr`, copied into `out`; its length, or `None` if another was kept.
+    /// The Python stack kept for foreign call `call` (non-zero) with `at` current (see
+    /// [`CallFrames`]), copied into `out`; its length, or `None` if another was kept.
     #[inline(always)]
-    pub fn in_call(&self, call: u64, frame: u64, instr: u64, out: &mut [u64]) -> Option<usize> {
+    pub fn in_call(&self, call: u64, at: (u64, u64, u64), out: &mut [u64]) -> Option<usize> {
         let c = &self.call;
-        if c.call != call || c.frame != frame || c.instr != instr || c.len > out.len() {
+        if c.call != call || c.at != at || c.len > out.len() {
             return None;
         }
         out[..c.len].copy_from_slice(&c.values[..c.len]);
         Some(c.len)
     }
 
-    /// Keeps `values` as the Python stack of foreign call `call` at `frame` and `instr`.
+    /// Keeps `values` as the Python stack of foreign call `call` with `at` current.
     #[inline(always)]
-    pub fn keep_call(&mut self, call: u64, frame: u64, instr: u64, values: &[u64]) {
+    pub fn keep_call(&mut self, call: u64, at: (u64, u64, u64), values: &[u64]) {
         let c = &mut self.call;
         if values.len() > CALL_FRAMES {
             c.call = 0;
             return;
         }
-        (c.call, c.frame, c.instr, c.len) = (call, frame, instr, values.len());
+        (c.call, c.at, c.len) = (call, at, values.len());
         c.values[..values.len()].copy_from_slice(values);
     }
 

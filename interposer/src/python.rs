@@ -357,15 +357,20 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64], ca
     if let Some(n) = near.as_deref_mut() {
         n.py_frames.check(GENERATION.load(Ordering::Relaxed));
     }
-    // Inside a foreign call, with the frame that made it (or the same callback frame) current
-    // again: the Python stack kept for this call at this frame. (Not before the layout is
-    // proven: then `call` is 0.)
+    // Inside a foreign call, with the same frame current again, running the same code (by its
+    // identity: two callbacks' frames may take turns at one address) at the same instruction:
+    // the Python stack kept for this call. Under that frame is the one that made the call, which
+    // waits in it unchanged. (Not before the layout is proven: then `call` is 0.)
     let from = if !CHECKED && call != 0 && f != 0 && plausible(f) {
-        let instr = field::<CHECKED>(f, l.frame_prev_instr)?;
-        if let Some(n) = near.as_deref().and_then(|nc| nc.py_frames.in_call(call, f, instr, out)) {
+        let code = field::<CHECKED>(f, l.frame_code)?;
+        if !plausible(code) {
+            return None;
+        }
+        let at = (f, field::<CHECKED>(f, l.frame_prev_instr)?, identity::<CHECKED>(code)?.key);
+        if let Some(n) = near.as_deref().and_then(|nc| nc.py_frames.in_call(call, at, out)) {
             return Some(n);
         }
-        Some((f, instr))
+        Some(at)
     } else {
         None
     };
@@ -409,8 +414,8 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64], ca
         n += 1;
         f = field::<CHECKED>(f, l.frame_previous)?;
     }
-    if let (Some((frame, instr)), Some(nc)) = (from, near) {
-        nc.py_frames.keep_call(call, frame, instr, &out[..n]);
+    if let (Some(at), Some(nc)) = (from, near) {
+        nc.py_frames.keep_call(call, at, &out[..n]);
     }
     Some(n)
 }
