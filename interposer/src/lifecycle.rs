@@ -286,6 +286,9 @@ pub fn before_exec(path: &[u8]) -> bool {
         return false;
     }
     transport::flush_all(None, None);
+    // The next image continues the stream, whatever the program did to the descriptor's flags
+    // (an ioctl FIOCLEX, which no hook sees).
+    transport::set_cloexec(false);
     true
 }
 

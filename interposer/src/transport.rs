@@ -22,6 +22,7 @@
 //! passive and the host runs on untracked.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ffi::c_int;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -278,12 +279,14 @@ pub fn set_cloexec(on: bool) {
     if fd < 0 {
         return;
     }
+    // The raw system call: our fcntl hook refuses the program's attempts to mark the stream
+    // close-on-exec, not ours.
     // SAFETY: F_GETFD/F_SETFD on an integer descriptor have no memory-safety preconditions.
     unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
+        let flags = libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) as c_int;
         if flags >= 0 {
             let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
-            libc::fcntl(fd, libc::F_SETFD, new);
+            libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, new);
         }
     }
 }

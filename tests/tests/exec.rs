@@ -15,6 +15,18 @@ fn exec_is_followed_and_only_the_final_image_is_reported() {
 }
 
 #[test]
+fn exec_after_marking_every_descriptor_close_on_exec_is_followed() {
+    // Programs that exec themselves clean mark every descriptor close-on-exec first, the
+    // stream's too (close_range's CLOSE_RANGE_CLOEXEC, fcntl on each), and execl is not hooked:
+    // the stream must still reach the new image.
+    let o = run([fixture("host_exec").as_os_str(), "--cloexec".as_ref(), fixture("host_leaky").as_os_str()]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_leaky_exact(&o, 1);
+}
+
+#[test]
 fn exec_through_a_shell_is_followed() {
     // A launcher script that execs the real program, like the pyenv shim.
     let script = format!("exec '{}' 2", fixture("host_leaky").display());

@@ -489,7 +489,17 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     let real: CloseRangeFn = unsafe { resolve(&NEXT_CLOSE_RANGE) };
     // CLOSE_RANGE_CLOEXEC only marks the descriptors: nothing is released.
     const CLOSE_RANGE_CLOEXEC: c_int = 1 << 2;
-    if flags & CLOSE_RANGE_CLOEXEC != 0 || first > last {
+    if flags & CLOSE_RANGE_CLOEXEC != 0 {
+        // SAFETY: forwarding the caller's arguments.
+        let r = unsafe { real(first, last, flags) };
+        let own = transport::out_fd();
+        if ours(own) && (first..=last).contains(&(own as c_uint)) {
+            // As with fcntl: the stream stays open across the program's own exec.
+            transport::set_cloexec(false);
+        }
+        return r;
+    }
+    if first > last {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(first, last, flags) };
     }
@@ -594,6 +604,11 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// # Safety
 /// `next` names a function of type FcntlFn; the arguments are fcntl's.
 unsafe fn fcntl_via(next: &Next, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    if cmd == libc::F_SETFD && ours(fd) {
+        // The stream stays open across the program's own exec (a program that execs itself
+        // clean marks every descriptor close-on-exec first, this one too): it believes it did.
+        return 0;
+    }
     // SAFETY: the caller names an FcntlFn. The whole register that carried the variadic argument
     // is forwarded, as the caller passed it (glibc reads it as a pointer-sized value).
     let r = unsafe { resolve::<FcntlFn>(next)(fd, cmd, arg) };
