@@ -21,8 +21,24 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// In `$TMPDIR`, or where that is unusable (missing, read-only, too long a path for a
+    /// socket address), in /tmp or /dev/shm: a bad TMPDIR must not keep the program from running.
     pub fn new() -> io::Result<Self> {
-        let mut template = std::env::temp_dir().join("residue-XXXXXX").into_os_string().into_encoded_bytes();
+        let tmp = std::env::temp_dir();
+        let mut first_error = None;
+        for dir in [tmp.as_path(), Path::new("/tmp"), Path::new("/dev/shm")] {
+            match Self::new_in(dir) {
+                Ok(l) => return Ok(l),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| io::Error::other("no directory for the socket")))
+    }
+
+    fn new_in(dir: &Path) -> io::Result<Self> {
+        let mut template = dir.join("residue-XXXXXX").into_os_string().into_encoded_bytes();
         template.push(0);
         // SAFETY: template is a writable NUL-terminated buffer ending in XXXXXX, as mkdtemp
         // requires; it creates the directory with mode 0700.

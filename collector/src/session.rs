@@ -36,10 +36,14 @@ pub fn trace(argv: &[OsString], depth: u32, tee: Option<File>, who: &str, follow
     }
     let fd_limit = launch::raise_fd_limit();
     let listener = if follow {
-        Some(
-            children::Listener::new()
-                .map_err(|e| Error::io("residue: cannot create the socket children connect to", e))?,
-        )
+        match children::Listener::new() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // The program runs all the same; its children are then only listed.
+                eprintln!("residue: cannot create the socket children connect to ({e}): children are not followed");
+                None
+            }
+        }
     } else {
         None
     };

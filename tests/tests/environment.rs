@@ -74,3 +74,14 @@ fn a_descriptor_handed_down_on_the_streams_number_reaches_the_program_untouched(
     assert_eq!(finished.code(), 0, "{}", finished.stderr);
     assert_eq!(report.complete(), Some(true), "{}", finished.stderr);
 }
+
+#[test]
+fn an_unusable_tmpdir_does_not_keep_the_program_from_running() {
+    // The socket children connect to lives in TMPDIR: where that cannot hold it, residue puts it
+    // in /tmp, and the forked child is still followed.
+    let o = run([fixture("host_fork").as_os_str(), "exit".as_ref()]).env("TMPDIR", "/nonexistent/residue-test").go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_eq!(o.report.json["children"].as_array().map(Vec::len), Some(1), "{ctx}");
+}
