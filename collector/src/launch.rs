@@ -173,6 +173,27 @@ pub struct Options<'a> {
     pub children: Option<&'a Path>,
 }
 
+/// Which of the standard descriptors 0, 1 and 2 were closed when residue started (bit n: fd
+/// n), recorded by a constructor: Rust's runtime then opens /dev/null on them before `main`,
+/// and the program must find them closed as they were handed to residue (`cmd <&-` makes
+/// `cat` fail, and a program may test for it).
+static CLOSED_AT_START: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+#[used]
+#[link_section = ".init_array"]
+static RECORD_CLOSED_STD_FDS: extern "C" fn() = record_closed_std_fds;
+
+extern "C" fn record_closed_std_fds() {
+    let mut closed = 0u8;
+    for fd in 0..3 {
+        // SAFETY: F_GETFD on any integer is safe; it fails with EBADF if fd is not open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            closed |= 1 << fd;
+        }
+    }
+    CLOSED_AT_START.store(closed, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `preferred`, unless the user handed residue a descriptor of that number to pass down to
 /// the program (`exec 1021<file; residue run -- ...`): the program inherits it and must find
 /// it as it was. Then the next lower number that nothing passes down (closed here, or one of
@@ -251,8 +272,9 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
     let old_quit = sigaction(libc::SIGQUIT, libc::SIG_IGN);
     let wfd = write_end.as_raw_fd();
     let fd_limit = opts.fd_limit;
+    let closed_std = CLOSED_AT_START.load(std::sync::atomic::Ordering::Relaxed);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (dup2, fcntl, sigaction, setrlimit) on plain data.
+    // async-signal-safe system calls (dup2, fcntl, sigaction, close, setrlimit) on plain data.
     unsafe {
         cmd.pre_exec(move || {
             if wfd == child_fd {
@@ -265,6 +287,9 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
             }
             libc::sigaction(libc::SIGINT, &old_int, std::ptr::null_mut());
             libc::sigaction(libc::SIGQUIT, &old_quit, std::ptr::null_mut());
+            for fd in (0..3).filter(|fd| closed_std & (1 << fd) != 0) {
+                libc::close(fd);
+            }
             if let Some(l) = fd_limit {
                 libc::setrlimit(libc::RLIMIT_NOFILE, &l);
             }

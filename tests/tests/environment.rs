@@ -85,3 +85,24 @@ fn an_unusable_tmpdir_does_not_keep_the_program_from_running() {
     assert_eq!(o.report.complete(), Some(true), "{ctx}");
     assert_eq!(o.report.json["children"].as_array().map(Vec::len), Some(1), "{ctx}");
 }
+
+#[test]
+fn standard_descriptors_closed_for_residue_stay_closed_for_the_program() {
+    // `residue run -- cmd <&-`: Rust's runtime opens /dev/null on a closed standard descriptor
+    // before residue's main; the program must still find it closed.
+    let tmp = residue_tests::TempDir::new("closed-stdin");
+    let json = tmp.join("report.json");
+    let script = "if [ -e /proc/self/fd/0 ]; then echo open; else echo closed; fi";
+    let b = run(["sh".as_ref(), "-c".as_ref(), script.as_ref()] as [&std::ffi::OsStr; 3]);
+    let mut cmd = b.command(&json);
+    // SAFETY: close in the forked child before exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let finished = residue_tests::run_captured(cmd, "residue run -- sh -c ... <&-");
+    assert_eq!(finished.stdout, "closed\n", "{}", finished.stderr);
+    assert_eq!(finished.code(), 0, "{}", finished.stderr);
+}
