@@ -125,11 +125,25 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     }
 }
 
+/// Forwards a signal that a process sent (kill, sigqueue: `timeout -s INT`, a supervisor), not
+/// one the terminal sent to the whole foreground group, which reached the target already.
+extern "C" fn forward_sent_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    if code <= 0 {
+        forward_signal(sig);
+    }
+}
+
 fn sigaction(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sigaction {
+    sigaction_with(sig, handler, 0)
+}
+
+fn sigaction_with(sig: libc::c_int, handler: libc::sighandler_t, flags: libc::c_int) -> libc::sigaction {
     // SAFETY: a zeroed sigaction is a valid "default, no flags, empty mask" value.
     let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
     new.sa_sigaction = handler;
-    new.sa_flags = libc::SA_RESTART;
+    new.sa_flags = libc::SA_RESTART | flags;
     // SAFETY: as above; `old` is filled in by the kernel.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers to initialized sigaction structs; sig is a catchable signal.
@@ -267,9 +281,11 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
     }
 
     // Ctrl-C and Ctrl-\ reach the target through the terminal's process group; the collector
-    // must outlive the target to report. The child gets the user's dispositions back.
-    let old_int = sigaction(libc::SIGINT, libc::SIG_IGN);
-    let old_quit = sigaction(libc::SIGQUIT, libc::SIG_IGN);
+    // must outlive the target to report, and passes on only what a process sent it. The child
+    // gets the user's dispositions back.
+    let sent = forward_sent_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+    let old_int = sigaction_with(libc::SIGINT, sent as libc::sighandler_t, libc::SA_SIGINFO);
+    let old_quit = sigaction_with(libc::SIGQUIT, sent as libc::sighandler_t, libc::SA_SIGINFO);
     let wfd = write_end.as_raw_fd();
     let fd_limit = opts.fd_limit;
     let closed_std = CLOSED_AT_START.load(std::sync::atomic::Ordering::Relaxed);
@@ -307,6 +323,11 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
     CHILD_PID.store(child.id() as i32, Ordering::Relaxed);
     sigaction(libc::SIGTERM, forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
     sigaction(libc::SIGHUP, forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    // Signals a program is commonly sent to act on (reload, dump, resize): meant for the program,
+    // and residue's default action for them would be to die and leave it running untraced.
+    for sig in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGWINCH] {
+        sigaction_with(sig, sent as libc::sighandler_t, libc::SA_SIGINFO);
+    }
     Ok(Launched { child, stream: read_end })
 }
 

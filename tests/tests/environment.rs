@@ -106,3 +106,54 @@ fn standard_descriptors_closed_for_residue_stay_closed_for_the_program() {
     assert_eq!(finished.stdout, "closed\n", "{}", finished.stderr);
     assert_eq!(finished.code(), 0, "{}", finished.stderr);
 }
+
+/// Starts `residue run -- sh -c SCRIPT`, waits for the script's first line, sends residue
+/// (not the program) `sig` with kill, and returns the rest of the output and residue's status.
+fn signal_residue_after_first_line(script: &str, sig: i32) -> (String, Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let tmp = residue_tests::TempDir::new("signal-residue");
+    let json = tmp.join("report.json");
+    let mut cmd = run(["sh".as_ref(), "-c".as_ref(), script.as_ref()] as [&std::ffi::OsStr; 3]).command(&json);
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("residue starts");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "ready\n");
+    residue_tests::kill(child.id() as i32, sig);
+    // The program ends on the signal, or never does if residue kept it: then fail, not hang.
+    let deadline = std::time::Instant::now() + residue_tests::DEADLINE;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("signal {sig} sent to residue never ended the program");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (rest, status.code(), err)
+}
+
+#[test]
+fn signals_sent_to_residue_reach_the_program() {
+    // `timeout -s INT`, a supervisor's SIGUSR1: sent to residue's pid, meant for the program.
+    // (Ctrl-C from a terminal reaches the program through its process group, and is not sent
+    // twice.)
+    for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGUSR1, "USR1")] {
+        // The loop ends by itself after a few seconds, so that a residue that keeps the signal
+        // fails the test instead of leaving the program running.
+        let script = format!(
+            "trap 'echo got-{name}; exit 3' {name}; echo ready; i=0; \
+             while [ $i -lt 300 ]; do sleep 0.01; i=$((i+1)); done; echo not-{name}; exit 9"
+        );
+        let (rest, code, err) = signal_residue_after_first_line(&script, sig);
+        assert_eq!(rest, format!("got-{name}\n"), "{err}");
+        assert_eq!(code, Some(3), "residue exits with the program's status\n{err}");
+    }
+}
