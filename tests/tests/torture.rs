@@ -42,7 +42,8 @@ fn thirty_two_threads_freeing_each_others_blocks() {
 
 /// A thread created with PTHREAD_STACK_MIN (16 KiB): the interposer's static TLS comes out of
 /// every thread's stack, so it must stay small (its per-thread caches live on the heap), or
-/// pthread_create fails with EINVAL (the host's exit status 3 here).
+/// pthread_create fails with EINVAL (the host's exit status 3 here); and its hooks' stack walks
+/// must not take the unwinder's slow paths there (open's overflowed it).
 #[test]
 fn a_thread_with_the_smallest_stack_is_still_created() {
     mode("smallstack");

@@ -156,6 +156,16 @@ fn rule_for(key: u64) -> Option<u64> {
     }
 }
 
+/// Stack the slow paths may need below a capture's starting point: gimli's CFI evaluation
+/// keeps several rows of rules on the stack, libgcc's walk a frame state per frame.
+const SLOW_PATH_STACK: u64 = 32 * 1024;
+
+/// The rule for `key` if the cache has it; never derived.
+#[inline(always)]
+fn cached(key: u64) -> Option<u64> {
+    cache::lookup::<X86Packing>(key)
+}
+
 #[cold]
 #[inline(never)]
 fn derive(key: u64) -> Option<u64> {
@@ -201,6 +211,10 @@ pub(crate) fn walk(
     if entry_sp < lo || entry_sp >= hi.wrapping_sub(8) || entry_sp & 7 != 0 || out.is_empty() {
         return None;
     }
+    // The slow paths (deriving a rule with gimli, libgcc's walk) take kilobytes of stack. A
+    // thread with less than that left (created with a 16 KiB stack) gets the frames the cached
+    // rules reach, and the walk ends at the first frame they do not cover, rather than a crash.
+    let roomy = entry_sp - lo >= SLOW_PATH_STACK;
     // Nothing legitimate lies below the starting stack pointer: bound reads from there up.
     let lo = entry_sp;
     let mut fp = fp;
@@ -266,7 +280,11 @@ pub(crate) fn walk(
             (cfa, fp_slot, from_rbp) = (s.cfa, s.fp_slot(), s.slot & CFA_FROM_RBP);
             at += 1;
         } else {
-            let Some(rule) = near.rule(key, generation, rule_for) else {
+            let rule = if roomy { near.rule(key, generation, rule_for) } else { near.rule(key, generation, cached) };
+            let Some(rule) = rule else {
+                if !roomy {
+                    break;
+                }
                 // No compact rule. Where no FDE describes the code at all (JIT code), libgcc
                 // ends its walk at this frame, already reported: so does this one. Otherwise
                 // libgcc walks the whole stack.
@@ -283,6 +301,7 @@ pub(crate) fn walk(
                     ended = true;
                     break;
                 }
+                _ if !roomy => break,
                 _ => return None,
             }
             from_rbp = if rule & CFA_RBP != 0 { CFA_FROM_RBP } else { 0 };
