@@ -166,9 +166,6 @@ fn has_events(c: *const Chunk) -> bool {
 /// child that starts its own stream (after [`reset_after_fork`]).
 pub fn start(fd: i32) -> bool {
     OUT_FD.store(fd, Ordering::Relaxed);
-    let (tx, rx) = bounded(CHANNEL_DEPTH);
-    let (pool_tx, pool_rx) = bounded(POOL_DEPTH);
-    CHANNEL.store(Box::into_raw(Box::new(Channel { tx, pool_tx, pool_rx })), Ordering::Release);
     // Once per process: a forked child restarting its stream keeps the key it inherited.
     if THREAD_KEY.load(Ordering::Relaxed) == u32::MAX {
         let mut key: libc::pthread_key_t = 0;
@@ -181,10 +178,7 @@ pub fn start(fd: i32) -> bool {
     // interrupts every CPU that runs one of the process's threads, which some hosts may not want.
     let locked = crate::ffi::getenv(c"RESIDUE_LOCKED_SLOTS").is_some_and(|v| v == b"1");
     ASYMMETRIC.store(!locked && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED), Ordering::Relaxed);
-    WRITER_ALIVE.store(true, Ordering::Release);
-    if !spawn_writer(rx) {
-        WRITER_ALIVE.store(false, Ordering::Release);
-    }
+    start_writer();
     true
 }
 
@@ -225,13 +219,13 @@ pub fn writer_running() -> bool {
 /// After a [`pause_writer`] that gave up: starts a writer if the old one did stop after all.
 pub fn resume_writer_if_stopped() {
     if !WRITER_ALIVE.load(Ordering::Acquire) && !DEAD.load(Ordering::Acquire) {
-        resume_writer();
+        start_writer();
     }
 }
 
-/// Starts a writer again after [`pause_writer`], on a new channel (the old one's receiver went
-/// with the old writer).
-pub fn resume_writer() {
+/// Starts a writer on a new channel: from [`start`], and again after [`pause_writer`] (the
+/// old channel's receiver went with the old writer).
+pub fn start_writer() {
     let (tx, rx) = bounded(CHANNEL_DEPTH);
     let (pool_tx, pool_rx) = bounded(POOL_DEPTH);
     CHANNEL.store(Box::into_raw(Box::new(Channel { tx, pool_tx, pool_rx })), Ordering::Release);

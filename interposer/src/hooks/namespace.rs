@@ -61,7 +61,7 @@ fn single_threaded(mut call: impl FnMut() -> c_int) -> c_int {
         r = call();
     }
     let e = errno();
-    transport::resume_writer();
+    transport::start_writer();
     set_errno(e);
     r
 }
