@@ -383,6 +383,12 @@ struct StoredStack {
     expanded: OnceCell<Box<[u64]>>,
 }
 
+/// `own` followed by the outermost `shared` frames of `base` (all of it if it has fewer).
+fn joined(mut own: Vec<u64>, base: &[u64], shared: usize) -> Vec<u64> {
+    own.extend_from_slice(&base[base.len() - shared.min(base.len())..]);
+    own
+}
+
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
@@ -420,6 +426,16 @@ impl StackStore {
             put_varint(&mut self.bytes, u64::from(i));
         }
         self.by_id.insert(id, StoredStack { at, expanded: OnceCell::new() });
+    }
+
+    /// The frames of stack `id`, expanded each time (for a stack sent against it: the report
+    /// keeps only the expansions it asks for).
+    pub fn frames_of(&self, id: u32) -> Option<Vec<u64>> {
+        let s = self.by_id.get(&id)?;
+        Some(match s.expanded.get() {
+            Some(f) => f.to_vec(),
+            None => self.expand(s.at).into_vec(),
+        })
     }
 
     /// The frames of stack `id`, expanded on first use.
@@ -846,6 +862,10 @@ pub struct Ledger {
     pub resolved: bool,
     /// A resolved trace's interned tuples.
     tuples: Vec<Tuple>,
+    /// `StackShared` records whose base stack has not arrived yet (a thread's chunks can reach
+    /// the stream out of order when the interposer's writer takes one from an idle thread),
+    /// by base: (id, shared frames, own frames).
+    waiting: FxMap<u32, Vec<(u32, usize, Vec<u64>)>>,
 }
 
 /// What a merge of a tentative image does with its entries.
@@ -1145,9 +1165,39 @@ impl Ledger {
         }
     }
 
-    /// A `Stack` record.
+    /// A stack of a resolved trace.
     pub fn stack(&mut self, id: u32, frames: &[u64]) {
         self.current().stacks.insert(id, frames);
+    }
+
+    /// A `Stack` record of the stream: stored and, with `--output`, logged; then the
+    /// `StackShared` records that waited for it.
+    fn stack_record(&mut self, id: u32, frames: Vec<u64>) {
+        let mut todo = vec![(id, frames)];
+        while let Some((id, frames)) = todo.pop() {
+            if let Some(j) = self.journal.as_deref_mut() {
+                j.stack(id, &frames);
+            }
+            self.current().stacks.insert(id, &frames);
+            for (waiting, shared, own) in self.waiting.remove(&id).unwrap_or_default() {
+                todo.push((waiting, joined(own, &frames, shared)));
+            }
+        }
+    }
+
+    /// A `StackShared` record: stack `id` is `own` followed by the outermost `shared` frames of
+    /// stack `base`, which the same thread sent before.
+    fn shared_stack_record(&mut self, id: u32, base: u32, shared: usize, own: Vec<u64>) {
+        match self.current().stacks.frames_of(base) {
+            Some(b) => self.stack_record(id, joined(own, &b, shared)),
+            None => self.waiting.entry(base).or_default().push((id, shared, own)),
+        }
+    }
+
+    /// Stacks sent against a base that never arrived (a trace cut short): their ids stay
+    /// unknown, as any stack id without its record.
+    pub fn stacks_without_base(&self) -> usize {
+        self.waiting.values().map(Vec::len).sum()
     }
 
     pub fn apply(&mut self, record: Record) {
@@ -1204,7 +1254,8 @@ impl Ledger {
                     m.unloaded = true;
                 }
             }
-            Record::Stack { id, frames } => self.stack(id, &frames),
+            Record::Stack { id, frames } => self.stack_record(id, frames),
+            Record::StackShared { id, base, shared, frames } => self.shared_stack_record(id, base, shared, frames),
             Record::Acquire { seq, kind, api, id, size, stack } => self.acquire(seq, kind, api, id, size, stack),
             Record::Release { seq, kind, api, id } => self.release(seq, kind, api, id),
             Record::Fork { seq, child } => {
@@ -1426,6 +1477,33 @@ mod tests {
         ]);
         let live: Vec<_> = l.final_image().unwrap().live().map(|(k, id, _)| (k, id)).collect();
         assert_eq!(live, vec![(Kind::FD, 3)]);
+    }
+
+    /// A stack sent against another (`StackShared`) is its own frames and the base's outer
+    /// ones, whether the base came before it, came after it (a chunk written out of order), or
+    /// was itself sent against another; one whose base never comes is counted, not guessed.
+    #[test]
+    fn shared_stacks_are_joined_to_their_base_whenever_it_arrives() {
+        let shared =
+            |id, base, shared, frames: &[u64]| Record::StackShared { id, base, shared, frames: frames.to_vec() };
+        let mut l = ledger(vec![
+            Record::Stack { id: 1, frames: vec![10, 20, 30, 40] },
+            shared(2, 1, 3, &[11]),
+            // Base 4 arrives after 5 and 6, which wait for it (6 through 5).
+            shared(6, 5, 2, &[13, 14]),
+            shared(5, 4, 4, &[]),
+            shared(4, 2, 2, &[12, 15, 16]),
+            // Base 9 never arrives.
+            shared(7, 9, 1, &[17]),
+        ]);
+        let stacks = &l.final_image().unwrap().stacks;
+        assert_eq!(stacks.get(&2), Some(&[11, 20, 30, 40][..]));
+        assert_eq!(stacks.get(&4), Some(&[12, 15, 16, 30, 40][..]));
+        assert_eq!(stacks.get(&5), Some(&[15, 16, 30, 40][..]));
+        assert_eq!(stacks.get(&6), Some(&[13, 14, 30, 40][..]));
+        assert_eq!(stacks.get(&7), None);
+        assert_eq!(l.stacks_without_base(), 1);
+        l.finish();
     }
 
     #[test]

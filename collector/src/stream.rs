@@ -262,13 +262,11 @@ impl StreamState {
                         }
                         _ => {}
                     }
-                    // Stacks are written against the one before; the other records as they came,
-                    // after what applying them logged (a merge's fix-ups, say).
+                    // Stacks are written against the one before (the ledger logs them, once
+                    // whole); the other records as they came, after what applying them logged (a
+                    // merge's fix-ups, say).
                     match (&record, self.ledger.journal.as_deref_mut()) {
-                        (Record::Stack { id, frames }, Some(j)) => {
-                            j.stack(*id, frames);
-                            self.ledger.apply(record);
-                        }
+                        (Record::Stack { .. } | Record::StackShared { .. }, _) => self.ledger.apply(record),
                         (_, Some(_)) => {
                             self.ledger.apply(record);
                             if let Some(j) = self.ledger.journal.as_deref_mut() {

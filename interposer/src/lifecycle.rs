@@ -285,6 +285,8 @@ pub fn before_exec(path: &[u8]) -> bool {
     if !state::transition(ACTIVE, EXECUTING) {
         return false;
     }
+    // The new image's stacks are its own: none is sent against one of this image's.
+    stacks::exec_attempt();
     transport::flush_all(None, None);
     // The next image continues the stream, whatever the program did to the descriptor's flags
     // (an ioctl FIOCLEX, which no hook sees).

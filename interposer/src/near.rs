@@ -42,21 +42,38 @@ impl<const N: usize> Near<N> {
     }
 }
 
+/// The fields of a code object that tell it from another that later occupies the same memory
+/// (python.rs hashes them into its identity key): the addresses of its file and name objects,
+/// the name's length and cached hash, and the word holding its first line.
+#[derive(Clone, Copy)]
+pub struct CodeFields {
+    pub filename: u64,
+    pub qualname: u64,
+    pub name_len: u64,
+    pub name_hash: u64,
+    pub first_line: u64,
+}
+
 /// What a thread last saw a Python frame at (code object, instruction) turn into: the frame's
-/// recorded value (code id and line, without the entry mark), under the code object's identity
-/// key then (a code object freed and replaced at the same address has another key).
+/// recorded value (code id and line, without the entry mark), with the code object's fields then
+/// (a code object freed and replaced at the same address has other fields).
 #[derive(Clone, Copy)]
 pub struct PyFrame {
     pub code: u64,
     pub instr: u64,
-    pub identity: u64,
+    pub fields: CodeFields,
     pub value: u64,
 }
 
-/// Entries of [`PyFrames`]: a loop's Python call sites, times the frames above them.
-const PY_FRAMES: usize = 64;
+const EMPTY_FIELDS: CodeFields = CodeFields { filename: 0, qualname: 0, name_len: 0, name_hash: 0, first_line: 0 };
+const EMPTY_FRAME: PyFrame = PyFrame { code: 0, instr: 0, fields: EMPTY_FIELDS, value: 0 };
 
-/// A direct-mapped table of [`PyFrame`]s, tagged with the Python module's stream generation
+/// Entries of [`PyFrames`]: a loop's Python call sites, times the frames above them. (With 64
+/// direct-mapped entries W1's loop missed on 0.8 frames a capture: its allocation sites are
+/// about as many as the entries.)
+const PY_FRAMES: usize = 256;
+
+/// A two-way table of [`PyFrame`]s (a key lives in one set of two, as in [`Near`]), tagged with the Python module's stream generation
 /// (a forked child's stream needs every code object sent again), and the Python stack seen last
 /// inside the thread's innermost foreign call ([`CallFrames`]).
 pub struct PyFrames {
@@ -82,17 +99,18 @@ struct CallFrames {
 }
 
 impl PyFrames {
+    /// The first place of the set of (`code`, `instr`); the other is the next one.
     #[inline(always)]
     fn index(code: u64, instr: u64) -> usize {
         let h = (code ^ instr.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> (64 - PY_FRAMES.trailing_zeros())) as usize
+        (h >> (64 - PY_FRAMES.trailing_zeros())) as usize & (PY_FRAMES - 2)
     }
 
     /// Empties the table if `generation` is not the one its entries were made under.
     #[inline(always)]
     pub fn check(&mut self, generation: u64) {
         if self.generation != generation {
-            self.entries = [PyFrame { code: 0, instr: 0, identity: 0, value: 0 }; PY_FRAMES];
+            self.entries = [EMPTY_FRAME; PY_FRAMES];
             self.call.call = 0;
             self.generation = generation;
         }
@@ -122,21 +140,56 @@ impl PyFrames {
         c.values[..values.len()].copy_from_slice(values);
     }
 
-    /// The value of a frame at (`code`, `instr`) if this table has it under `identity`.
+    /// The value of a frame at (`code`, `instr`) if this table has it with these `fields`.
     #[inline(always)]
-    pub fn get(&self, code: u64, instr: u64, identity: u64) -> Option<u64> {
-        let e = &self.entries[Self::index(code, instr)];
-        (e.code == code && e.instr == instr && e.identity == identity && code != 0).then_some(e.value)
+    pub fn get(&self, code: u64, instr: u64, fields: &CodeFields) -> Option<u64> {
+        let i = Self::index(code, instr);
+        // One test of all the words rather than a branch per word.
+        let is = |e: &PyFrame| {
+            let f = &e.fields;
+            (e.code ^ code)
+                | (e.instr ^ instr)
+                | (f.filename ^ fields.filename)
+                | (f.qualname ^ fields.qualname)
+                | (f.name_len ^ fields.name_len)
+                | (f.name_hash ^ fields.name_hash)
+                | (f.first_line ^ fields.first_line)
+                == 0
+                && code != 0
+        };
+        if is(&self.entries[i]) {
+            Some(self.entries[i].value)
+        } else {
+            is(&self.entries[i + 1]).then_some(self.entries[i + 1].value)
+        }
     }
 
+    /// Puts `e` first in its set; what was first moves second, and what was second goes.
     #[inline(always)]
     pub fn put(&mut self, e: PyFrame) {
-        self.entries[Self::index(e.code, e.instr)] = e;
+        let i = Self::index(e.code, e.instr);
+        self.entries[i + 1] = self.entries[i];
+        self.entries[i] = e;
     }
+}
+
+/// Frames [`LastSent`] keeps: as many as a stack has at most.
+pub const LAST_SENT: usize = crate::state::FRAME_BUF;
+
+/// The stack this thread sent last: its next new stack is sent as the frames that differ and
+/// how many outer frames the two share (`STACK_SHARED`). Valid in the base epoch it was sent in
+/// (stacks.rs: a base never lies across a fork's new stream or an exec).
+pub struct LastSent {
+    pub epoch: u64,
+    pub id: u32,
+    pub len: usize,
+    pub frames: [u64; LAST_SENT],
 }
 
 /// The caches of one thread (see [`crate::state::Thread::near`]).
 pub struct NearCaches {
+    /// The stack this thread sent last.
+    pub last_sent: LastSent,
     /// (code object, instruction) -> the Python frame's value.
     pub py_frames: PyFrames,
     /// Stack hash -> stack id.

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use residue_protocol::{frame, Encoder};
 
-use crate::near::{NearCaches, PyFrame};
+use crate::near::{CodeFields, NearCaches, PyFrame};
 use crate::state::Thread;
 use crate::transport::emit;
 
@@ -399,16 +399,17 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64], ca
         if !plausible(code) {
             return None;
         }
-        // This thread saw this code object, identified as it is now, at this instruction
-        // before: the same frame value. (Not taken before the layout is proven.)
-        let ident = identity::<CHECKED>(code)?;
+        // This thread saw this code object, with the fields that identify it as they are now,
+        // at this instruction before: the same frame value. Compared field by field, the
+        // identity's hash is only needed on a miss. (Not taken before the layout is proven.)
+        let fields = code_fields::<CHECKED>(code)?;
         let seen = match near.as_deref() {
-            Some(nc) if !CHECKED => nc.py_frames.get(code, instr, ident.key),
+            Some(nc) if !CHECKED => nc.py_frames.get(code, instr, &fields),
             _ => None,
         };
         let value = match seen {
             Some(v) => v,
-            None => frame_value(t, near.as_deref_mut(), code, instr, &ident, checked)?,
+            None => frame_value(t, near.as_deref_mut(), code, instr, &fields, checked)?,
         };
         out[n] = if entry { value | frame::python(0, 0, true) } else { value };
         n += 1;
@@ -429,10 +430,11 @@ fn frame_value(
     mut near: Option<&mut NearCaches>,
     code: u64,
     instr: u64,
-    ident: &Identity,
+    fields: &CodeFields,
     checked: bool,
 ) -> Option<u64> {
     let l = layout();
+    let ident = &identity_of(code, fields);
     if word(code + 8, checked)? != CODE_TYPE.load(Ordering::Relaxed) {
         return None;
     }
@@ -460,7 +462,7 @@ fn frame_value(
     };
     let value = frame::python(id, line, false);
     if let Some(n) = near {
-        n.py_frames.put(PyFrame { code, instr, identity: ident.key, value });
+        n.py_frames.put(PyFrame { code, instr, fields: *fields, value });
     }
     Some(value)
 }
@@ -525,6 +527,12 @@ struct Identity {
 /// load.
 #[inline(always)]
 fn identity<const CHECKED: bool>(code: u64) -> Option<Identity> {
+    Some(identity_of(code, &code_fields::<CHECKED>(code)?))
+}
+
+/// The fields [`Identity`] is made of, as they are now (each one load).
+#[inline(always)]
+fn code_fields<const CHECKED: bool>(code: u64) -> Option<CodeFields> {
     let l = layout();
     let filename = field::<CHECKED>(code, l.code_filename)?;
     let qualname = field::<CHECKED>(code, l.code_qualname)?;
@@ -535,13 +543,19 @@ fn identity<const CHECKED: bool>(code: u64) -> Option<Identity> {
     // PyASCIIObject.hash, right after the length in every version read here.
     let name_hash = field::<CHECKED>(qualname, l.ascii_length + 8)?;
     let first_line = field::<CHECKED>(code, l.code_firstlineno & !7)? >> ((l.code_firstlineno % 8) * 8);
-    let salt = filename
-        ^ qualname.rotate_left(17)
-        ^ name_hash.rotate_left(7)
-        ^ name_len
-        ^ (first_line << 40)
+    Some(CodeFields { filename, qualname, name_len, name_hash, first_line })
+}
+
+/// The identity of code object `code` whose fields are `c`: hashed into one key.
+#[inline(always)]
+fn identity_of(code: u64, c: &CodeFields) -> Identity {
+    let salt = c.filename
+        ^ c.qualname.rotate_left(17)
+        ^ c.name_hash.rotate_left(7)
+        ^ c.name_len
+        ^ (c.first_line << 40)
         ^ GENERATION.load(Ordering::Relaxed).rotate_left(52);
-    Some(Identity { key: mix(code, salt), filename, qualname, first_line: first_line as u32 })
+    Identity { key: mix(code, salt), filename: c.filename, qualname: c.qualname, first_line: c.first_line as u32 }
 }
 
 /// The interned id of a code object, sending its record the first time.

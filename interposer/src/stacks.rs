@@ -62,6 +62,15 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static SELF_START: AtomicU64 = AtomicU64::new(0);
 static SELF_END: AtomicU64 = AtomicU64::new(0);
 
+/// Bumped when a stack sent before may no longer be a base for one sent after: a forked child
+/// starts its own stream, an exec its own image (near.rs, `LastSent`).
+static BASE_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// An exec is about to replace the image (if it fails, recording goes on in the old one).
+pub fn exec_attempt() {
+    BASE_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
 pub fn configure(depth: usize, self_range: (u64, u64)) {
     DEPTH.store(depth.clamp(1, MAX_FRAMES), Ordering::Relaxed);
     SELF_START.store(self_range.0, Ordering::Relaxed);
@@ -72,6 +81,7 @@ pub fn configure(depth: usize, self_range: (u64, u64)) {
 /// parent's, so from now on every stack is new (the generation is part of the hash).
 pub fn new_stream() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
+    BASE_EPOCH.fetch_add(1, Ordering::Relaxed);
 }
 
 pub fn module_unloaded() {
@@ -234,14 +244,52 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
     }
     let frames = &buf[skip..end];
     let (stack, new) = intern(t, frames);
-    let need = MAX_SMALL_RECORD + if new { Encoder::stack_len_bound(frames.len()) } else { 0 };
-    emit(t, need, |enc, b, mut pos| {
-        if new {
-            pos = enc.stack(b, pos, stack, frames);
-        }
-        enc.acquire(b, pos, seq, kind, api, id, size, stack)
-    });
+    if !new {
+        emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
+        return stack;
+    }
+    send_new(t, stack, frames, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
     stack
+}
+
+/// Sends new stack `id` and then, in the same batch, the record `then` encodes (the
+/// acquisition that needed the stack). A stack shares most of its outer frames with the one
+/// the thread sent before it (the interpreter's, the program's main loop): it is sent as the
+/// frames that differ, against that one, when they share at least [`MIN_SHARED`].
+#[cold]
+#[inline(never)]
+fn send_new(t: &Thread, id: u32, frames: &[u64], then: impl FnOnce(&mut Encoder, &mut [u8], usize) -> usize) {
+    /// Fewer shared frames are not worth a base's two varints.
+    const MIN_SHARED: usize = 3;
+    let epoch = BASE_EPOCH.load(Ordering::Relaxed);
+    // SAFETY: recording runs under the thread's guard; this is the only borrow of its caches.
+    let last = unsafe { t.near() }.map(|n| &mut n.last_sent);
+    let base = match last.as_deref() {
+        Some(l) if l.epoch == epoch && l.len > 0 => {
+            let shared = frames.iter().rev().zip(l.frames[..l.len].iter().rev()).take_while(|(a, b)| a == b).count();
+            (shared >= MIN_SHARED).then_some((l.id, shared))
+        }
+        _ => None,
+    };
+    let need = MAX_SMALL_RECORD + Encoder::stack_shared_len_bound(frames.len());
+    // A stack that did not go out (no stream) is no base for the next.
+    let mut sent = false;
+    emit(t, need, |enc, b, mut pos| {
+        sent = true;
+        pos = match base {
+            Some((base, shared)) => enc.stack_shared(b, pos, id, base, shared, &frames[..frames.len() - shared]),
+            None => enc.stack(b, pos, id, frames),
+        };
+        then(enc, b, pos)
+    });
+    if let Some(l) = last {
+        if sent && frames.len() <= l.frames.len() {
+            l.frames[..frames.len()].copy_from_slice(frames);
+            (l.epoch, l.id, l.len) = (epoch, id, frames.len());
+        } else {
+            l.len = 0;
+        }
+    }
 }
 
 /// Records an acquisition whose stack is already interned: a second resource acquired by the

@@ -56,6 +56,13 @@ pub enum Record {
         id: u32,
         frames: Vec<u64>,
     },
+    /// Stack `id` is `frames` followed by the outermost `shared` frames of stack `base`.
+    StackShared {
+        id: u32,
+        base: u32,
+        shared: usize,
+        frames: Vec<u64>,
+    },
     Acquire {
         seq: u64,
         kind: Kind,
@@ -210,6 +217,18 @@ impl<'a> Payload<'a> {
         Ok(String::from_utf8_lossy(self.bytes(what)?).into_owned())
     }
 
+    /// A stack's frames: their count, the first, then zigzag deltas.
+    fn frames(&mut self) -> Result<Vec<u64>, DecodeError> {
+        let n = self.count("bad stack depth")?;
+        let mut frames = Vec::with_capacity(n);
+        let mut prev = 0u64;
+        for _ in 0..n {
+            prev = prev.wrapping_add(unzigzag(self.u64("bad stack frame")?) as u64);
+            frames.push(prev);
+        }
+        Ok(frames)
+    }
+
     /// A count of items each at least one byte long: never more than the bytes left.
     fn count(&mut self, what: &'static str) -> Result<usize, DecodeError> {
         let n = self.u64(what)?;
@@ -318,14 +337,17 @@ impl Decoder {
             },
             tag::STACK => {
                 let id = p.u32("bad stack id")?;
-                let n = p.count("bad stack depth")?;
-                let mut frames = Vec::with_capacity(n);
-                let mut prev = 0u64;
-                for _ in 0..n {
-                    prev = prev.wrapping_add(unzigzag(p.u64("bad stack frame")?) as u64);
-                    frames.push(prev);
+                Record::Stack { id, frames: p.frames()? }
+            }
+            tag::STACK_SHARED => {
+                let id = p.u32("bad stack id")?;
+                let base = p.u32("bad base stack id")?;
+                // Not bytes of this record: bounded by what a stack can hold instead.
+                let shared = p.u32("bad count of shared frames")?;
+                if shared > 1 << 16 {
+                    return Err(p.err("bad count of shared frames"));
                 }
-                Record::Stack { id, frames }
+                Record::StackShared { id, base, shared: shared as usize, frames: p.frames()? }
             }
             tag::ACQUIRE => {
                 let seq = self.seq(p)?;

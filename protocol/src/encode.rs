@@ -43,6 +43,18 @@ fn record(buf: &mut [u8], pos: usize, tag: u8, small: bool, body: impl FnOnce(&m
     end
 }
 
+/// A frame count, then the frames: the first as it is, each next one as a zigzag delta.
+#[inline(always)]
+fn deltas(b: &mut [u8], pos: usize, frames: &[u64]) -> usize {
+    let mut p = varint::put(b, pos, frames.len() as u64);
+    let mut prev = 0u64;
+    for &f in frames {
+        p = varint::put(b, p, zigzag(f.wrapping_sub(prev) as i64));
+        prev = f;
+    }
+    p
+}
+
 #[inline(always)]
 fn bytes(buf: &mut [u8], pos: usize, b: &[u8]) -> usize {
     let pos = varint::put(buf, pos, b.len() as u64);
@@ -112,17 +124,35 @@ impl Encoder {
         4 + 2 * MAX_VARINT + frames * MAX_VARINT
     }
 
+    /// Room [`Encoder::stack_shared`] needs for `frames` return addresses.
+    pub const fn stack_shared_len_bound(frames: usize) -> usize {
+        Self::stack_len_bound(frames) + 2 * MAX_VARINT
+    }
+
     /// A distinct stack, innermost frame first; frames after the first are deltas.
     pub fn stack(&mut self, buf: &mut [u8], pos: usize, id: u32, frames: &[u64]) -> usize {
         record(buf, pos, tag::STACK, false, |b, p| {
+            let p = varint::put(b, p, u64::from(id));
+            deltas(b, p, frames)
+        })
+    }
+
+    /// A distinct stack: `frames` (innermost first), then the outermost `shared` frames of stack
+    /// `base`, which this thread sent before.
+    pub fn stack_shared(
+        &mut self,
+        buf: &mut [u8],
+        pos: usize,
+        id: u32,
+        base: u32,
+        shared: usize,
+        frames: &[u64],
+    ) -> usize {
+        record(buf, pos, tag::STACK_SHARED, false, |b, p| {
             let mut p = varint::put(b, p, u64::from(id));
-            p = varint::put(b, p, frames.len() as u64);
-            let mut prev = 0u64;
-            for &f in frames {
-                p = varint::put(b, p, zigzag(f.wrapping_sub(prev) as i64));
-                prev = f;
-            }
-            p
+            p = varint::put(b, p, u64::from(base));
+            p = varint::put(b, p, shared as u64);
+            deltas(b, p, frames)
         })
     }
 

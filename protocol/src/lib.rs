@@ -75,6 +75,10 @@ pub mod tag {
     /// exit for every open descriptor, whether or not its acquisition was seen): lets a reader
     /// tell descriptors of unknown origin (inherited, or opened by a raw syscall) apart.
     pub const OPEN_AT_EXIT: u8 = 0x0f;
+    /// A distinct stack given as its innermost frames and the number of outermost frames it
+    /// shares with `base`, a stack the same thread sent before (consecutive stacks of a thread
+    /// share most of their outer frames: the interpreter's, the program's main loop).
+    pub const STACK_SHARED: u8 = 0x10;
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     pos = e.module(&mut buf, pos, 3, 0x7f00_0000_0000, b"/lib/libfoo.so", &[0xab, 0xcd], &seg);
     pos = e.batch(&mut buf, pos, 1234);
     pos = e.stack(&mut buf, pos, 9, &[0x7f00_0000_1234, 0x5555_0000_0010, 0x7f00_0000_0042]);
+    pos = e.stack_shared(&mut buf, pos, 10, 9, 2, &[0x7f00_0000_2000]);
     pos = e.acquire(&mut buf, pos, 100, Kind::HEAP, Api::STRDUP, 0x5555_1000, 6, 9);
     pos = e.release(&mut buf, pos, 99, Kind::FD, Api::CLOSE, 3);
     pos = e.acquire(&mut buf, pos, 1 << 40, Kind(200), Api(250), u64::MAX, u64::MAX, u32::MAX);
@@ -44,6 +45,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
         },
         Record::Batch { tid: 1234 },
         Record::Stack { id: 9, frames: vec![0x7f00_0000_1234, 0x5555_0000_0010, 0x7f00_0000_0042] },
+        Record::StackShared { id: 10, base: 9, shared: 2, frames: vec![0x7f00_0000_2000] },
         Record::Acquire { seq: 100, kind: Kind::HEAP, api: Api::STRDUP, id: 0x5555_1000, size: 6, stack: 9 },
         Record::Release { seq: 99, kind: Kind::FD, api: Api::CLOSE, id: 3 },
         Record::Acquire { seq: 1 << 40, kind: Kind(200), api: Api(250), id: u64::MAX, size: u64::MAX, stack: u32::MAX },

@@ -36,3 +36,14 @@ fn exec_through_a_shell_is_followed() {
     assert_eq!(o.report.complete(), Some(true), "{ctx}");
     assert_leaky_exact(&o, 2);
 }
+
+#[test]
+fn a_failed_exec_leaves_the_image_recording_with_new_stacks() {
+    // The exec fails: host_exec runs libleaky's scenarios a third time, from another call site,
+    // so their stacks are new ones, sent after the exec; they belong to the same image.
+    let o = run([fixture("host_exec").as_os_str(), "/nonexistent/residue-test-program".as_ref()]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 127, "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_leaky_exact(&o, 3);
+}

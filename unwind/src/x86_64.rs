@@ -344,13 +344,15 @@ pub(crate) fn walk(
 /// `out`, the step to `record` (at most as many as `out` and `record` hold), and rbp, once
 /// reloaded, to `fp` (before that it may differ from the old walk's only where no step uses
 /// it, and keeps its actual value). Returns how many were taken; the first step whose words
-/// differ is left to the caller. One index and a local rbp keep the loop's state in registers:
-/// this loop is most of a capture.
+/// differ is left to the caller.
+///
+/// This loop is most of a capture, so it only compares and writes the return address; the
+/// taken steps are copied to `record` in one block afterwards, and only the steps before rbp's
+/// first reload get their rbp patched (the replayed steps' rbp is the old walk's from there).
 #[inline(never)]
 fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step], fp: &mut u64) -> usize {
-    let mut rbp = *fp;
     let take = steps.len().min(out.len()).min(record.len());
-    let (steps, out, record) = (&steps[..take], &mut out[..take], &mut record[..take]);
+    let (steps, out) = (&steps[..take], &mut out[..take]);
     let mut i = 0;
     while i < take {
         let s = &steps[i];
@@ -367,16 +369,38 @@ fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step], fp: &mu
         if (v1 ^ s.ra) | (v2 ^ want2) | u64::from(ra_at.min(at2) < lo) != 0 {
             break;
         }
-        if slot != 0 {
-            rbp = v2;
-        }
         out[i] = s.ra;
-        record[i] = Step { fp: rbp, ..*s };
         i += 1;
     }
-    *fp = rbp;
+    let record = &mut record[..i];
+    // Up to rbp's first reload the walk's own rbp goes in (the old walk's may differ where no
+    // step uses it); from there on, the old walk's.
+    let mut rbp = *fp;
+    if i > SHORT_REPLAY {
+        record.copy_from_slice(&steps[..i]);
+        for r in record.iter_mut() {
+            if r.fp_slot() != 0 {
+                break;
+            }
+            r.fp = rbp;
+        }
+    } else {
+        // A call to memcpy costs more than a few steps' stores.
+        for (r, s) in record.iter_mut().zip(steps) {
+            if s.fp_slot() != 0 {
+                rbp = s.fp;
+            }
+            *r = Step { fp: rbp, ..*s };
+        }
+    }
+    if let Some(last) = record.last() {
+        *fp = last.fp;
+    }
     i
 }
+
+/// Replays this short or shorter copy their steps one by one (see [`replay`]).
+const SHORT_REPLAY: usize = 8;
 
 /// Whether the state (`cfa`, `ra`, `fp`), after a step or the starting one, is one the previous
 /// walk passed through; `at` moves past that step if so. CFAs grow outwards, so a cursor that

@@ -765,6 +765,12 @@ pub fn build_with(
             img.exe
         ));
     }
+    let cut = ledger.stacks_without_base();
+    if cut > 0 {
+        problems.push(format!(
+            "{cut} stack(s) were sent against a stack the trace does not hold (it was cut short): their frames are unknown"
+        ));
+    }
     if ledger.unknown_records > 0 {
         problems.push(format!(
             "{} record(s) of a newer format were skipped; a newer residue may report more",
