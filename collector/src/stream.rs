@@ -410,7 +410,14 @@ const TRACE_LEVEL: i32 = 3;
 /// (W1: 24-28 M events/s decoded, matched, logged and compressed, against 34 without
 /// `--output`). Level 6 gives 16% less than level 3 on W1 for 3 MiB more of the collector's
 /// memory (zstd's match tables); level 5 would be worse than 3 on W4 (35 KB against 6 KB).
+/// Level 6's own match finder (lazy, 8 attempts) is erratic on a C loop's periodic trace:
+/// W4's came out at 6 KB or 29 KB (heaptrack's: 15 KB) depending on nothing the run controls
+/// (the environment's size). Level 8's finder ([`RESOLVED_STRATEGY`], 16 attempts) on level 6's
+/// tables gives 5.5-6 KB every time, and 3% less on W1, for no more memory (level 8 itself takes
+/// 3.5 MiB more, past the collector's 64 MiB on W1).
 const RESOLVED_LEVEL: i32 = 6;
+/// See [`RESOLVED_LEVEL`]: lazy2, searchLog 4.
+const RESOLVED_STRATEGY: (zstd::zstd_safe::Strategy, u32) = (zstd::zstd_safe::Strategy::ZSTD_lazy2, 4);
 
 impl StreamState {
     /// The input ended inside the compressed frame: the trace was cut (the collector was
@@ -537,6 +544,9 @@ impl TraceWriter {
     fn new(mut f: File) -> std::io::Result<Self> {
         f.write_all(&resolved::MAGIC)?;
         let mut z = zstd::stream::write::Encoder::new(f, RESOLVED_LEVEL)?;
+        let (strategy, search_log) = RESOLVED_STRATEGY;
+        z.set_parameter(zstd::stream::raw::CParameter::Strategy(strategy))?;
+        z.set_parameter(zstd::stream::raw::CParameter::SearchLog(search_log))?;
         // A damaged file is then told from a valid one at the end of the frame at the latest.
         z.include_checksum(true)?;
         Ok(TraceWriter(z))
