@@ -428,6 +428,42 @@ impl StackStore {
         self.by_id.insert(id, StoredStack { at, expanded: OnceCell::new() });
     }
 
+    /// Stores stack `id` as `own` followed by the outermost `shared` frames of stack `base`,
+    /// whose encoded frames are copied as they are (no lookup of their values). `false`, storing
+    /// nothing, if `base` is not here.
+    pub fn insert_shared(&mut self, id: u32, base: u32, shared: usize, own: &[u64]) -> bool {
+        let Some(b) = self.by_id.get(&base) else { return false };
+        let mut pos = b.at;
+        let n = get_varint(&self.bytes, &mut pos) as usize;
+        let shared = shared.min(n);
+        let skip_varint = |bytes: &[u8], pos: &mut usize| {
+            while bytes[*pos] & 0x80 != 0 {
+                *pos += 1;
+            }
+            *pos += 1;
+        };
+        for _ in 0..n - shared {
+            skip_varint(&self.bytes, &mut pos);
+        }
+        let tail = pos;
+        for _ in 0..shared {
+            skip_varint(&self.bytes, &mut pos);
+        }
+        let at = self.bytes.len();
+        put_varint(&mut self.bytes, (own.len() + shared) as u64);
+        for &f in own {
+            let next = self.values.len() as u32;
+            let i = *self.value_index.entry(f).or_insert(next);
+            if i == next {
+                self.values.push(f);
+            }
+            put_varint(&mut self.bytes, u64::from(i));
+        }
+        self.bytes.extend_from_within(tail..pos);
+        self.by_id.insert(id, StoredStack { at, expanded: OnceCell::new() });
+        true
+    }
+
     /// The frames of stack `id`, expanded each time (for a stack sent against it: the report
     /// keeps only the expansions it asks for).
     pub fn frames_of(&self, id: u32) -> Option<Vec<u64>> {
@@ -1188,10 +1224,22 @@ impl Ledger {
     /// A `StackShared` record: stack `id` is `own` followed by the outermost `shared` frames of
     /// stack `base`, which the same thread sent before.
     fn shared_stack_record(&mut self, id: u32, base: u32, shared: usize, own: Vec<u64>) {
-        match self.current().stacks.frames_of(base) {
-            Some(b) => self.stack_record(id, joined(own, &b, shared)),
-            None => self.waiting.entry(base).or_default().push((id, shared, own)),
+        if self.journal.is_none() {
+            // Nothing needs its frames whole: stored against its base's stored frames.
+            if self.current().stacks.insert_shared(id, base, shared, &own) {
+                if self.waiting.contains_key(&id) {
+                    if let Some(frames) = self.current().stacks.frames_of(id) {
+                        for (waiting, shared, own) in self.waiting.remove(&id).unwrap_or_default() {
+                            self.stack_record(waiting, joined(own, &frames, shared));
+                        }
+                    }
+                }
+                return;
+            }
+        } else if let Some(b) = self.current().stacks.frames_of(base) {
+            return self.stack_record(id, joined(own, &b, shared));
         }
+        self.waiting.entry(base).or_default().push((id, shared, own));
     }
 
     /// Stacks sent against a base that never arrived (a trace cut short): their ids stay
@@ -1482,28 +1530,40 @@ mod tests {
     /// A stack sent against another (`StackShared`) is its own frames and the base's outer
     /// ones, whether the base came before it, came after it (a chunk written out of order), or
     /// was itself sent against another; one whose base never comes is counted, not guessed.
+    /// Without a journal the shared frames are copied in their stored form; with one (`--output`)
+    /// the stack is joined whole, to be logged: both ways give the same stacks.
     #[test]
     fn shared_stacks_are_joined_to_their_base_whenever_it_arrives() {
         let shared =
             |id, base, shared, frames: &[u64]| Record::StackShared { id, base, shared, frames: frames.to_vec() };
-        let mut l = ledger(vec![
-            Record::Stack { id: 1, frames: vec![10, 20, 30, 40] },
-            shared(2, 1, 3, &[11]),
-            // Base 4 arrives after 5 and 6, which wait for it (6 through 5).
-            shared(6, 5, 2, &[13, 14]),
-            shared(5, 4, 4, &[]),
-            shared(4, 2, 2, &[12, 15, 16]),
-            // Base 9 never arrives.
-            shared(7, 9, 1, &[17]),
-        ]);
-        let stacks = &l.final_image().unwrap().stacks;
-        assert_eq!(stacks.get(&2), Some(&[11, 20, 30, 40][..]));
-        assert_eq!(stacks.get(&4), Some(&[12, 15, 16, 30, 40][..]));
-        assert_eq!(stacks.get(&5), Some(&[15, 16, 30, 40][..]));
-        assert_eq!(stacks.get(&6), Some(&[13, 14, 30, 40][..]));
-        assert_eq!(stacks.get(&7), None);
-        assert_eq!(l.stacks_without_base(), 1);
-        l.finish();
+        for journal in [false, true] {
+            let mut l = Ledger::default();
+            if journal {
+                l.journal = Some(Box::new(crate::resolved::Journal::new()));
+            }
+            l.apply(Record::Header { version: 1 });
+            l.apply(start(10, false));
+            for r in [
+                Record::Stack { id: 1, frames: vec![10, 20, 30, 40] },
+                shared(2, 1, 3, &[11]),
+                // Base 4 arrives after 5 and 6, which wait for it (6 through 5).
+                shared(6, 5, 2, &[13, 14]),
+                shared(5, 4, 4, &[]),
+                shared(4, 2, 2, &[12, 15, 16]),
+                // Base 9 never arrives.
+                shared(7, 9, 1, &[17]),
+            ] {
+                l.apply(r);
+            }
+            let stacks = &l.final_image().unwrap().stacks;
+            assert_eq!(stacks.get(&2), Some(&[11, 20, 30, 40][..]), "journal: {journal}");
+            assert_eq!(stacks.get(&4), Some(&[12, 15, 16, 30, 40][..]), "journal: {journal}");
+            assert_eq!(stacks.get(&5), Some(&[15, 16, 30, 40][..]), "journal: {journal}");
+            assert_eq!(stacks.get(&6), Some(&[13, 14, 30, 40][..]), "journal: {journal}");
+            assert_eq!(stacks.get(&7), None);
+            assert_eq!(l.stacks_without_base(), 1);
+            l.finish();
+        }
     }
 
     #[test]
