@@ -417,6 +417,12 @@ impl StackStore {
     pub fn insert(&mut self, id: u32, frames: &[u64]) {
         let at = self.bytes.len();
         put_varint(&mut self.bytes, frames.len() as u64);
+        self.put_frames(frames);
+        self.by_id.insert(id, StoredStack { at, expanded: OnceCell::new() });
+    }
+
+    /// Appends `frames` in stored form: each one's index among the distinct values.
+    fn put_frames(&mut self, frames: &[u64]) {
         for &f in frames {
             let next = self.values.len() as u32;
             let i = *self.value_index.entry(f).or_insert(next);
@@ -425,7 +431,6 @@ impl StackStore {
             }
             put_varint(&mut self.bytes, u64::from(i));
         }
-        self.by_id.insert(id, StoredStack { at, expanded: OnceCell::new() });
     }
 
     /// Stores stack `id` as `own` followed by the outermost `shared` frames of stack `base`,
@@ -451,14 +456,7 @@ impl StackStore {
         }
         let at = self.bytes.len();
         put_varint(&mut self.bytes, (own.len() + shared) as u64);
-        for &f in own {
-            let next = self.values.len() as u32;
-            let i = *self.value_index.entry(f).or_insert(next);
-            if i == next {
-                self.values.push(f);
-            }
-            put_varint(&mut self.bytes, u64::from(i));
-        }
+        self.put_frames(own);
         self.bytes.extend_from_within(tail..pos);
         self.by_id.insert(id, StoredStack { at, expanded: OnceCell::new() });
         true
