@@ -73,9 +73,10 @@ const EMPTY_FRAME: PyFrame = PyFrame { code: 0, instr: 0, fields: EMPTY_FIELDS, 
 /// about as many as the entries.)
 const PY_FRAMES: usize = 256;
 
-/// A two-way table of [`PyFrame`]s (a key lives in one set of two, as in [`Near`]), tagged with the Python module's stream generation
-/// (a forked child's stream needs every code object sent again), and the Python stack seen last
-/// inside the thread's innermost foreign call ([`CallFrames`]).
+/// A two-way table of [`PyFrame`]s (a key lives in one set of two, as in [`Near`]), tagged with
+/// the Python module's stream generation (a forked child's stream needs every code object sent
+/// again), and the Python stack seen last inside the thread's innermost foreign call
+/// ([`CallFrames`]).
 pub struct PyFrames {
     generation: u64,
     entries: [PyFrame; PY_FRAMES],

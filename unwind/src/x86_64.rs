@@ -373,34 +373,20 @@ fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step], fp: &mu
         i += 1;
     }
     let record = &mut record[..i];
+    record.copy_from_slice(&steps[..i]);
     // Up to rbp's first reload the walk's own rbp goes in (the old walk's may differ where no
     // step uses it); from there on, the old walk's.
-    let mut rbp = *fp;
-    if i > SHORT_REPLAY {
-        record.copy_from_slice(&steps[..i]);
-        for r in record.iter_mut() {
-            if r.fp_slot() != 0 {
-                break;
-            }
-            r.fp = rbp;
+    for r in record.iter_mut() {
+        if r.fp_slot() != 0 {
+            break;
         }
-    } else {
-        // A call to memcpy costs more than a few steps' stores.
-        for (r, s) in record.iter_mut().zip(steps) {
-            if s.fp_slot() != 0 {
-                rbp = s.fp;
-            }
-            *r = Step { fp: rbp, ..*s };
-        }
+        r.fp = *fp;
     }
     if let Some(last) = record.last() {
         *fp = last.fp;
     }
     i
 }
-
-/// Replays this short or shorter copy their steps one by one (see [`replay`]).
-const SHORT_REPLAY: usize = 8;
 
 /// Whether the state (`cfa`, `ra`, `fp`), after a step or the starting one, is one the previous
 /// walk passed through; `at` moves past that step if so. CFAs grow outwards, so a cursor that
