@@ -197,20 +197,32 @@ fn invalidate_then_capture_again_gives_the_same_stack() {
 
 #[test]
 fn concurrent_invalidation_keeps_results_correct() {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s = stop.clone();
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    // The workers start once the invalidator has: on a loaded machine they could otherwise
+    // finish before it first runs, and nothing would have been invalidated under them.
+    let started = Arc::new(AtomicBool::new(false));
+    let (s, st) = (stop.clone(), started.clone());
     let invalidator = std::thread::spawn(move || {
         let mut n = 0u32;
-        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+        loop {
             invalidate();
             n += 1;
+            st.store(true, Ordering::Release);
+            if s.load(Ordering::Relaxed) {
+                return n;
+            }
             std::thread::yield_now();
         }
-        n
     });
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            std::thread::spawn(|| {
+            let started = started.clone();
+            std::thread::spawn(move || {
+                while !started.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
                 for _ in 0..300 {
                     check_rust_depth(25, 1);
                     through_c(o0_recurse, 7, || assert_same(&capture_both()));
@@ -221,8 +233,8 @@ fn concurrent_invalidation_keeps_results_correct() {
     for w in workers {
         w.join().expect("worker failed");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(invalidator.join().unwrap() > 0);
+    stop.store(true, Ordering::Relaxed);
+    invalidator.join().unwrap();
 }
 
 thread_local! {
