@@ -1225,11 +1225,11 @@ impl Ledger {
         if self.journal.is_none() {
             // Nothing needs its frames whole: stored against its base's stored frames.
             if self.current().stacks.insert_shared(id, base, shared, &own) {
-                if self.waiting.contains_key(&id) {
-                    if let Some(frames) = self.current().stacks.frames_of(id) {
-                        for (waiting, shared, own) in self.waiting.remove(&id).unwrap_or_default() {
-                            self.stack_record(waiting, joined(own, &frames, shared));
-                        }
+                // What waited for this one is joined whole (stack_record takes any chain on).
+                if let Some(waiting) = self.waiting.remove(&id) {
+                    let frames = self.current().stacks.frames_of(id).unwrap_or_default();
+                    for (waiting, shared, own) in waiting {
+                        self.stack_record(waiting, joined(own, &frames, shared));
                     }
                 }
                 return;
