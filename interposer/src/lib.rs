@@ -3,7 +3,8 @@
 //!
 //! Layout: `hooks/` (the exported stand-ins for libc's functions), `state` (global and
 //! per-thread state, the re-entrancy guard), `stacks` (capture and interning), `near`
-//! (per-thread caches in front of the intern tables), `modules`
+//! (per-thread caches in front of the intern tables), `level_table` (the Python intern tables,
+//! which grow by levels), `modules`
 //! (loaded-module records), `transport` (per-thread batches, channel, writer thread),
 //! `lifecycle` (constructor, exit, fork, exec), `seq` (the global order of events), `sync` (lock and backoff usable inside malloc),
 //! `ffi` (glibc entry points).
@@ -14,6 +15,7 @@
 
 mod ffi;
 mod hooks;
+mod level_table;
 mod lifecycle;
 mod modules;
 mod near;

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use residue_protocol::{frame, Encoder};
 
+use crate::level_table::{LevelTable, Slot};
 use crate::near::{CodeFields, NearCaches, PyFrame};
 use crate::state::Thread;
 use crate::transport::emit;
@@ -467,9 +468,10 @@ fn frame_value(
     Some(value)
 }
 
-const TABLE: usize = 1 << 16;
-static CODE_KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
-static CODE_IDS: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
+static CODE_SLOTS: ([Slot; 1 << 11], [Slot; 1 << 14], [Slot; 1 << 16]) =
+    ([const { Slot::empty() }; 1 << 11], [const { Slot::empty() }; 1 << 14], [const { Slot::empty() }; 1 << 16]);
+/// Code identity -> code id: a code object's record is sent once.
+static CODE_IDS: LevelTable = LevelTable::new([&CODE_SLOTS.0, &CODE_SLOTS.1, &CODE_SLOTS.2]);
 static NEXT_CODE: AtomicU32 = AtomicU32::new(1);
 /// Bumped when a forked child starts its own stream: code ids sent on the parent's stream mean
 /// nothing on the child's, so every code object is sent again.
@@ -479,8 +481,10 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 pub fn new_stream() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
 }
-static LINE_KEYS: [AtomicU64; TABLE] = [const { AtomicU64::new(0) }; TABLE];
-static LINES: [AtomicU32; TABLE] = [const { AtomicU32::new(0) }; TABLE];
+static LINE_SLOTS: ([Slot; 1 << 11], [Slot; 1 << 14], [Slot; 1 << 16]) =
+    ([const { Slot::empty() }; 1 << 11], [const { Slot::empty() }; 1 << 14], [const { Slot::empty() }; 1 << 16]);
+/// (code identity, instruction offset) -> line + 1.
+static LINES: LevelTable = LevelTable::new([&LINE_SLOTS.0, &LINE_SLOTS.1, &LINE_SLOTS.2]);
 
 fn mix(a: u64, b: u64) -> u64 {
     let h = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -490,12 +494,8 @@ fn mix(a: u64, b: u64) -> u64 {
 /// The line `offset` (bytes into the code) is on: cached under `key` (the code's identity
 /// mixed with the offset), else asked of CPython.
 fn line_of(key: u64, code: u64, offset: i64) -> u32 {
-    let i = key as usize % TABLE;
-    if LINE_KEYS[i].load(Ordering::Acquire) == key {
-        let line = LINES[i].load(Ordering::Acquire);
-        if line != 0 {
-            return line - 1;
-        }
+    if let Some(line) = LINES.get(key) {
+        return line - 1;
     }
     // SAFETY: ADDR2LINE is CPython's PyCode_Addr2Line and `code` a live code object of this
     // thread's frame chain; it only reads the code's line table.
@@ -503,12 +503,8 @@ fn line_of(key: u64, code: u64, offset: i64) -> u32 {
         let f: Addr2Line = std::mem::transmute(ADDR2LINE.load(Ordering::Relaxed));
         f(code as *mut c_void, offset.clamp(-1, i64::from(i32::MAX)) as i32)
     };
-    let line = line.max(0) as u32;
-    // Last writer wins; a reader that sees a key with another key's line recomputes, because
-    // the line is cleared before the key changes.
-    LINES[i].store(0, Ordering::Release);
-    LINE_KEYS[i].store(key, Ordering::Release);
-    LINES[i].store(line + 1, Ordering::Release);
+    let line = (line.max(0) as u32).min(u32::MAX - 1);
+    LINES.put(key, line + 1);
     line
 }
 
@@ -560,24 +556,8 @@ fn identity_of(code: u64, c: &CodeFields) -> Identity {
 
 /// The interned id of a code object, sending its record the first time.
 fn code_id(t: &Thread, ident: &Identity, checked: bool) -> Option<u32> {
-    let key = ident.key;
-    let mut i = key as usize % TABLE;
-    for _ in 0..32 {
-        let k = CODE_KEYS[i].load(Ordering::Acquire);
-        if k == key {
-            let id = CODE_IDS[i].load(Ordering::Acquire);
-            if id != 0 {
-                return Some(id);
-            }
-        } else if k == 0 && CODE_KEYS[i].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            let id = send_code(t, ident, checked)?;
-            CODE_IDS[i].store(id, Ordering::Release);
-            return Some(id);
-        }
-        i = (i + 1) % TABLE;
-    }
-    // Table full: send the code again under a fresh id (correct, larger trace).
-    send_code(t, ident, checked)
+    // A full probe window sends the code again under a fresh id (correct, larger trace).
+    CODE_IDS.intern(ident.key, || send_code(t, ident, checked))
 }
 
 fn send_code(t: &Thread, ident: &Identity, checked: bool) -> Option<u32> {

@@ -3,21 +3,26 @@
 //! Two tables, each slot a single `AtomicU64`, so a reader can never see half of an entry:
 //! - `RULES` interns the distinct rules (a few hundred in a real process: frame sizes repeat).
 //!   A slot is written once, 0 -> rule, and never changes; the slot index is the rule's id.
-//! - `SLOTS` maps an address to a rule: one word `addr << 16 | value`. Key and value are one
-//!   atomic word, so "a key with another address's rule" cannot be observed; a lost or
+//! - the address table maps an address to a rule: one word `addr << 16 | value`. Key and value
+//!   are one atomic word, so "a key with another address's rule" cannot be observed; a lost or
 //!   overwritten insert only costs a re-parse. The 16-bit value is either a rule id (top bit
 //!   clear) or, for the common small rules, the rule itself packed into 15 bits by the
 //!   architecture's `Packing` (top bit set): one dependent load less per frame on the hot path.
 //!
+//! The address table grows by levels (32 KiB, 128 KiB, 1 MiB): a hashed table touches a page
+//! for nearly every entry, and a Python program calling a C library has about a thousand
+//! return addresses, so one big table would cost the host a megabyte of memory for 8 KiB of
+//! entries. When a level is half full its entries are copied into the next, which becomes the
+//! current one; an insert that lands in the old level meanwhile is merely lost (re-parsed
+//! later). Lookups go through each thread's own cache first (`memo::Near`), so the level load
+//! is off the per-frame path.
+//!
 //! Rules are plain values, never pointers into a module: a stale entry is wrong, not unsafe.
-//! [`invalidate`] clears `SLOTS` (after dlclose), `RULES` survive (they name no module).
-//! Both live in .bss: untouched pages cost nothing.
+//! [`invalidate`] clears the address levels (after dlclose), `RULES` survive (they name no
+//! module). All of it lives in .bss: untouched pages cost nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-const SLOT_BITS: u32 = 17;
-const SLOT_COUNT: usize = 1 << SLOT_BITS;
-const SLOT_MASK: usize = SLOT_COUNT - 1;
 /// Linear-probe window: an address lives in one of this many slots after its hash.
 const PROBES: usize = 8;
 
@@ -41,7 +46,17 @@ pub(crate) trait Packing {
 /// Addresses must fit in the 48 bits left above the id (user space on x86-64 is 47 bits).
 const MAX_KEY: u64 = 1 << (64 - ID_BITS);
 
-static SLOTS: [AtomicU64; SLOT_COUNT] = [const { AtomicU64::new(0) }; SLOT_COUNT];
+static L0: [AtomicU64; 1 << 12] = [const { AtomicU64::new(0) }; 1 << 12];
+static L1: [AtomicU64; 1 << 14] = [const { AtomicU64::new(0) }; 1 << 14];
+static L2: [AtomicU64; 1 << 17] = [const { AtomicU64::new(0) }; 1 << 17];
+/// The address table's levels, smallest first; each length a power of two.
+static LEVELS: [&[AtomicU64]; 3] = [&L0, &L1, &L2];
+/// The level in use: inserts go there, lookups look there. Only grows.
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+/// Keys inserted into the current level (approximately: racing inserts may count twice).
+static FILLED: AtomicUsize = AtomicUsize::new(0);
+/// A thread is copying the current level into the next.
+static GROWING: AtomicBool = AtomicBool::new(false);
 static RULES: [AtomicU64; RULE_COUNT] = [const { AtomicU64::new(0) }; RULE_COUNT];
 /// Bumped by every invalidate; an insert that raced with one retracts itself.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -52,12 +67,22 @@ fn hash(x: u64, bits: u32) -> usize {
     (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
 }
 
+/// The level in use and its hash width.
+#[inline(always)]
+fn current() -> (&'static [AtomicU64], u32) {
+    // Acquire: pairs with the Release that published the level after the copy into it.
+    let level = LEVELS[CURRENT.load(Ordering::Acquire).min(LEVELS.len() - 1)];
+    (level, level.len().trailing_zeros())
+}
+
 /// The cached rule for `key` (a return address), or `None`. Rules are never 0.
 #[inline(always)]
 pub(crate) fn lookup<P: Packing>(key: u64) -> Option<u64> {
-    let h = hash(key, SLOT_BITS);
+    let (level, bits) = current();
+    let mask = level.len() - 1;
+    let h = hash(key, bits);
     for i in 0..PROBES {
-        let w = SLOTS[(h + i) & SLOT_MASK].load(Ordering::Acquire);
+        let w = level[(h + i) & mask].load(Ordering::Acquire);
         if w == 0 {
             return None;
         }
@@ -110,34 +135,89 @@ pub(crate) fn insert<P: Packing>(key: u64, rule: u64, gen: u64) {
     };
     debug_assert!(value <= VALUE_MASK);
     let word = key << ID_BITS | value;
-    let h = hash(key, SLOT_BITS);
-    let mut target = h & SLOT_MASK;
-    for i in 0..PROBES {
-        let idx = (h + i) & SLOT_MASK;
-        let w = SLOTS[idx].load(Ordering::Relaxed);
-        if w == 0 || w >> ID_BITS == key {
-            target = idx;
-            break;
-        }
-    }
+    let (level, bits) = current();
+    let (target, new) = place(level, bits, key);
     // Plain store: if another thread wrote the same slot meanwhile, one of the two entries is
-    // lost and will be derived again. A full window evicts its first slot.
-    SLOTS[target].store(word, Ordering::SeqCst);
+    // lost and will be derived again.
+    level[target].store(word, Ordering::SeqCst);
     if GENERATION.load(Ordering::SeqCst) != gen {
         // Either the invalidate's sweep comes after our store and clears it, or we see its
         // bump here and withdraw our own entry (only if it is still ours).
-        let _ = SLOTS[target].compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed);
+        let _ = level[target].compare_exchange(word, 0, Ordering::SeqCst, Ordering::Relaxed);
+        return;
+    }
+    if new && FILLED.fetch_add(1, Ordering::Relaxed) + 1 > level.len() / 2 {
+        grow(level);
+    }
+}
+
+/// Where `key` goes in `level`: its slot, else the first free one in its window (`true`: a new
+/// key), else the window's first slot (evicted).
+#[inline(always)]
+fn place(level: &[AtomicU64], bits: u32, key: u64) -> (usize, bool) {
+    let mask = level.len() - 1;
+    let h = hash(key, bits);
+    for i in 0..PROBES {
+        let idx = (h + i) & mask;
+        let w = level[idx].load(Ordering::Relaxed);
+        if w == 0 || w >> ID_BITS == key {
+            return (idx, w == 0);
+        }
+    }
+    (h & mask, false)
+}
+
+/// Copies the half-full level `from` into the next one and makes that current. One thread
+/// does it; the others go on with `from` meanwhile.
+#[cold]
+#[inline(never)]
+fn grow(from: &'static [AtomicU64]) {
+    let n = CURRENT.load(Ordering::Acquire);
+    if n + 1 >= LEVELS.len() || !std::ptr::eq(LEVELS[n], from) {
+        return;
+    }
+    if GROWING.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        return;
+    }
+    let gen = GENERATION.load(Ordering::SeqCst);
+    let to = LEVELS[n + 1];
+    let bits = to.len().trailing_zeros();
+    let mut copied = 0;
+    for slot in from {
+        let w = slot.load(Ordering::Relaxed);
+        if w == 0 {
+            continue;
+        }
+        let (i, new) = place(to, bits, w >> ID_BITS);
+        to[i].store(w, Ordering::SeqCst);
+        copied += usize::from(new);
+    }
+    FILLED.store(copied, Ordering::Relaxed);
+    CURRENT.store(n + 1, Ordering::Release);
+    if GENERATION.load(Ordering::SeqCst) != gen {
+        // An invalidate ran during the copy: what was copied may be stale, and its sweep may
+        // have passed the new level before the copy reached it. Sweep it again.
+        clear(to);
+    }
+    GROWING.store(false, Ordering::Release);
+}
+
+fn clear(level: &[AtomicU64]) {
+    for slot in level {
+        // Load first: storing into a page never touched would commit it for nothing. SeqCst (a
+        // plain load on x86-64): after the invalidate's bump, it sees every store that came
+        // before an insert's or a copy's check of the generation that missed the bump.
+        if slot.load(Ordering::SeqCst) != 0 {
+            slot.store(0, Ordering::SeqCst);
+        }
     }
 }
 
 /// Drop every cached address. Allocation-free; takes about a hundred microseconds.
 pub(crate) fn invalidate() {
     GENERATION.fetch_add(1, Ordering::SeqCst);
-    for slot in SLOTS.iter() {
-        // Load first: storing into a page never touched would commit it for nothing.
-        if slot.load(Ordering::Relaxed) != 0 {
-            slot.store(0, Ordering::SeqCst);
-        }
+    for level in LEVELS {
+        clear(level);
     }
 }
 
@@ -188,6 +268,29 @@ pub(crate) mod tests {
         assert_eq!(lookup::<Small>(key), None);
         insert::<Small>(key, 0x8000_0000_0000_0044, generation());
         assert_eq!(lookup::<Small>(key), Some(0x8000_0000_0000_0044));
+    }
+
+    /// Filling the current level past half moves the table to the next level, with every key
+    /// it held; an invalidate then clears that level too.
+    #[test]
+    fn the_table_grows_a_level_keeping_its_entries() {
+        let _serial = SERIAL.lock().unwrap();
+        let start = CURRENT.load(Ordering::Acquire);
+        assert!(start + 1 < LEVELS.len(), "the tests start from a smaller level");
+        // Evenly spaced keys spread evenly under Fibonacci hashing: no window fills up, so
+        // nothing is evicted and every key must be found.
+        let keys: Vec<u64> = (0..=LEVELS[start].len() as u64 / 2).map(|i| 0x20_0000_0000 + i * 0x40).collect();
+        let gen = generation();
+        for (i, &k) in keys.iter().enumerate() {
+            insert::<Small>(k, i as u64 % 16, gen);
+        }
+        assert_eq!(CURRENT.load(Ordering::Acquire), start + 1);
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(lookup::<Small>(k), Some(i as u64 % 16), "key {k:#x}");
+        }
+        invalidate();
+        assert!(keys.iter().all(|&k| lookup::<Small>(k).is_none()));
+        assert!(LEVELS.iter().all(|l| l.iter().all(|s| s.load(Ordering::Relaxed) == 0)));
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! A global, lock-free table from 64-bit keys (hashes) to non-zero `u32` values that grows by
+//! levels: the Python code ids and line numbers (module `python`).
+//!
+//! Why levels: a hashed table touches a page for nearly every entry, so a table sized for the
+//! largest programs costs every host its full size in memory. A Python program calling a C
+//! library has a few hundred code objects and lines that allocate; a 32 KiB first level holds
+//! them, and a table is copied into its next level (8x larger) when it is half full. Readers
+//! only ever look in the current level; what is written to the old one during a copy is lost,
+//! which a cache re-computes and an intern table re-interns (a code sent twice under two ids:
+//! correct, a few bytes more).
+//!
+//! A slot is a key and a value side by side (one cache line, one page). A value is published
+//! after its key: a reader that sees the key with value 0 treats the slot as absent.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Linear-probe window: a key lives in one of this many slots after its hash.
+const PROBES: usize = 8;
+
+pub struct Slot {
+    key: AtomicU64,
+    value: AtomicU32,
+}
+
+impl Slot {
+    pub const fn empty() -> Slot {
+        Slot { key: AtomicU64::new(0), value: AtomicU32::new(0) }
+    }
+}
+
+/// The first level holds 2^FIRST slots; each next one 8 times as many.
+pub struct LevelTable {
+    levels: [&'static [Slot]; 3],
+    current: AtomicUsize,
+    /// Keys inserted into the current level (approximately: racing inserts may count twice).
+    filled: AtomicUsize,
+    /// A thread is copying the current level into the next.
+    growing: AtomicBool,
+}
+
+impl LevelTable {
+    /// `levels`: smallest first, each length a power of two.
+    pub const fn new(levels: [&'static [Slot]; 3]) -> LevelTable {
+        LevelTable {
+            levels,
+            current: AtomicUsize::new(0),
+            filled: AtomicUsize::new(0),
+            growing: AtomicBool::new(false),
+        }
+    }
+
+    /// The level in use. Acquire: pairs with the Release that published it after the copy.
+    #[inline(always)]
+    fn level(&self) -> &'static [Slot] {
+        self.levels[self.current.load(Ordering::Acquire).min(self.levels.len() - 1)]
+    }
+
+    #[inline(always)]
+    fn home(level: &[Slot], key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - level.len().trailing_zeros())) as usize
+    }
+
+    /// The value of `key`, if present.
+    #[inline]
+    pub fn get(&self, key: u64) -> Option<u32> {
+        debug_assert!(key != 0);
+        let level = self.level();
+        let (h, mask) = (Self::home(level, key), level.len() - 1);
+        for i in 0..PROBES {
+            let s = &level[(h + i) & mask];
+            match s.key.load(Ordering::Acquire) {
+                0 => return None,
+                k if k == key => {
+                    let v = s.value.load(Ordering::Acquire);
+                    // A `put` may have replaced the key between the two loads; a key is
+                    // always written before its value, so a value read with the key still in
+                    // place afterwards is that key's.
+                    return (v != 0 && s.key.load(Ordering::Acquire) == key).then_some(v);
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Caches `value` (non-zero) for `key`; may evict another key (a cache, not a map).
+    pub fn put(&self, key: u64, value: u32) {
+        debug_assert!(key != 0 && value != 0);
+        let level = self.level();
+        let (h, mask) = (Self::home(level, key), level.len() - 1);
+        let mut target = (h, false);
+        for i in 0..PROBES {
+            let k = level[(h + i) & mask].key.load(Ordering::Relaxed);
+            if k == 0 || k == key {
+                target = ((h + i) & mask, k == 0);
+                break;
+            }
+        }
+        let s = &level[target.0];
+        // Value cleared before the key changes: see `get`.
+        s.value.store(0, Ordering::Release);
+        s.key.store(key, Ordering::Release);
+        s.value.store(value, Ordering::Release);
+        if target.1 {
+            self.count_new(level);
+        }
+    }
+
+    /// The value of `key`, or `make()`'s, stored for the next caller. Never evicts: with the
+    /// window full, `make()` is called and its value not kept.
+    pub fn intern(&self, key: u64, make: impl FnOnce() -> Option<u32>) -> Option<u32> {
+        debug_assert!(key != 0);
+        let level = self.level();
+        let (h, mask) = (Self::home(level, key), level.len() - 1);
+        for i in 0..PROBES {
+            let s = &level[(h + i) & mask];
+            let k = s.key.load(Ordering::Acquire);
+            if k == key {
+                let v = s.value.load(Ordering::Acquire);
+                if v != 0 {
+                    return Some(v);
+                }
+                // Being made by another thread: make our own (a duplicate, never a wrong one).
+            } else if k == 0 && s.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                let v = make()?;
+                s.value.store(v, Ordering::Release);
+                self.count_new(level);
+                return Some(v);
+            }
+        }
+        make()
+    }
+
+    fn count_new(&self, level: &'static [Slot]) {
+        if self.filled.fetch_add(1, Ordering::Relaxed) + 1 > level.len() / 2 {
+            self.grow(level);
+        }
+    }
+
+    /// Copies the half-full level `from` into the next one and makes that current. One thread
+    /// does it; the others go on with `from` meanwhile.
+    #[cold]
+    #[inline(never)]
+    fn grow(&self, from: &'static [Slot]) {
+        let n = self.current.load(Ordering::Acquire);
+        if n + 1 >= self.levels.len() || !std::ptr::eq(self.levels[n], from) {
+            return;
+        }
+        if self.growing.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let to = self.levels[n + 1];
+        let mask = to.len() - 1;
+        let mut copied = 0;
+        for s in from {
+            let (k, v) = (s.key.load(Ordering::Acquire), s.value.load(Ordering::Acquire));
+            if k == 0 || v == 0 {
+                continue;
+            }
+            let h = Self::home(to, k);
+            // Nobody writes `to` before it is published: the first free slot is ours.
+            if let Some(d) = (0..PROBES).map(|i| &to[(h + i) & mask]).find(|d| d.key.load(Ordering::Relaxed) == 0) {
+                d.key.store(k, Ordering::Relaxed);
+                d.value.store(v, Ordering::Relaxed);
+                copied += 1;
+            }
+        }
+        self.filled.store(copied, Ordering::Relaxed);
+        self.current.store(n + 1, Ordering::Release);
+        self.growing.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static A: [Slot; 16] = [const { Slot::empty() }; 16];
+    static B: [Slot; 128] = [const { Slot::empty() }; 128];
+    static C: [Slot; 1024] = [const { Slot::empty() }; 1024];
+
+    fn key(i: u64) -> u64 {
+        0x1000 + i * 0x40
+    }
+
+    /// An intern table fills its levels in turn and keeps every key's value across the copies;
+    /// a cache keeps what it was given the same way.
+    #[test]
+    fn entries_survive_each_level_change() {
+        static T: LevelTable = LevelTable::new([&A, &B, &C]);
+        let mut seen = Vec::new();
+        for i in 0..200 {
+            let v = T.intern(key(i), || Some(i as u32 + 1)).unwrap();
+            assert_eq!(v, i as u32 + 1);
+            seen.push(T.current.load(Ordering::Relaxed));
+        }
+        // 16 slots: the ninth key moves the table on; 128: the 65th key.
+        assert_eq!(seen[7], 0);
+        assert_eq!(seen[8], 1);
+        assert_eq!(seen[64], 2);
+        for i in 0..200 {
+            assert_eq!(T.get(key(i)), Some(i as u32 + 1), "key {i}");
+            // Interned before: `make` is not called again.
+            assert_eq!(T.intern(key(i), || panic!("made twice")), Some(i as u32 + 1));
+        }
+        assert_eq!(T.get(key(1000)), None);
+    }
+
+    #[test]
+    fn a_cache_replaces_values_and_grows() {
+        static A2: [Slot; 16] = [const { Slot::empty() }; 16];
+        static B2: [Slot; 128] = [const { Slot::empty() }; 128];
+        static C2: [Slot; 1024] = [const { Slot::empty() }; 1024];
+        static T: LevelTable = LevelTable::new([&A2, &B2, &C2]);
+        for i in 0..100 {
+            T.put(key(i), 7);
+        }
+        T.put(key(3), 9);
+        assert_eq!(T.current.load(Ordering::Relaxed), 2);
+        assert_eq!(T.get(key(3)), Some(9));
+        assert!((0..100).filter(|&i| i != 3).all(|i| T.get(key(i)) == Some(7)));
+    }
+}
