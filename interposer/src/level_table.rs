@@ -10,7 +10,9 @@
 //! correct, a few bytes more).
 //!
 //! A slot is a key and a value side by side (one cache line, one page). A value is published
-//! after its key: a reader that sees the key with value 0 treats the slot as absent.
+//! after its key: a reader that sees the key with value 0 treats the slot as absent. A fork
+//! during a copy leaves the child's table at the old level for good (`growing` stays set):
+//! fuller, still correct.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 

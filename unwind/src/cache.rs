@@ -55,7 +55,8 @@ static LEVELS: [&[AtomicU64]; 3] = [&L0, &L1, &L2];
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 /// Keys inserted into the current level (approximately: racing inserts may count twice).
 static FILLED: AtomicUsize = AtomicUsize::new(0);
-/// A thread is copying the current level into the next.
+/// A thread is copying the current level into the next (stays set in a child forked meanwhile:
+/// its table keeps that level, fuller).
 static GROWING: AtomicBool = AtomicBool::new(false);
 static RULES: [AtomicU64; RULE_COUNT] = [const { AtomicU64::new(0) }; RULE_COUNT];
 /// Bumped by every invalidate; an insert that raced with one retracts itself.
