@@ -254,7 +254,7 @@ pub(crate) fn walk(
             // Replayed steps are recorded as far as the record reaches (past it, each step is
             // taken below, reading its words, as a step whose words changed).
             let record = next.steps.get_mut(n + 1..).unwrap_or_default();
-            let m = replay(&steps[at..], lo, &mut out[n..], record, &mut fp);
+            let m = replay(&steps[at..], &mut out[n..], record, &mut fp);
             if m > 0 {
                 (sp, key) = (steps[at + m - 1].cfa, steps[at + m - 1].ra);
                 at += m;
@@ -314,12 +314,16 @@ pub(crate) fn walk(
             };
         }
         // Leaving the stack (or a corrupt frame) ends the walk: frames past it are unreadable.
-        let Some(ra) = read(cfa.wrapping_sub(8), lo, hi) else { break };
+        // So does a step that would read below the stack pointer of the frame it unwinds
+        // (`sp`, at or above `lo`): what a frame saved lies above its own stack pointer, and
+        // CFI that says otherwise (or an rbp that is no frame pointer) leads nowhere sound.
+        // Replays rely on it: along a record, every step reads at or above the state before it.
+        let Some(ra) = read(cfa.wrapping_sub(8), sp, hi) else { break };
         if ra == 0 {
             break;
         }
         if fp_slot != 0 {
-            let Some(v) = read(fp_slot, lo, hi) else { break };
+            let Some(v) = read(fp_slot, sp, hi) else { break };
             fp = v;
         }
         out[n] = ra;
@@ -338,8 +342,8 @@ pub(crate) fn walk(
 
 /// Takes the leading `steps` (of this thread's previous walk, whose state before the first of
 /// them equals the current one) whose stack words still hold what that walk read there: the
-/// return address at CFA-8, and rbp's slot where the step reloads it, each at or above `lo`
-/// (this capture's stack pointer: a plain walk reads nothing below it). Equal state and equal
+/// return address at CFA-8, and rbp's slot where the step reloads it (each at or above the
+/// current stack pointer, as a plain walk's reads are: see the check in the loop). Equal state and equal
 /// words make an equal step, so each is this walk's step too: its return address goes to
 /// `out`, the step to `record` (at most as many as `out` and `record` hold), and rbp, once
 /// reloaded, to `fp` (before that it may differ from the old walk's only where no step uses
@@ -350,7 +354,7 @@ pub(crate) fn walk(
 /// taken steps are copied to `record` in one block afterwards, and only the steps before rbp's
 /// first reload get their rbp patched (the replayed steps' rbp is the old walk's from there).
 #[inline(never)]
-fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step], fp: &mut u64) -> usize {
+fn replay(steps: &[Step], out: &mut [u64], record: &mut [Step], fp: &mut u64) -> usize {
     let take = steps.len().min(out.len()).min(record.len());
     let (steps, out) = (&steps[..take], &mut out[..take]);
     let mut i = 0;
@@ -363,10 +367,14 @@ fn replay(steps: &[Step], lo: u64, out: &mut [u64], record: &mut [Step], fp: &mu
         let (at2, want2) = if slot != 0 { (slot, s.fp) } else { (ra_at, s.ra) };
         // SAFETY: the old walk read these very words: aligned, inside this thread's stack,
         // which stays mapped while the thread runs (a walk never reads outside the thread's
-        // own stack: `walk` bails out on any other). Below `lo` they are stale, and rejected.
+        // own stack: `walk` bails out on any other).
         let (v1, v2) =
             unsafe { (std::ptr::read_volatile(ra_at as *const u64), std::ptr::read_volatile(at2 as *const u64)) };
-        if (v1 ^ s.ra) | (v2 ^ want2) | u64::from(ra_at.min(at2) < lo) != 0 {
+        // Words below this walk's starting stack pointer are stale, but none is read here: a
+        // recorded step reads at or above the stack pointer (CFA) of the state before it (a
+        // walk reads nothing lower), so CFAs only grow along a record, and the first step's
+        // state is this walk's own, at or above its start.
+        if (v1 ^ s.ra) | (v2 ^ want2) != 0 {
             break;
         }
         out[i] = s.ra;
@@ -453,6 +461,46 @@ mod tests {
         // And back: the first walk's state again is replayed to the same result.
         let mut third = EMPTY_WALK;
         assert_eq!(walk_from(at(8), &mut near, &second, &mut third), [k1, k2]);
+    }
+
+    /// A frame whose rule would read below that frame's own stack pointer (its rbp is no frame
+    /// pointer) ends the walk. Replays depend on it: no record holds a step reading below the
+    /// state it starts from, so a replay never reads below its own walk's stack pointer, where
+    /// the words are stale (it does not check).
+    #[test]
+    fn a_step_that_would_read_below_its_frame_ends_the_walk() {
+        let _serial = cache::tests::SERIAL.lock().unwrap();
+        let (k0, k1, k2) = (0x10_0000_0111u64, 0x10_0000_0121, 0x10_0000_0131);
+        let gen = cache::generation();
+        // k0 (frame 0): CFA = rsp + 16. k1: CFA = rbp + 16, rbp saved at CFA - 16. k2: end.
+        cache::insert::<X86Packing>(k0, VALID | 16, gen);
+        cache::insert::<X86Packing>(
+            k1,
+            VALID | CFA_RBP | 16 | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT),
+            gen,
+        );
+        cache::insert::<X86Packing>(k2, RULE_END, gen);
+        let mut stack = vec![0u64; 64];
+        let base = stack.as_ptr() as u64;
+        let at = |i: usize| base + 8 * i as u64;
+        // Frame 0's return address (k1) at word 1: after it the stack pointer is word 2.
+        stack[1] = k1;
+        // With rbp at word 2, k1's frame reads words 2 and 3: at or above it.
+        stack[2] = 0x3333;
+        stack[3] = k2;
+        let bounds = (base as usize, (base + 8 * 64) as usize);
+        let mut near = Near::new();
+        let mut walk_from = |fp: u64| {
+            let mut out = [0u64; 8];
+            let (prev, mut next) = (EMPTY_WALK, EMPTY_WALK);
+            let regs = Regs { pc: k0 - 1, sp: at(0), fp };
+            let n = walk(&mut out, Start::Here(regs), bounds, (&mut near, &prev, &mut next)).expect("compact rules");
+            out[..n].to_vec()
+        };
+        assert_eq!(walk_from(at(2)), [k1, k2]);
+        // With rbp at word 0, k1's frame would read words 1 and 0, below its stack pointer
+        // (inside the buffer: bounding reads by the walk's start alone gives [k1, k1]).
+        assert_eq!(walk_from(at(0)), [k1]);
     }
 
     #[test]
