@@ -208,6 +208,46 @@ mod tests {
         assert_eq!(T.get(key(1000)), None);
     }
 
+    /// Threads interning and caching the same keys while the tables change levels under them:
+    /// a value read for a key is always one made or put for that key (a value encodes its
+    /// key), never another key's, and never 0.
+    #[test]
+    fn concurrent_use_across_level_changes_never_mixes_keys() {
+        static IA: [Slot; 16] = [const { Slot::empty() }; 16];
+        static IB: [Slot; 128] = [const { Slot::empty() }; 128];
+        static IC: [Slot; 1024] = [const { Slot::empty() }; 1024];
+        static INTERN: LevelTable = LevelTable::new([&IA, &IB, &IC]);
+        // The cache's levels stay small: its slots change keys all the time.
+        static CA: [Slot; 16] = [const { Slot::empty() }; 16];
+        static CB: [Slot; 16] = [const { Slot::empty() }; 16];
+        static CC: [Slot; 16] = [const { Slot::empty() }; 16];
+        static CACHE: LevelTable = LevelTable::new([&CA, &CB, &CC]);
+        // Values: the key's index in the low 16 bits, who made it above.
+        std::thread::scope(|s| {
+            for thread in 1..=4u32 {
+                s.spawn(move || {
+                    for round in 0..50u32 {
+                        for i in 0..300u32 {
+                            let k = key(u64::from(i));
+                            let v = INTERN.intern(k, || Some(thread << 16 | i)).unwrap();
+                            assert_eq!(v & 0xffff, i);
+                            CACHE.put(k, (round + 1) << 16 | i);
+                            if let Some(v) = CACHE.get(key(u64::from((i * 7) % 300))) {
+                                assert_eq!(v & 0xffff, (i * 7) % 300);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(INTERN.current.load(Ordering::Relaxed), 2);
+        assert_eq!(CACHE.current.load(Ordering::Relaxed), 2);
+        for i in 0..300u32 {
+            assert_eq!(INTERN.get(key(u64::from(i))).map(|v| v & 0xffff), Some(i));
+            assert!(CACHE.get(key(u64::from(i))).is_none_or(|v| v & 0xffff == i));
+        }
+    }
+
     #[test]
     fn a_cache_replaces_values_and_grows() {
         static A2: [Slot; 16] = [const { Slot::empty() }; 16];
