@@ -194,7 +194,9 @@ fn grow(from: &'static [AtomicU64]) {
         copied += usize::from(new);
     }
     FILLED.store(copied, Ordering::Relaxed);
-    CURRENT.store(n + 1, Ordering::Release);
+    // SeqCst: an invalidate that reads the old level here is one whose bump the check below
+    // sees.
+    CURRENT.store(n + 1, Ordering::SeqCst);
     if GENERATION.load(Ordering::SeqCst) != gen {
         // An invalidate ran during the copy: what was copied may be stale, and its sweep may
         // have passed the new level before the copy reached it. Sweep it again.
@@ -214,10 +216,14 @@ fn clear(level: &[AtomicU64]) {
     }
 }
 
-/// Drop every cached address. Allocation-free; takes about a hundred microseconds.
+/// Drop every cached address. Allocation-free; a few microseconds while the table is at its
+/// first level, about a hundred at its last.
 pub(crate) fn invalidate() {
     GENERATION.fetch_add(1, Ordering::SeqCst);
-    for level in LEVELS {
+    // Levels past the current one are empty, but for a copy under way into the next: that
+    // copy sees the bump and clears its level itself (`grow`).
+    let current = CURRENT.load(Ordering::SeqCst).min(LEVELS.len() - 1);
+    for level in &LEVELS[..=current] {
         clear(level);
     }
 }
