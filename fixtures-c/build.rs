@@ -78,6 +78,13 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "host_cxx", kind: Kind::Exe, sources: &["c/host_cxx.c"], link: &["-lcxxleak"] },
     Artifact { out: "host_live_threads", kind: Kind::Exe, sources: &["c/host_live_threads.c"], link: &["-pthread"] },
     Artifact { out: "host_exec", kind: Kind::Exe, sources: &["c/host_exec.c"], link: &["-lleaky"] },
+    Artifact {
+        out: "libunits.so",
+        kind: Kind::Lib,
+        sources: &["c/libunits_a.c", "c/libunits_b.c", "c/libunits_c.c"],
+        link: &[],
+    },
+    Artifact { out: "host_units", kind: Kind::Exe, sources: &["c/host_units.c"], link: &["-lunits"] },
     Artifact { out: "host_spawn", kind: Kind::Exe, sources: &["c/host_spawn.c"], link: &[] },
     Artifact { out: "bench_w4", kind: Kind::BenchExe, sources: &["../bench/w4_pairs.c"], link: &[] },
 ];

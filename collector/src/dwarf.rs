@@ -9,7 +9,11 @@
 //! - the sections are inflated into one anonymous mapping that asks for transparent huge pages
 //!   (a fault per 2 MiB instead of per 4 KiB, where the system allows them);
 //! - `.debug_info`, the largest, is inflated on a second thread while this one does the rest
-//!   (the program has exited: the machine is ours).
+//!   (the program has exited: the machine is ours);
+//! - addr2line reads the abbreviations of every compilation unit before its first lookup (a
+//!   third of the C library's load: 2,000 units), where a report asks for a few: the units
+//!   the addresses are not in are covered with padding before parsing
+//!   ([`Sections::keep_units_for`]).
 //!
 //! A file this does not cover (no `.debug_info` of its own, a dwz supplementary file, zstd
 //! compression) is left to addr2line's loader, which follows debug links. Split units
@@ -31,6 +35,8 @@ pub struct Sections {
     endian: RunTimeEndian,
     /// Where each section's bytes are.
     found: Vec<(SectionId, Bytes)>,
+    /// `.debug_info` copied out of the file, when it is to be edited and was not inflated.
+    info_copy: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -122,15 +128,108 @@ impl Sections {
             return None;
         }
         found.extend(jobs.into_iter().map(|(id, _, out)| (id, Bytes::Inflated(out))));
-        Some(Sections { file, inflated, endian, found })
+        Some(Sections { file, inflated, endian, found, info_copy: None })
     }
 
     fn bytes(&self, id: SectionId) -> &[u8] {
+        if let (SectionId::DebugInfo, Some(copy)) = (id, &self.info_copy) {
+            return copy;
+        }
         match self.found.iter().find(|f| f.0 == id).map(|f| f.1.clone()) {
             Some(Bytes::File(r)) => &self.file[r],
             Some(Bytes::Inflated(r)) => &self.inflated[r],
             None => &[],
         }
+    }
+
+    /// Prepares a [`Sections::parse`] for lookups at file addresses `probes` only: every run of
+    /// compilation units that holds none of them is covered with one padding unit (a type unit
+    /// header, which addr2line skips without reading its abbreviations). A probe's unit is the
+    /// one `.debug_aranges` places it in; nothing is covered unless every compilation unit has
+    /// its aranges (otherwise a probe outside them may still be in some unit) and no kept unit
+    /// may refer into another (`DW_FORM_ref_addr` and kin: what it refers to must stay). Returns
+    /// how many units were covered.
+    pub fn keep_units_for(&mut self, probes: &[u64]) -> usize {
+        let Some((units, keep)) = self.units_for(probes) else { return 0 };
+        // Runs of units to cover: [start, end) byte ranges of .debug_info.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for &(at, len) in &units {
+            if keep.binary_search(&at).is_ok() {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(run) if run.1 == at => (run.1, run.2) = (at + len, run.2 + 1),
+                _ => runs.push((at, at + len, 1)),
+            }
+        }
+        // A run too short for a header stays as it is: those units are parsed.
+        runs.retain(|&(start, end, _)| end - start >= PAD_HEADER && end - start - 4 < 0xffff_fff0);
+        if runs.is_empty() {
+            return 0;
+        }
+        let endian = self.endian;
+        let info: &mut [u8] = match self.found.iter().find(|f| f.0 == SectionId::DebugInfo).map(|f| f.1.clone()) {
+            Some(Bytes::Inflated(r)) => &mut self.inflated[r],
+            Some(Bytes::File(r)) => self.info_copy.insert(self.file[r].to_vec()),
+            None => return 0,
+        };
+        let mut covered = 0;
+        for (start, end, n) in runs {
+            pad(&mut info[start..end], endian);
+            covered += n;
+        }
+        covered
+    }
+
+    /// Every unit of `.debug_info` (offset, length with its length field), and the offsets of
+    /// the compilation units `probes` are in, sorted; `None` where units must not be covered.
+    fn units_for(&self, probes: &[u64]) -> Option<(Vec<UnitSpan>, Vec<usize>)> {
+        let aranges = gimli::DebugAranges::new(self.bytes(SectionId::DebugAranges), self.endian);
+        let mut ranges: Vec<(u64, u64, usize)> = Vec::new();
+        let mut listed: Vec<usize> = Vec::new();
+        let mut headers = aranges.headers();
+        while let Some(h) = headers.next().ok()? {
+            let unit = h.debug_info_offset().0;
+            listed.push(unit);
+            let mut entries = h.entries();
+            while let Some(e) = entries.next().ok()? {
+                let r = e.range();
+                if r.end > r.begin {
+                    ranges.push((r.begin, r.end, unit));
+                }
+            }
+        }
+        listed.sort_unstable();
+        ranges.sort_unstable();
+        let info = gimli::DebugInfo::new(self.bytes(SectionId::DebugInfo), self.endian);
+        let mut units = Vec::new();
+        let mut headers = info.units();
+        while let Some(h) = headers.next().ok()? {
+            let at = h.debug_info_offset()?.0;
+            // A unit addr2line takes ranges from without aranges: a probe may be in it.
+            let ranged = matches!(h.type_(), gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_));
+            if ranged && listed.binary_search(&at).is_err() {
+                return None;
+            }
+            units.push((at, h.length_including_self()));
+        }
+        let mut keep: Vec<usize> = probes
+            .iter()
+            .filter_map(|&p| {
+                let below = ranges.partition_point(|r| r.0 <= p);
+                ranges[..below].iter().rev().find(|r| p < r.1).map(|r| r.2)
+            })
+            .collect();
+        keep.sort_unstable();
+        keep.dedup();
+        let abbrev = self.bytes(SectionId::DebugAbbrev);
+        for &at in &keep {
+            let h = info.header_from_offset(gimli::DebugInfoOffset(at)).ok()?;
+            if refers_across(abbrev, h.debug_abbrev_offset().0, self.endian) {
+                return None;
+            }
+        }
+        Some((units, keep))
     }
 
     /// These sections parsed, for lookups.
@@ -163,6 +262,62 @@ impl<'a> Parsed<'a> {
         let map = self.symbols.get_or_init(|| object::File::parse(self.file).ok().map(|o| o.symbol_map()));
         map.as_ref()?.containing(probe).map(SymbolMapName::name)
     }
+}
+
+/// A unit of `.debug_info`: its offset and its length, the length field included.
+type UnitSpan = (usize, usize);
+
+/// Bytes of the padding unit's header: DWARF 5, 32-bit format, a type unit (length, version,
+/// unit type, address size, abbreviations offset, type signature, type offset).
+const PAD_HEADER: usize = 4 + 2 + 1 + 1 + 4 + 8 + 4;
+
+/// Makes `run` (at least [`PAD_HEADER`] bytes, under 4 GiB) one type unit whose contents are
+/// never read.
+fn pad(run: &mut [u8], endian: RunTimeEndian) {
+    use gimli::Endianity;
+    let mut header = [0u8; PAD_HEADER];
+    endian.write_u32(&mut header[0..4], (run.len() - 4) as u32);
+    endian.write_u16(&mut header[4..6], 5);
+    header[6] = gimli::DW_UT_type.0;
+    header[7] = 8;
+    // Abbreviations offset, signature and type offset: 0 (a type unit's are not read).
+    run[..PAD_HEADER].copy_from_slice(&header);
+}
+
+/// Whether the abbreviation table at `offset` of `.debug_abbrev` lets a unit refer into another
+/// (or cannot be read): attribute forms `DW_FORM_ref_addr`, the supplementary-file forms, or
+/// `DW_FORM_indirect` (any form).
+fn refers_across(abbrev: &[u8], offset: usize, endian: RunTimeEndian) -> bool {
+    use gimli::Reader as _;
+    let Some(table) = abbrev.get(offset..) else { return true };
+    let mut r = EndianSlice::new(table, endian);
+    let scan = |r: &mut Reader<'_>| -> gimli::Result<bool> {
+        // Each abbreviation: code, tag, children flag, then (attribute, form) pairs to (0, 0);
+        // the table ends with code 0.
+        while r.read_uleb128()? != 0 {
+            r.read_uleb128()?;
+            r.read_u8()?;
+            loop {
+                let (name, form) = (r.read_uleb128()?, r.read_uleb128()?);
+                if name == 0 && form == 0 {
+                    break;
+                }
+                match gimli::DwForm(form as u16) {
+                    gimli::DW_FORM_implicit_const => {
+                        r.read_sleb128()?;
+                    }
+                    gimli::DW_FORM_ref_addr
+                    | gimli::DW_FORM_ref_sup4
+                    | gimli::DW_FORM_ref_sup8
+                    | gimli::DW_FORM_GNU_ref_alt
+                    | gimli::DW_FORM_indirect => return Ok(true),
+                    _ => {}
+                }
+            }
+        }
+        Ok(false)
+    };
+    scan(&mut r).unwrap_or(true)
 }
 
 /// Inflates one zlib stream (an ELF compressed section's data after its header) into exactly
@@ -200,6 +355,70 @@ mod tests {
         if let Some(p) = libc_debug {
             check(&p, Some(200));
         }
+    }
+
+    /// libunits.so (three compilation units, c/libunits_{a,b,c}.c) asked about addresses in
+    /// units b and c: unit a is covered, the answers in b and c are those of addr2line's own
+    /// loader (inlined frames included), and an address in a finds no function any more, as
+    /// it was never parsed.
+    #[test]
+    fn units_no_probe_is_in_are_covered_and_the_others_answer_alike() {
+        let path = residue_fixtures::libunits();
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: read-only mapping of a fixture, read in this test only.
+        let m = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        let o = object::File::parse(&*m).unwrap();
+        let function = |name: &str| {
+            use object::ObjectSymbol;
+            let s = o.symbols().find(|s| s.name() == Ok(name)).unwrap_or_else(|| panic!("{name} in libunits.so"));
+            s.address()..s.address() + s.size()
+        };
+        let (a, b, c) = (function("units_unused_a"), function("units_leak_b"), function("units_leak_c"));
+        let probes: Vec<u64> = b.clone().chain(c.clone()).collect();
+        let mut sections = Sections::load(&path).expect("libunits.so loads");
+        assert_eq!(sections.keep_units_for(&probes), 1, "unit a, and only it, is covered");
+        let ctx = sections.parse().expect("a context");
+        let theirs = addr2line::Loader::new(&path).expect("addr2line loads it");
+        let base = |probe: u64| Frame {
+            address: probe,
+            function: None,
+            module: None,
+            offset: None,
+            file: None,
+            line: None,
+            inlined: false,
+        };
+        let mut inlined = 0;
+        for &probe in &probes {
+            let ours = frames_of(ctx.find_frames(probe), &base(probe));
+            assert!(ours.first().is_some_and(|f| f.function.is_some()), "a function at {probe:#x}");
+            assert_eq!(ours, frames_of(theirs.find_frames(probe).ok(), &base(probe)), "at {probe:#x}");
+            inlined += usize::from(ours.len() > 1);
+        }
+        assert!(inlined > 0, "units_fill is inlined into units_leak_b somewhere");
+        let in_a = a.start + 1;
+        let named = |frames: Vec<Frame>| frames.iter().any(|f| f.function.as_deref() == Some("units_unused_a"));
+        assert!(named(frames_of(theirs.find_frames(in_a).ok(), &base(in_a))));
+        assert!(!named(frames_of(ctx.find_frames(in_a), &base(in_a))), "unit a was not parsed");
+    }
+
+    /// Abbreviation tables are read far enough to see a form that refers into another unit.
+    #[test]
+    fn cross_unit_references_are_seen_in_abbreviations() {
+        // code 1, DW_TAG_subprogram (0x2e), children no; DW_AT_name (0x03) DW_FORM_strp (0x0e),
+        // DW_AT_decl_line (0x3b) DW_FORM_implicit_const (0x21) with -3, DW_AT_abstract_origin
+        // (0x31) with FORM; end of attributes; end of table.
+        let table = |form: u8| vec![0x01, 0x2e, 0x00, 0x03, 0x0e, 0x3b, 0x21, 0x7d, 0x31, form, 0, 0, 0];
+        let le = RunTimeEndian::Little;
+        assert!(!refers_across(&table(gimli::DW_FORM_ref4.0 as u8), 0, le));
+        assert!(refers_across(&table(gimli::DW_FORM_ref_addr.0 as u8), 0, le));
+        assert!(refers_across(&table(gimli::DW_FORM_indirect.0 as u8), 0, le));
+        // At an offset, and a table cut short: unreadable counts as referring.
+        let mut at = vec![0xaa; 5];
+        at.extend(table(gimli::DW_FORM_ref4.0 as u8));
+        assert!(!refers_across(&at, 5, le));
+        assert!(refers_across(&table(gimli::DW_FORM_ref4.0 as u8)[..6], 0, le));
+        assert!(refers_across(&at, 100, le));
     }
 
     /// Compares both loaders on addresses spread over the file's code.

@@ -242,8 +242,16 @@ impl Symbolizer {
             let end = i + todo[i..].iter().take_while(|t| t.0 == path).count();
             self.close();
             let module = work[todo[i].3].modules.find(todo[i].2.wrapping_sub(1));
-            let sections =
+            let mut sections =
                 module.and_then(|m| candidate_files(m).into_iter().next()).and_then(|f| dwarf::Sections::load(&f));
+            if let Some(sections) = sections.as_mut() {
+                // Only the units these addresses are in are parsed.
+                let probes: Vec<u64> = todo[i..end]
+                    .iter()
+                    .filter_map(|&(_, _, a, k)| Self::place(work[k].modules, a).map(|(_, probe, _)| probe))
+                    .collect();
+                sections.keep_units_for(&probes);
+            }
             let parsed = sections.as_ref().and_then(dwarf::Sections::parse);
             for &(_, p, a, k) in &todo[i..end] {
                 if !self.caches[p].contains_key(&a) {

@@ -272,3 +272,30 @@ pub mod unwind {
     pub const AFTER_JUMP_FUNCTION: &str = "after_jump";
     pub const JUMPER_FUNCTION: &str = "jumper";
 }
+
+/// host_units: two leaks in libunits.so, a library of three compilation units (libunits_a.c,
+/// never called; libunits_b.c; libunits_c.c).
+pub fn host_units() -> PathBuf {
+    path("host_units")
+}
+/// libunits.so: see [`host_units`].
+pub fn libunits() -> PathBuf {
+    path("libunits.so")
+}
+
+/// libunits.so's leaks (c/libunits_b.c, c/libunits_c.c).
+pub mod units {
+    /// units_leak_b's block (malloc in the inlined units_fill).
+    pub const B_BYTES: u64 = 48;
+    /// units_leak_c's block.
+    pub const C_BYTES: u64 = 24;
+    /// The malloc call in units_fill (libunits_b.c).
+    pub const FILL_LINE: u64 = 7;
+    /// units_leak_b's call of units_fill (libunits_b.c).
+    pub const LEAK_B_LINE: u64 = 14;
+    /// The malloc call in units_leak_c (libunits_c.c).
+    pub const LEAK_C_LINE: u64 = 5;
+    /// host_units.c's calls of units_leak_b and units_leak_c.
+    pub const HOST_B_CALL_LINE: u64 = 9;
+    pub const HOST_C_CALL_LINE: u64 = 10;
+}

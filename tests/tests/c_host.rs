@@ -79,3 +79,61 @@ fn leak_stacks_are_complete_from_the_leaking_function_to_start() {
         assert_eq!(names.last(), Some(&"_start"), "the stack reaches _start: {names:?}\n{ctx}");
     }
 }
+
+#[test]
+fn a_library_of_several_units_is_named_from_the_units_its_leaks_are_in() {
+    // libunits.so has three compilation units; its leaks are in two. The collector parses only
+    // the units a report's addresses are in (the third is covered over before addr2line reads
+    // it): functions, inlined frames, files and lines must come out as from a full parse.
+    use fixtures::units;
+    let o = run([fixture("host_units")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.heap("libunits.so"), Amount::new(2, units::B_BYTES + units::C_BYTES), "{ctx}");
+    let at = |f: &residue_tests::Frame| {
+        (
+            f.function.clone().unwrap_or_default(),
+            f.file.as_deref().and_then(|p| p.rsplit('/').next()).unwrap_or_default().to_owned(),
+            f.line.unwrap_or(0),
+        )
+    };
+    // (function, file name, line) of each frame.
+    type Place = (String, String, u64);
+    let mut seen: Vec<(Amount, Vec<Place>)> = o
+        .report
+        .stacks("libunits.so")
+        .iter()
+        .map(|s| {
+            let from = s.frames.iter().position(|f| f.function.as_deref().is_some_and(|n| n.starts_with("units_")));
+            // From the library's first frame out to main (the frames past it are libc's).
+            let frames = from
+                .map(|i| {
+                    let main = s.frames[i..].iter().position(|f| f.function.as_deref() == Some("main"));
+                    s.frames[i..=i + main.unwrap_or(0)].iter().map(at).collect()
+                })
+                .unwrap_or_default();
+            (s.amount, frames)
+        })
+        .collect();
+    seen.sort_by_key(|(a, _)| a.bytes);
+    let owned =
+        |v: &[(&str, &str, u64)]| v.iter().map(|&(f, file, line)| (f.to_owned(), file.to_owned(), line)).collect();
+    let expected = vec![
+        (
+            Amount::new(1, units::C_BYTES),
+            owned(&[
+                ("units_leak_c", "libunits_c.c", units::LEAK_C_LINE),
+                ("main", "host_units.c", units::HOST_C_CALL_LINE),
+            ]),
+        ),
+        (
+            Amount::new(1, units::B_BYTES),
+            owned(&[
+                ("units_fill", "libunits_b.c", units::FILL_LINE),
+                ("units_leak_b", "libunits_b.c", units::LEAK_B_LINE),
+                ("main", "host_units.c", units::HOST_B_CALL_LINE),
+            ]),
+        ),
+    ];
+    assert_eq!(seen, expected, "{ctx}");
+}
