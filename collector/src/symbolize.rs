@@ -95,6 +95,10 @@ pub struct Symbolizer {
     names_at: Vec<FxMap<u64, Option<Rc<str>>>>,
     /// Per module file: its function symbols, for [`Symbolizer::function_name`].
     names: FxMap<String, Option<Rc<SymbolNames>>>,
+    /// How far the report resolves each stack, by (image address, resource kind, stack id):
+    /// decided while preparing (which addresses to symbolize), read again while building.
+    /// The images outlive the report's building.
+    pub details: FxMap<(usize, residue_protocol::Kind, u32), crate::report::Detail>,
 }
 
 /// A module's function symbols (`.symtab`, or `.dynsym` in a stripped file), sorted by address:

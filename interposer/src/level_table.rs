@@ -9,12 +9,16 @@
 //! which a cache re-computes and an intern table re-interns (a code sent twice under two ids:
 //! correct, a few bytes more).
 //!
-//! A slot is a key and a value side by side (one cache line, one page). A value is published
-//! after its key: a reader that sees the key with value 0 treats the slot as absent. A fork
-//! during a copy leaves the child's table at the old level for good (`growing` stays set):
-//! fuller, still correct.
+//! A slot is a key and a value side by side (one cache line, one page). An intern table's
+//! slot is claimed once (its key set, then its value) and never changes: a reader that sees the
+//! key with value 0 treats the slot as absent. A cache's slot changes keys, and key and value
+//! are two words: a reader could take one key's value for another's (the key may go A, B, A
+//! between its loads: seen by this module's stress test). So a cache's slot is a seqlock: a
+//! `put` makes its sequence odd, writes, and makes it even again; a read stands only if the
+//! sequence was even and unchanged around it. A fork during a copy leaves the child's table at
+//! the old level for good (`growing` stays set): fuller, still correct.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Linear-probe window: a key lives in one of this many slots after its hash.
 const PROBES: usize = 8;
@@ -22,11 +26,26 @@ const PROBES: usize = 8;
 pub struct Slot {
     key: AtomicU64,
     value: AtomicU32,
+    /// Odd while a `put` rewrites the slot, bumped by each (never moves in an intern table).
+    seq: AtomicU32,
 }
 
 impl Slot {
     pub const fn empty() -> Slot {
-        Slot { key: AtomicU64::new(0), value: AtomicU32::new(0) }
+        Slot { key: AtomicU64::new(0), value: AtomicU32::new(0), seq: AtomicU32::new(0) }
+    }
+
+    /// The key and value as they were together, or `None` while a `put` rewrites them.
+    #[inline(always)]
+    fn read(&self) -> Option<(u64, u32)> {
+        let before = self.seq.load(Ordering::Acquire);
+        if before & 1 != 0 {
+            return None;
+        }
+        let (k, v) = (self.key.load(Ordering::Relaxed), self.value.load(Ordering::Relaxed));
+        // Orders the two loads above before the check below (the seqlock's reader side).
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == before).then_some((k, v))
     }
 }
 
@@ -69,16 +88,10 @@ impl LevelTable {
         let level = self.level();
         let (h, mask) = (Self::home(level, key), level.len() - 1);
         for i in 0..PROBES {
-            let s = &level[(h + i) & mask];
-            match s.key.load(Ordering::Acquire) {
-                0 => return None,
-                k if k == key => {
-                    let v = s.value.load(Ordering::Acquire);
-                    // A `put` may have replaced the key between the two loads; a key is
-                    // always written before its value, so a value read with the key still in
-                    // place afterwards is that key's.
-                    return (v != 0 && s.key.load(Ordering::Acquire) == key).then_some(v);
-                }
+            match level[(h + i) & mask].read() {
+                Some((0, _)) => return None,
+                Some((k, v)) if k == key => return (v != 0).then_some(v),
+                // Another key, or one being written: look on (a miss at worst).
                 _ => {}
             }
         }
@@ -99,10 +112,18 @@ impl LevelTable {
             }
         }
         let s = &level[target.0];
-        // Value cleared before the key changes: see `get`.
-        s.value.store(0, Ordering::Release);
-        s.key.store(key, Ordering::Release);
-        s.value.store(value, Ordering::Release);
+        let seq = s.seq.load(Ordering::Relaxed);
+        if seq & 1 != 0
+            || s.seq.compare_exchange(seq, seq.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            // Another `put` is rewriting this slot: this one is dropped (a cache).
+            return;
+        }
+        // Orders the odd sequence before the writes (the seqlock's writer side).
+        fence(Ordering::Release);
+        s.key.store(key, Ordering::Relaxed);
+        s.value.store(value, Ordering::Relaxed);
+        s.seq.store(seq.wrapping_add(2), Ordering::Release);
         if target.1 {
             self.count_new(level);
         }
@@ -155,10 +176,7 @@ impl LevelTable {
         let mask = to.len() - 1;
         let mut copied = 0;
         for s in from {
-            let (k, v) = (s.key.load(Ordering::Acquire), s.value.load(Ordering::Acquire));
-            if k == 0 || v == 0 {
-                continue;
-            }
+            let Some((k, v)) = s.read().filter(|&(k, v)| k != 0 && v != 0) else { continue };
             let h = Self::home(to, k);
             // Nobody writes `to` before it is published: the first free slot is ours.
             if let Some(d) = (0..PROBES).map(|i| &to[(h + i) & mask]).find(|d| d.key.load(Ordering::Relaxed) == 0) {

@@ -7,6 +7,8 @@ pub mod json;
 pub mod junit;
 pub mod sarif;
 mod stack;
+/// How far a stack is resolved (kept per stack by the symbolizer between preparing and building).
+pub(crate) use stack::Detail;
 pub mod text;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -431,7 +433,11 @@ fn detail_of(
     }
     // A stack that never arrived has nothing to symbolize (and is reported as the user's).
     let Some(raw) = img.stacks.get(&id) else { return stack::Detail::Full };
-    match stack::resolve(img, modules, sym, raw, stack::Detail::Owner) {
+    let key = (img as *const Image as usize, kind, id);
+    if let Some(&d) = sym.details.get(&key) {
+        return d;
+    }
+    let d = match stack::resolve(img, modules, sym, raw, stack::Detail::Owner) {
         stack::Resolved::InterposerOwn => stack::Detail::Owner,
         stack::Resolved::Stack { library, frames, owner_frame, .. } => {
             if noise::classify_frames(&kind_name(kind), &frames, owner_frame, &library).is_runtime() {
@@ -440,7 +446,9 @@ fn detail_of(
                 stack::Detail::Full
             }
         }
-    }
+    };
+    sym.details.insert(key, d);
+    d
 }
 
 /// The (kind, stack) pairs among `stacks` that a report with `listed` shows frame by frame.
