@@ -104,7 +104,12 @@ pub struct Symbolizer {
 /// A module's function symbols (`.symtab`, or `.dynsym` in a stripped file), sorted by address:
 /// what names the function a return address is in without reading any debug information.
 pub struct SymbolNames {
-    syms: Vec<(u64, String)>,
+    /// The file the names are read from.
+    bytes: memmap2::Mmap,
+    /// (file address, name's offset in `bytes`, name's length), sorted by address then name.
+    /// Names stay in the file: libpython's table is tens of thousands of symbols, of which a
+    /// report asks for a few dozen.
+    syms: Vec<(u64, u32, u32)>,
     /// Answers by file address: a stack's frames repeat across stacks.
     found: std::cell::RefCell<FxMap<u64, Option<Rc<str>>>>,
 }
@@ -120,15 +125,30 @@ impl SymbolNames {
         // is built (a package upgrade replaces them by rename: the mapping keeps the old file).
         let bytes = unsafe { memmap2::Mmap::map(&file) }.ok()?;
         let file = object::File::parse(&*bytes).ok()?;
-        let table: Vec<_> =
-            if file.symbols().next().is_some() { file.symbols().collect() } else { file.dynamic_symbols().collect() };
-        let mut syms: Vec<(u64, String)> = table
-            .into_iter()
-            .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
-            .filter_map(|s| Some((s.address(), s.name().ok()?.to_owned())))
-            .collect();
-        syms.sort_unstable();
-        Some(SymbolNames { syms, found: Default::default() })
+        let start = bytes.as_ptr() as usize;
+        let at = |name: &[u8]| -> Option<(u32, u32)> {
+            let off = (name.as_ptr() as usize).checked_sub(start).filter(|&o| o + name.len() <= bytes.len())?;
+            Some((u32::try_from(off).ok()?, u32::try_from(name.len()).ok()?))
+        };
+        let mut syms: Vec<(u64, u32, u32)> = Vec::new();
+        let mut take = |s: object::Symbol<'_, '_>| {
+            if s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0 {
+                // Names that are not UTF-8 are left out (a function named by none of them).
+                let name = s.name_bytes().ok().filter(|n| std::str::from_utf8(n).is_ok());
+                if let Some((off, len)) = name.and_then(at) {
+                    syms.push((s.address(), off, len));
+                }
+            }
+        };
+        if file.symbols().next().is_some() {
+            file.symbols().for_each(&mut take);
+        } else {
+            file.dynamic_symbols().for_each(&mut take);
+        }
+        drop(file);
+        let name = |s: &(u64, u32, u32)| &bytes[s.1 as usize..s.1 as usize + s.2 as usize];
+        syms.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| name(a).cmp(name(b))));
+        Some(SymbolNames { bytes, syms, found: Default::default() })
     }
 
     /// The function containing file address `probe`, with a compiler clone's suffix
@@ -137,8 +157,10 @@ impl SymbolNames {
         if let Some(n) = self.found.borrow().get(&probe) {
             return n.clone();
         }
-        let name = self.syms.partition_point(|s| s.0 <= probe).checked_sub(1).map(|i| {
-            let raw = self.syms[i].1.as_str();
+        let name = self.syms.partition_point(|s| s.0 <= probe).checked_sub(1).and_then(|i| {
+            let (_, at, len) = self.syms[i];
+            // UTF-8: checked when the table was read.
+            let raw = std::str::from_utf8(&self.bytes[at as usize..at as usize + len as usize]).ok()?;
             let cut =
                 [".constprop.", ".isra.", ".part.", ".cold", ".lto_priv."].iter().filter_map(|p| raw.find(p)).min();
             let raw = cut.map_or(raw, |c| &raw[..c]);
@@ -148,7 +170,7 @@ impl SymbolNames {
             } else {
                 raw.to_owned()
             };
-            Rc::<str>::from(name)
+            Some(Rc::<str>::from(name))
         });
         self.found.borrow_mut().insert(probe, name.clone());
         name
