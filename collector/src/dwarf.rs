@@ -379,15 +379,7 @@ mod tests {
         assert_eq!(sections.keep_units_for(&probes), 1, "unit a, and only it, is covered");
         let ctx = sections.parse().expect("a context");
         let theirs = addr2line::Loader::new(&path).expect("addr2line loads it");
-        let base = |probe: u64| Frame {
-            address: probe,
-            function: None,
-            module: None,
-            offset: None,
-            file: None,
-            line: None,
-            inlined: false,
-        };
+        let base = nowhere;
         let mut inlined = 0;
         for &probe in &probes {
             let ours = frames_of(ctx.find_frames(probe), &base(probe));
@@ -421,6 +413,11 @@ mod tests {
         assert!(refers_across(&at, 100, le));
     }
 
+    /// A frame at `probe` with nothing known yet, which both loaders' frames start from.
+    fn nowhere(probe: u64) -> Frame {
+        Frame { address: probe, function: None, module: None, offset: None, file: None, line: None, inlined: false }
+    }
+
     /// Compares both loaders on addresses spread over the file's code.
     fn check(path: &Path, samples: Option<usize>) {
         let sections = Sections::load(path).unwrap_or_else(|| panic!("{} loads", path.display()));
@@ -435,15 +432,7 @@ mod tests {
         let mut compared = 0;
         for k in 0..n {
             let probe = text.address() + text.size() * k / n;
-            let base = Frame {
-                address: probe,
-                function: None,
-                module: None,
-                offset: None,
-                file: None,
-                line: None,
-                inlined: false,
-            };
+            let base = nowhere(probe);
             let ours = frames_of(ctx.find_frames(probe), &base);
             let expected = frames_of(theirs.find_frames(probe).ok(), &base);
             assert_eq!(ours, expected, "{} at {probe:#x}", path.display());

@@ -416,6 +416,21 @@ mod tests {
     use super::*;
     use crate::memo::{Near, EMPTY_WALK};
 
+    /// Rules for made-up return addresses: `k0` (frame 0) CFA = rsp + 16; `k1` CFA = rbp + 16,
+    /// rbp saved at CFA - 16; each of `ends` the outermost frame.
+    fn insert_rules(k0: u64, k1: u64, ends: &[u64]) {
+        let gen = cache::generation();
+        cache::insert::<X86Packing>(k0, VALID | 16, gen);
+        cache::insert::<X86Packing>(
+            k1,
+            VALID | CFA_RBP | 16 | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT),
+            gen,
+        );
+        for &k in ends {
+            cache::insert::<X86Packing>(k, RULE_END, gen);
+        }
+    }
+
     /// A made-up stack in a buffer, with made-up return addresses whose rules are put in the
     /// cache: walked once to fill a memo, then again in states that equal the memo's except
     /// in rbp, which the next rule uses. The replay must not be taken there.
@@ -424,16 +439,7 @@ mod tests {
         let _serial = cache::tests::SERIAL.lock().unwrap();
         // Keys far from any real code (below MAX_KEY, never a mapped text address here).
         let (k0, k1, k2, k3) = (0x10_0000_0011u64, 0x10_0000_0021, 0x10_0000_0031, 0x10_0000_0041);
-        let gen = cache::generation();
-        // k0 (frame 0): CFA = rsp + 16. k1: CFA = rbp + 16, rbp saved at CFA - 16. k2, k3: end.
-        cache::insert::<X86Packing>(k0, VALID | 16, gen);
-        cache::insert::<X86Packing>(
-            k1,
-            VALID | CFA_RBP | 16 | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT),
-            gen,
-        );
-        cache::insert::<X86Packing>(k2, RULE_END, gen);
-        cache::insert::<X86Packing>(k3, RULE_END, gen);
+        insert_rules(k0, k1, &[k2, k3]);
         let mut stack = vec![0u64; 64];
         let base = stack.as_ptr() as u64;
         let at = |i: usize| base + 8 * i as u64;
@@ -471,15 +477,7 @@ mod tests {
     fn a_step_that_would_read_below_its_frame_ends_the_walk() {
         let _serial = cache::tests::SERIAL.lock().unwrap();
         let (k0, k1, k2) = (0x10_0000_0111u64, 0x10_0000_0121, 0x10_0000_0131);
-        let gen = cache::generation();
-        // k0 (frame 0): CFA = rsp + 16. k1: CFA = rbp + 16, rbp saved at CFA - 16. k2: end.
-        cache::insert::<X86Packing>(k0, VALID | 16, gen);
-        cache::insert::<X86Packing>(
-            k1,
-            VALID | CFA_RBP | 16 | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT),
-            gen,
-        );
-        cache::insert::<X86Packing>(k2, RULE_END, gen);
+        insert_rules(k0, k1, &[k2]);
         let mut stack = vec![0u64; 64];
         let base = stack.as_ptr() as u64;
         let at = |i: usize| base + 8 * i as u64;
