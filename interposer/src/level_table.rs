@@ -49,7 +49,7 @@ impl Slot {
     }
 }
 
-/// The first level holds 2^FIRST slots; each next one 8 times as many.
+/// A table of three levels (the caller's arrays, smallest first); see the module comment.
 pub struct LevelTable {
     levels: [&'static [Slot]; 3],
     current: AtomicUsize,
