@@ -375,6 +375,10 @@ mod tests {
         };
         let (a, b, c) = (function("units_unused_a"), function("units_leak_b"), function("units_leak_c"));
         let probes: Vec<u64> = b.clone().chain(c.clone()).collect();
+        // Without aranges nothing says which unit an address is in: nothing is covered.
+        let mut bare = Sections::load(&path).expect("libunits.so loads");
+        bare.found.retain(|f| f.0 != SectionId::DebugAranges);
+        assert_eq!(bare.keep_units_for(&probes), 0, "no unit covered without aranges");
         let mut sections = Sections::load(&path).expect("libunits.so loads");
         assert_eq!(sections.keep_units_for(&probes), 1, "unit a, and only it, is covered");
         let ctx = sections.parse().expect("a context");
