@@ -48,7 +48,7 @@ struct Layout {
     compact_size: usize,
 }
 
-const PY311: Layout = Layout {
+static PY311: Layout = Layout {
     version: (3, 11),
     tstate_cframe: 56,
     cframe_current: Some(8),
@@ -67,7 +67,7 @@ const PY311: Layout = Layout {
     compact_size: 72,
 };
 
-const PY312: Layout = Layout {
+static PY312: Layout = Layout {
     version: (3, 12),
     tstate_cframe: 56,
     cframe_current: Some(0),
@@ -334,19 +334,58 @@ fn frames_of_runtime(t: &Thread, out: &mut [u64], status: u8, call: u64) -> usiz
     }
 }
 
+/// Where a walk takes its field offsets from: a version whose layout is known when this is
+/// compiled, or the layout detected at run time. A known version gets its own copy of the walk
+/// with the offsets as immediates: no load of the layout per field, fewer registers spilled
+/// (3.11's loop went from about 90 instructions a frame to about 55; W1 -7% instructions).
+trait Offsets {
+    fn layout() -> &'static Layout;
+}
+
+struct Known311;
+struct Known312;
+struct Detected;
+
+impl Offsets for Known311 {
+    #[inline(always)]
+    fn layout() -> &'static Layout {
+        &PY311
+    }
+}
+
+impl Offsets for Known312 {
+    #[inline(always)]
+    fn layout() -> &'static Layout {
+        &PY312
+    }
+}
+
+impl Offsets for Detected {
+    #[inline(always)]
+    fn layout() -> &'static Layout {
+        layout()
+    }
+}
+
 fn walk(t: &Thread, tstate: u64, out: &mut [u64], checked: bool, call: u64) -> Option<usize> {
     if checked {
-        walk_frames::<true>(t, tstate, out, 0)
+        return walk_frames::<true, Detected>(t, tstate, out, 0);
+    }
+    let l = LAYOUT.load(Ordering::Relaxed);
+    if l == &PY311 as *const Layout as usize {
+        walk_frames::<false, Known311>(t, tstate, out, call)
+    } else if l == &PY312 as *const Layout as usize {
+        walk_frames::<false, Known312>(t, tstate, out, call)
     } else {
-        walk_frames::<false>(t, tstate, out, call)
+        walk_frames::<false, Detected>(t, tstate, out, call)
     }
 }
 
 /// The walk, with `CHECKED` reads (before the layout has proven itself) or plain ones.
 #[inline(always)]
-fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64], call: u64) -> Option<usize> {
+fn walk_frames<const CHECKED: bool, V: Offsets>(t: &Thread, tstate: u64, out: &mut [u64], call: u64) -> Option<usize> {
     let checked = CHECKED;
-    let l = layout();
+    let l = V::layout();
     let first = word(tstate + l.tstate_cframe as u64, checked)?;
     let mut f = match l.cframe_current {
         Some(_) if first == 0 => return Some(0),
@@ -367,7 +406,7 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64], ca
         if !plausible(code) {
             return None;
         }
-        let at = (f, field::<CHECKED>(f, l.frame_prev_instr)?, identity::<CHECKED>(code)?.key);
+        let at = (f, field::<CHECKED>(f, l.frame_prev_instr)?, identity::<CHECKED, V>(code)?.key);
         if let Some(n) = near.as_deref().and_then(|nc| nc.py_frames.in_call(call, at, out)) {
             return Some(n);
         }
@@ -403,7 +442,7 @@ fn walk_frames<const CHECKED: bool>(t: &Thread, tstate: u64, out: &mut [u64], ca
         // This thread saw this code object, with the fields that identify it as they are now,
         // at this instruction before: the same frame value. Compared field by field, the
         // identity's hash is only needed on a miss. (Not taken before the layout is proven.)
-        let fields = code_fields::<CHECKED>(code)?;
+        let fields = code_fields::<CHECKED, V>(code)?;
         let seen = match near.as_deref() {
             Some(nc) if !CHECKED => nc.py_frames.get(code, instr, &fields),
             _ => None,
@@ -522,14 +561,14 @@ struct Identity {
 /// Inlined into the frame walk, once per frame: with `CHECKED` a constant, each field is one
 /// load.
 #[inline(always)]
-fn identity<const CHECKED: bool>(code: u64) -> Option<Identity> {
-    Some(identity_of(code, &code_fields::<CHECKED>(code)?))
+fn identity<const CHECKED: bool, V: Offsets>(code: u64) -> Option<Identity> {
+    Some(identity_of(code, &code_fields::<CHECKED, V>(code)?))
 }
 
 /// The fields [`Identity`] is made of, as they are now (each one load).
 #[inline(always)]
-fn code_fields<const CHECKED: bool>(code: u64) -> Option<CodeFields> {
-    let l = layout();
+fn code_fields<const CHECKED: bool, V: Offsets>(code: u64) -> Option<CodeFields> {
+    let l = V::layout();
     let filename = field::<CHECKED>(code, l.code_filename)?;
     let qualname = field::<CHECKED>(code, l.code_qualname)?;
     if !plausible(qualname) {
