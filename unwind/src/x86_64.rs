@@ -1,6 +1,6 @@
 //! x86-64: starting registers, the compact rule, and the walk.
 
-use crate::memo::{Parts, Step, Walk, CAP, CFA_FROM_RBP};
+use crate::memo::{Parts, Step, Walk, Walked, CAP, CFA_FROM_RBP};
 use crate::{cache, eh};
 use gimli::{CfaRule, RegisterRule, X86_64};
 use std::sync::atomic::Ordering;
@@ -202,7 +202,7 @@ pub(crate) fn walk(
     start: Start,
     (lo, hi): (usize, usize),
     (near, prev, next): Parts<'_>,
-) -> Option<usize> {
+) -> Option<Walked> {
     let (lo, hi) = (lo as u64, hi as u64);
     let (entry_sp, fp) = match start {
         Start::Here(regs) => (regs.sp, regs.fp),
@@ -228,7 +228,7 @@ pub(crate) fn walk(
         Start::Entry(e) => {
             let ra = read(e.sp, lo, hi)?;
             if ra == 0 {
-                return Some(0);
+                return Some((0, false));
             }
             out[0] = ra;
             (e.sp + 8, ra, 1)
@@ -248,14 +248,25 @@ pub(crate) fn walk(
     let mut at = 0;
     let mut synced = seek(prev, steps, &mut at, sp, key, fp);
     let mut ended = false;
+    // Set where the walk ends by replaying the rest of `prev` at the same step numbers: from
+    // which step, and rbp before it (see `Walked`).
+    let mut in_place = None;
     while n < out.len() {
         let (cfa, fp_slot, from_rbp);
         if synced {
             // Replayed steps are recorded as far as the record reaches (past it, each step is
             // taken below, reading its words, as a step whose words changed).
-            let record = next.steps.get_mut(n + 1..).unwrap_or_default();
-            let m = replay(&steps[at..], &mut out[n..], record, &mut fp);
+            let until = n + CAP.saturating_sub(n + 1).min(out.len() - n);
+            let m = replay(&steps[at..], &mut out[n..until]);
             if m > 0 {
+                if at + m == usable && n + m < out.len() && n + 1 == at && prev.ended && usable == prev.len {
+                    // The rest of `prev`, step for step: in the state it ended in.
+                    in_place = Some((at, fp));
+                    n += m;
+                    ended = true;
+                    break;
+                }
+                keep(&mut next.steps[n + 1..n + 1 + m], &steps[at..at + m], &mut fp);
                 (sp, key) = (steps[at + m - 1].cfa, steps[at + m - 1].ra);
                 at += m;
                 n += m;
@@ -335,27 +346,29 @@ pub(crate) fn walk(
         key = ra;
         synced = seek(prev, steps, &mut at, cfa, ra, fp);
     }
+    if let Some((from, fp)) = in_place {
+        // Steps from `from` on are `prev`'s; before it, this walk's own go in.
+        prev.steps[..from].copy_from_slice(&next.steps[..from]);
+        own_fp(&mut prev.steps[from..usable], fp);
+        return Some((n, true));
+    }
     next.len = (n + 1).min(CAP);
     next.ended = ended && n < CAP;
-    Some(n)
+    Some((n, false))
 }
 
 /// Takes the leading `steps` (of this thread's previous walk, whose state before the first of
 /// them equals the current one) whose stack words still hold what that walk read there: the
 /// return address at CFA-8, and rbp's slot where the step reloads it (each at or above the
-/// current stack pointer, as a plain walk's reads are: see the check in the loop). Equal state and equal
-/// words make an equal step, so each is this walk's step too: its return address goes to
-/// `out`, the step to `record` (at most as many as `out` and `record` hold), and rbp, once
-/// reloaded, to `fp` (before that it may differ from the old walk's only where no step uses
-/// it, and keeps its actual value). Returns how many were taken; the first step whose words
-/// differ is left to the caller.
+/// current stack pointer, as a plain walk's reads are: see the check in the loop). Equal state
+/// and equal words make an equal step, so each is this walk's step too: its return address goes
+/// to `out` (at most as many as `out` holds). Returns how many were taken; the first step whose
+/// words differ is left to the caller, and so is recording the taken ones ([`keep`]).
 ///
-/// This loop is most of a capture, so it only compares and writes the return address; the
-/// taken steps are copied to `record` in one block afterwards, and only the steps before rbp's
-/// first reload get their rbp patched (the replayed steps' rbp is the old walk's from there).
+/// This loop is most of a capture, so it only compares and writes the return address.
 #[inline(never)]
-fn replay(steps: &[Step], out: &mut [u64], record: &mut [Step], fp: &mut u64) -> usize {
-    let take = steps.len().min(out.len()).min(record.len());
+fn replay(steps: &[Step], out: &mut [u64]) -> usize {
+    let take = steps.len().min(out.len());
     let (steps, out) = (&steps[..take], &mut out[..take]);
     let mut i = 0;
     while i < take {
@@ -380,20 +393,30 @@ fn replay(steps: &[Step], out: &mut [u64], record: &mut [Step], fp: &mut u64) ->
         out[i] = s.ra;
         i += 1;
     }
-    let record = &mut record[..i];
-    record.copy_from_slice(&steps[..i]);
-    // Up to rbp's first reload the walk's own rbp goes in (the old walk's may differ where no
-    // step uses it); from there on, the old walk's.
+    i
+}
+
+/// Records replayed `steps` in `record` (as long), in one block, and leaves in `fp` rbp after
+/// the last of them.
+#[inline(always)]
+fn keep(record: &mut [Step], steps: &[Step], fp: &mut u64) {
+    record.copy_from_slice(steps);
+    own_fp(record, *fp);
+    if let Some(last) = record.last() {
+        *fp = last.fp;
+    }
+}
+
+/// Up to rbp's first reload, replayed steps get the walk's own rbp, `fp` (the old walk's may
+/// differ where no step uses it); from there on they keep the old walk's.
+#[inline(always)]
+fn own_fp(record: &mut [Step], fp: u64) {
     for r in record.iter_mut() {
         if r.fp_slot() != 0 {
             break;
         }
-        r.fp = *fp;
+        r.fp = fp;
     }
-    if let Some(last) = record.last() {
-        *fp = last.fp;
-    }
-    i
 }
 
 /// Whether the state (`cfa`, `ra`, `fp`), after a step or the starting one, is one the previous
@@ -451,22 +474,50 @@ mod tests {
         stack[17] = k3;
         stack[16] = 0x2222;
         let bounds = (base as usize, (base + 8 * 64) as usize);
-        let mut near = Near::new();
-        let walk_from = |fp: u64, near: &mut Near, prev: &Walk, next: &mut Walk| {
-            let mut out = [0u64; 8];
-            let regs = Regs { pc: k0 - 1, sp: at(0), fp };
-            let n = walk(&mut out, Start::Here(regs), bounds, (near, prev, next)).expect("all rules are compact");
-            out[..n].to_vec()
-        };
-        let empty = EMPTY_WALK;
-        let mut first = EMPTY_WALK;
-        assert_eq!(walk_from(at(8), &mut near, &empty, &mut first), [k1, k2]);
+        let mut memo = TestMemo::new();
+        let regs = |fp: u64| Start::Here(Regs { pc: k0 - 1, sp: at(0), fp });
+        assert_eq!(memo.walk(regs(at(8)), bounds), [k1, k2]);
         // Same pc, sp and return address after frame 0; rbp differs, and k1's rule uses it.
-        let mut second = EMPTY_WALK;
-        assert_eq!(walk_from(at(16), &mut near, &first, &mut second), [k1, k3]);
+        assert_eq!(memo.walk(regs(at(16)), bounds), [k1, k3]);
         // And back: the first walk's state again is replayed to the same result.
-        let mut third = EMPTY_WALK;
-        assert_eq!(walk_from(at(8), &mut near, &second, &mut third), [k1, k2]);
+        assert_eq!(memo.walk(regs(at(8)), bounds), [k1, k2]);
+        assert_eq!(memo.in_place, 0);
+        // Once more: the previous walk replayed to its end at the same step numbers, its
+        // record kept in place; the record still tells the two rbp values apart.
+        assert_eq!(memo.walk(regs(at(8)), bounds), [k1, k2]);
+        assert_eq!(memo.in_place, 1);
+        assert_eq!(memo.walk(regs(at(16)), bounds), [k1, k3]);
+        assert_eq!(memo.walk(regs(at(16)), bounds), [k1, k3]);
+        assert_eq!(memo.in_place, 2);
+        assert_eq!(memo.walk(regs(at(8)), bounds), [k1, k2]);
+    }
+
+    /// A thread's memo as module `memo` keeps it: the newest walk and room for the next, whose
+    /// roles swap unless a walk rewrote the newest in place.
+    struct TestMemo {
+        near: Near,
+        walks: [Walk; 2],
+        last: usize,
+        in_place: usize,
+    }
+
+    impl TestMemo {
+        fn new() -> TestMemo {
+            TestMemo { near: Near::new(), walks: [EMPTY_WALK, EMPTY_WALK], last: 0, in_place: 0 }
+        }
+
+        fn walk(&mut self, start: Start, bounds: (usize, usize)) -> Vec<u64> {
+            let mut out = [0u64; 16];
+            let [a, b] = &mut self.walks;
+            let (prev, next) = if self.last == 0 { (a, b) } else { (b, a) };
+            let (n, in_place) = walk(&mut out, start, bounds, (&mut self.near, prev, next)).expect("compact rules");
+            if in_place {
+                self.in_place += 1;
+            } else {
+                self.last ^= 1;
+            }
+            out[..n].to_vec()
+        }
     }
 
     /// A frame whose rule would read below that frame's own stack pointer (its rbp is no frame
@@ -487,14 +538,7 @@ mod tests {
         stack[2] = 0x3333;
         stack[3] = k2;
         let bounds = (base as usize, (base + 8 * 64) as usize);
-        let mut near = Near::new();
-        let mut walk_from = |fp: u64| {
-            let mut out = [0u64; 8];
-            let (prev, mut next) = (EMPTY_WALK, EMPTY_WALK);
-            let regs = Regs { pc: k0 - 1, sp: at(0), fp };
-            let n = walk(&mut out, Start::Here(regs), bounds, (&mut near, &prev, &mut next)).expect("compact rules");
-            out[..n].to_vec()
-        };
+        let mut walk_from = |fp: u64| TestMemo::new().walk(Start::Here(Regs { pc: k0 - 1, sp: at(0), fp }), bounds);
         assert_eq!(walk_from(at(2)), [k1, k2]);
         // With rbp at word 0, k1's frame would read words 1 and 0, below its stack pointer
         // (inside the buffer: bounding reads by the walk's start alone gives [k1, k1]).
