@@ -538,7 +538,7 @@ mod tests {
         stack[2] = 0x3333;
         stack[3] = k2;
         let bounds = (base as usize, (base + 8 * 64) as usize);
-        let mut walk_from = |fp: u64| TestMemo::new().walk(Start::Here(Regs { pc: k0 - 1, sp: at(0), fp }), bounds);
+        let walk_from = |fp: u64| TestMemo::new().walk(Start::Here(Regs { pc: k0 - 1, sp: at(0), fp }), bounds);
         assert_eq!(walk_from(at(2)), [k1, k2]);
         // With rbp at word 0, k1's frame would read words 1 and 0, below its stack pointer
         // (inside the buffer: bounding reads by the walk's start alone gives [k1, k1]).
