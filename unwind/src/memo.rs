@@ -199,7 +199,7 @@ pub(crate) type Parts<'a> = (&'a mut Near, &'a mut Walk, &'a mut Walk);
 pub(crate) type Walked = (usize, bool);
 
 /// Runs a walk with this thread's stack range and memo; a successful walk (`Some`) becomes the
-/// newest. `None` without calling `walk` (the caller falls back to libgcc) if re-entered (a
+/// newest (its own record, or the previous one it rewrote in place). `None` without calling `walk` (the caller falls back to libgcc) if re-entered (a
 /// signal handler capturing while this thread captures) or if the thread has no memo: its
 /// allocation failed, or the thread is ending (destructors that allocate after
 /// [`thread_exit`]), both rare enough that one walk without a memo is not worth a second copy
