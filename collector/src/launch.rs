@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -116,11 +116,35 @@ pub fn elf_is_static(path: &Path) -> Option<bool> {
 
 /// The child's pid, for the signal forwarder (0: none yet).
 static CHILD_PID: AtomicI32 = AtomicI32::new(0);
+/// Signals that arrived before the child's pid was known (bit N: signal N), forwarded as soon
+/// as it is ([`forward_pending`]). The forwarders are installed before the child starts: a
+/// program can be ready, and be sent a signal through residue, before `spawn` returns.
+static PENDING: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn forward_signal(sig: libc::c_int) {
-    let pid = CHILD_PID.load(Ordering::Relaxed);
+    let pid = CHILD_PID.load(Ordering::Acquire);
     if pid > 0 {
         // SAFETY: kill is async-signal-safe; pid is our own child.
+        unsafe { libc::kill(pid, sig) };
+        return;
+    }
+    let bit = 1u64 << (sig as u32 & 63);
+    PENDING.fetch_or(bit, Ordering::AcqRel);
+    // The pid may have been published meanwhile, after forward_pending looked: whichever of
+    // the two clears the bit forwards the signal.
+    let pid = CHILD_PID.load(Ordering::Acquire);
+    if pid > 0 && PENDING.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Publishes the child's pid to the forwarders and passes on what arrived before.
+fn forward_pending(pid: i32) {
+    CHILD_PID.store(pid, Ordering::Release);
+    let pending = PENDING.swap(0, Ordering::AcqRel);
+    for sig in (1..64).filter(|s| pending & (1u64 << s) != 0) {
+        // SAFETY: kill with our own child's pid and a signal number that was delivered to us.
         unsafe { libc::kill(pid, sig) };
     }
 }
@@ -133,10 +157,6 @@ extern "C" fn forward_sent_signal(sig: libc::c_int, info: *mut libc::siginfo_t, 
     if code <= 0 {
         forward_signal(sig);
     }
-}
-
-fn sigaction(sig: libc::c_int, handler: libc::sighandler_t) -> libc::sigaction {
-    sigaction_with(sig, handler, 0)
 }
 
 fn sigaction_with(sig: libc::c_int, handler: libc::sighandler_t, flags: libc::c_int) -> libc::sigaction {
@@ -281,11 +301,25 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
     }
 
     // Ctrl-C and Ctrl-\ reach the target through the terminal's process group; the collector
-    // must outlive the target to report, and passes on only what a process sent it. The child
-    // gets the user's dispositions back.
+    // must outlive the target to report, and passes on only what a process sent it. Termination
+    // requests are passed on whoever sent them, and so are the signals a program is commonly
+    // sent to act on (reload, dump, resize): they are meant for the program, and residue's
+    // default action for them would be to die and leave it running untraced. All are in place
+    // before the child starts (what arrives before its pid is known is passed on once it is);
+    // the child gets the user's dispositions back.
     let sent = forward_sent_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
-    let old_int = sigaction_with(libc::SIGINT, sent as libc::sighandler_t, libc::SA_SIGINFO);
-    let old_quit = sigaction_with(libc::SIGQUIT, sent as libc::sighandler_t, libc::SA_SIGINFO);
+    let any = forward_signal as extern "C" fn(libc::c_int);
+    let forwarded: [(libc::c_int, libc::sighandler_t, libc::c_int); 8] = [
+        (libc::SIGINT, sent as libc::sighandler_t, libc::SA_SIGINFO),
+        (libc::SIGQUIT, sent as libc::sighandler_t, libc::SA_SIGINFO),
+        (libc::SIGTERM, any as libc::sighandler_t, 0),
+        (libc::SIGHUP, any as libc::sighandler_t, 0),
+        (libc::SIGUSR1, sent as libc::sighandler_t, libc::SA_SIGINFO),
+        (libc::SIGUSR2, sent as libc::sighandler_t, libc::SA_SIGINFO),
+        (libc::SIGALRM, sent as libc::sighandler_t, libc::SA_SIGINFO),
+        (libc::SIGWINCH, sent as libc::sighandler_t, libc::SA_SIGINFO),
+    ];
+    let old = forwarded.map(|(sig, handler, flags)| (sig, sigaction_with(sig, handler, flags)));
     let wfd = write_end.as_raw_fd();
     let fd_limit = opts.fd_limit;
     let closed_std = CLOSED_AT_START.load(std::sync::atomic::Ordering::Relaxed);
@@ -301,8 +335,9 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
             } else if libc::dup2(wfd, child_fd) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::sigaction(libc::SIGINT, &old_int, std::ptr::null_mut());
-            libc::sigaction(libc::SIGQUIT, &old_quit, std::ptr::null_mut());
+            for (sig, action) in &old {
+                libc::sigaction(*sig, action, std::ptr::null_mut());
+            }
             for fd in (0..3).filter(|fd| closed_std & (1 << fd) != 0) {
                 libc::close(fd);
             }
@@ -320,14 +355,7 @@ pub fn spawn(opts: &Options<'_>) -> Result<Launched> {
     })?;
     // Our copy of the write end must go, or the reader never sees end of stream.
     drop(write_end);
-    CHILD_PID.store(child.id() as i32, Ordering::Relaxed);
-    sigaction(libc::SIGTERM, forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-    sigaction(libc::SIGHUP, forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-    // Signals a program is commonly sent to act on (reload, dump, resize): meant for the program,
-    // and residue's default action for them would be to die and leave it running untraced.
-    for sig in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGWINCH] {
-        sigaction_with(sig, sent as libc::sighandler_t, libc::SA_SIGINFO);
-    }
+    forward_pending(child.id() as i32);
     Ok(Launched { child, stream: read_end })
 }
 
