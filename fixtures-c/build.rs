@@ -73,6 +73,7 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "host_fork", kind: Kind::Exe, sources: &["c/host_fork.c"], link: &["-lleaky"] },
     Artifact { out: "host_dlclose", kind: Kind::Exe, sources: &["c/host_dlclose.c"], link: &["-ldl"] },
     Artifact { out: "host_sleep", kind: Kind::Exe, sources: &["c/host_sleep.c"], link: &["-lleaky"] },
+    Artifact { out: "host_idle", kind: Kind::Exe, sources: &["c/host_idle.c"], link: &[] },
     Artifact { out: "host_victim", kind: Kind::Exe, sources: &["c/host_victim.c"], link: &["-lleaky"] },
     Artifact { out: "host_exit_variants", kind: Kind::Exe, sources: &["c/host_exit_variants.c"], link: &["-pthread"] },
     Artifact { out: "host_cxx", kind: Kind::Exe, sources: &["c/host_cxx.c"], link: &["-lcxxleak"] },

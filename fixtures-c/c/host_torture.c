@@ -30,8 +30,15 @@
  *            must not ask pthread_getattr_np again (a deadlock). Leaks 5 x 56.
  *   unshare  unshare(CLONE_NEWUSER), which the kernel allows a single-threaded process only
  *            (exit status 4 if it fails), then the main thread and one more thread each leak
- *            1 block of 72 bytes. Leaks 2 x 72. */
+ *            1 block of 72 bytes. Leaks 2 x 72.
+ *   unshare-after  as unshare, after a thread that leaks 1 block of 72 bytes has come and gone
+ *            (under residue the interposer's writer thread, started with that thread, is then
+ *            the only other one). Leaks 3 x 72.
+ *   alone    leaks 1 block of 88 bytes; exit status 5 if the kernel counts more than one thread
+ *            in the process before it ever called pthread_create (under residue: no writer
+ *            thread before the program's first thread). */
 #define _GNU_SOURCE /* pthread_getattr_np */
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -174,17 +181,64 @@ static void *unshare_thread(void *arg) {
     return NULL;
 }
 
+/* unshare(CLONE_NEWUSER), retried while it fails with EINVAL for up to a second: a thread that
+ * pthread_join has seen end may still be leaving the thread group for a moment (plain too). */
+static int unshare_user(void) {
+    for (int i = 0; i < 1000; i++) {
+        if (unshare(CLONE_NEWUSER) == 0)
+            return 0;
+        if (errno != EINVAL)
+            break;
+        usleep(1000);
+    }
+    perror("unshare");
+    return -1;
+}
+
+/* The number of threads the kernel counts in this process (field 20 of /proc/self/stat, which
+ * CPython 3.12+ reads at every os.fork()), or -1. */
+static int own_threads(void) {
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!p)
+        return -1;
+    int field = 2, threads = -1;
+    for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " "))
+        if (++field == 20) {
+            threads = atoi(tok);
+            break;
+        }
+    return threads;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
-    if (strcmp(mode, "unshare") == 0) {
-        if (unshare(CLONE_NEWUSER) != 0) {
-            perror("unshare");
-            return 4;
-        }
-        keep(torture_leak(72));
+    if (strcmp(mode, "unshare") == 0 || strcmp(mode, "unshare-after") == 0) {
         pthread_t t;
+        if (mode[7] == '-') {
+            pthread_create(&t, NULL, unshare_thread, NULL);
+            pthread_join(t, NULL);
+        }
+        if (unshare_user() != 0)
+            return 4;
+        keep(torture_leak(72));
         pthread_create(&t, NULL, unshare_thread, NULL);
         pthread_join(t, NULL);
+        return 0;
+    }
+    if (strcmp(mode, "alone") == 0) {
+        int before = own_threads();
+        keep(torture_leak(88));
+        if (before != 1) {
+            fprintf(stderr, "host_torture alone: %d threads before the first pthread_create\n", before);
+            return 5;
+        }
         return 0;
     }
     if (strcmp(mode, "getattr") == 0) {

@@ -191,6 +191,12 @@ pub mod sleep {
     pub const FUNCTION: &str = "sleep_leak_block";
 }
 
+/// host_idle (c/host_idle.c): a single-threaded program that allocates slowly, then sleeps.
+pub mod idle {
+    pub const BLOCK_BYTES: u64 = 16;
+    pub const FUNCTION: &str = "idle_leak_block";
+}
+
 /// libcxxleak.so under host_cxx (c/libcxxleak.cpp). Both blocks come from libstdc++'s operator
 /// new, which mallocs.
 pub mod cxx {
@@ -251,7 +257,7 @@ mod tests {
 pub mod torture {
     pub const FUNCTION: &str = "torture_leak";
     /// (mode, blocks, bytes per block)
-    pub const MODES: [(&str, u64, u64); 8] = [
+    pub const MODES: [(&str, u64, u64); 10] = [
         ("keydtor", 40, 48),
         ("churn", 2000, 64),
         ("signal", 10, 32),
@@ -260,6 +266,8 @@ pub mod torture {
         ("smallstack", 3, 40),
         ("getattr", 5, 56),
         ("unshare", 2, 72),
+        ("unshare-after", 3, 72),
+        ("alone", 1, 88),
     ];
 }
 

@@ -53,6 +53,16 @@ pub type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
 pub type ExitFn = unsafe extern "C" fn(c_int) -> !;
 pub type AbortFn = unsafe extern "C" fn() -> !;
 pub type PthreadExitFn = unsafe extern "C-unwind" fn(*mut c_void) -> !;
+pub type PthreadCreateFn = unsafe extern "C" fn(
+    *mut libc::pthread_t,
+    *const libc::pthread_attr_t,
+    Option<extern "C" fn(*mut c_void) -> *mut c_void>,
+    *mut c_void,
+) -> c_int;
+
+/// glibc's pthread_create: the writer is started with it, and the hook (hooks/thread.rs)
+/// forwards to it.
+pub static NEXT_PTHREAD_CREATE: Next = Next::new(c"pthread_create");
 
 /// Resolves `next` as a function of type `F`. Aborting is the only sound answer when libc has
 /// no definition of a function the host is calling: it linked against one.

@@ -61,6 +61,9 @@ pub struct Thread {
     /// The slot is shared with other threads (every slot was taken).
     pub shared: Cell<bool>,
     pub writer: Cell<bool>,
+    /// CLOCK_MONOTONIC_COARSE nanoseconds when this thread last handed its chunk over: without
+    /// a writer thread, the thread writes out a chunk that has grown this old (transport.rs).
+    pub handed_ns: Cell<u64>,
     /// The function a ctypes/cffi call (libffi's `ffi_call`) is calling, 0 outside one.
     pub foreign: Cell<u64>,
     /// The number of that call (`foreign_calls` when it began), 0 outside one.
@@ -93,6 +96,7 @@ thread_local! {
             slot: Cell::new(ptr::null_mut()),
             shared: Cell::new(false),
             writer: Cell::new(false),
+            handed_ns: Cell::new(0),
             foreign: Cell::new(0),
             foreign_call: Cell::new(0),
             foreign_calls: Cell::new(0),

@@ -1,5 +1,5 @@
 //! From hooks to the collector: per-thread batches, a bounded crossbeam channel, one writer
-//! thread.
+//! thread once the program has threads of its own.
 //!
 //! Each thread encodes its events into a 64 KiB [`Chunk`] held in its [`Slot`]. A full chunk is
 //! handed to the writer through a bounded channel: when the collector is slow, the channel
@@ -7,6 +7,16 @@
 //! *steals* partly filled chunks from idle threads every tick, and from every thread at exec and
 //! exit, which is why a slot has a lock: the writer takes it around a steal, the owner around a
 //! chunk change. No lock is ever held while sending or writing.
+//!
+//! The writer starts with the program's first thread (our pthread_create hook), not before: a
+//! thread of ours would make a single-threaded program multi-threaded, which it can tell. glibc
+//! leaves its single-threaded fast paths (mutexes and malloc's arena locks become atomic), and
+//! CPython 3.12 and later count the threads in /proc/self/stat at every os.fork() and warn that
+//! the process is multi-threaded (multiprocessing's fork start method, under `-W error` a
+//! failure). Until then the one thread writes its own full chunks, and hands its partly filled
+//! one over when at least [`STALE`] has passed since it last did, checked every
+//! [`CHECK_EVERY`] bytes of events: what a program killed outright loses is its last moments'
+//! events, as with the writer's tick.
 //!
 //! The owner encodes an event without the lock (a locked instruction costs about as much as the
 //! rest of recording a free): it raises the slot's `active` flag, loads the chunk and writes.
@@ -43,6 +53,13 @@ const POOL_DEPTH: usize = 128;
 const SLOTS: usize = 1024;
 /// How often the writer flushes idle threads' chunks.
 const TICK: Duration = Duration::from_millis(100);
+/// Without a writer: how old the events in a thread's chunk may get before the thread writes it
+/// out itself (checked as it records, see [`CHECK_EVERY`]).
+const STALE: Duration = TICK;
+/// Without a writer, a recording thread reads the clock each time its chunk grows past a
+/// multiple of this many bytes (about a hundred events): a clock read per hundred events costs
+/// nothing measurable, one per event would.
+const CHECK_EVERY: usize = 512;
 
 #[repr(C)]
 pub struct Chunk {
@@ -82,6 +99,11 @@ fn channel() -> Option<&'static Channel> {
     unsafe { CHANNEL.load(Ordering::Acquire).as_ref() }
 }
 static WRITER_ALIVE: AtomicBool = AtomicBool::new(false);
+/// The program has created a thread (our pthread_create hook): it needs the writer. Cleared in
+/// a forked child, which has one thread.
+static THREADED: AtomicBool = AtomicBool::new(false);
+/// The writer is being started (one starter at a time).
+static STARTING: AtomicBool = AtomicBool::new(false);
 /// The writer thread's id (0 before it runs).
 static WRITER_TID: AtomicU32 = AtomicU32::new(0);
 static OUT_FD: AtomicI32 = AtomicI32::new(-1);
@@ -162,8 +184,9 @@ fn has_events(c: *const Chunk) -> bool {
     len > e.batch(&mut hdr, 0, 0) + 4
 }
 
-/// Sets up the channel and starts the writer thread: from the constructor, and again in a forked
-/// child that starts its own stream (after [`reset_after_fork`]).
+/// Sets up the channel, and starts the writer thread if the program already has threads: from
+/// the constructor, and again in a forked child that starts its own stream (after
+/// [`reset_after_fork`]).
 pub fn start(fd: i32) -> bool {
     OUT_FD.store(fd, Ordering::Relaxed);
     // Once per process: a forked child restarting its stream keeps the key it inherited.
@@ -178,8 +201,36 @@ pub fn start(fd: i32) -> bool {
     // interrupts every CPU that runs one of the process's threads, which some hosts may not want.
     let locked = crate::ffi::getenv(c"RESIDUE_LOCKED_SLOTS").is_some_and(|v| v == b"1");
     ASYMMETRIC.store(!locked && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED), Ordering::Relaxed);
-    start_writer();
+    // A new pool too: in a forked child the old one is a copy made mid-operation, maybe.
+    make_channel(true);
+    if THREADED.load(Ordering::Acquire) {
+        writer_for_threads();
+    }
     true
+}
+
+/// The program is creating a thread (from our pthread_create hook, before the real call): from
+/// now on it has a writer. Also before [`start`] (a library's constructor that starts a thread
+/// runs before ours): then `start` starts it.
+pub fn program_threads() {
+    THREADED.store(true, Ordering::Release);
+    if channel().is_some() {
+        writer_for_threads();
+    }
+}
+
+/// Starts the writer unless it runs, is being started, or writing has stopped for good.
+fn writer_for_threads() {
+    if WRITER_ALIVE.load(Ordering::Acquire) || DEAD.load(Ordering::Acquire) || OUT_FD.load(Ordering::Relaxed) < 0 {
+        return;
+    }
+    if STARTING.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return;
+    }
+    if !WRITER_ALIVE.load(Ordering::Acquire) {
+        start_writer();
+    }
+    STARTING.store(false, Ordering::Release);
 }
 
 /// Stops the writer thread and waits until it is gone from the process (not merely returned:
@@ -223,15 +274,49 @@ pub fn resume_writer_if_stopped() {
     }
 }
 
-/// Starts a writer on a new channel: from [`start`], and again after [`pause_writer`] (the
-/// old channel's receiver went with the old writer).
-pub fn start_writer() {
-    let (tx, rx) = bounded(CHANNEL_DEPTH);
-    let (pool_tx, pool_rx) = bounded(POOL_DEPTH);
-    CHANNEL.store(Box::into_raw(Box::new(Channel { tx, pool_tx, pool_rx })), Ordering::Release);
+/// Starts a writer on a new channel: for the program's first thread, and again after
+/// [`pause_writer`] gave up (the old channel's receiver went with the old writer).
+fn start_writer() {
+    let rx = make_channel(false);
     WRITER_ALIVE.store(true, Ordering::Release);
     if !spawn_writer(rx) {
         WRITER_ALIVE.store(false, Ordering::Release);
+    }
+}
+
+/// Installs a new channel and returns its receiving end, for a writer to take (until one does,
+/// sending finds it disconnected, and chunks are written by their threads). The old channel's
+/// pool of free chunks goes on in the new one unless `fresh_pool`.
+fn make_channel(fresh_pool: bool) -> Receiver<Msg> {
+    let (tx, rx) = bounded(CHANNEL_DEPTH);
+    let (pool_tx, pool_rx) = match channel() {
+        Some(old) if !fresh_pool => (old.pool_tx.clone(), old.pool_rx.clone()),
+        _ => bounded(POOL_DEPTH),
+    };
+    CHANNEL.store(Box::into_raw(Box::new(Channel { tx, pool_tx, pool_rx })), Ordering::Release);
+    rx
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds (the vDSO's: no system call, a few nanoseconds).
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer; clock_gettime touches nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Without a writer, a thread whose chunk just grew past a multiple of [`CHECK_EVERY`] bytes:
+/// writes it out if the thread has not handed a chunk over for [`STALE`].
+#[cold]
+#[inline(never)]
+fn flush_if_stale(t: &Thread) {
+    if WRITER_ALIVE.load(Ordering::Acquire) || t.writer.get() {
+        return;
+    }
+    let now = coarse_now_ns();
+    if now.saturating_sub(t.handed_ns.get()) >= STALE.as_nanos() as u64 {
+        t.handed_ns.set(now);
+        flush_own();
     }
 }
 
@@ -249,6 +334,8 @@ pub fn reset_after_fork() {
     }
     WRITE_LOCK.unlock();
     WRITER_ALIVE.store(false, Ordering::Release);
+    STARTING.store(false, Ordering::Release);
+    THREADED.store(false, Ordering::Release);
     DEAD.store(false, Ordering::Release);
     ABANDONED.store(ptr::null_mut(), Ordering::Release);
     LOST_IN_FLIGHT.store(false, Ordering::Release);
@@ -356,14 +443,17 @@ fn spawn_writer(rx: Receiver<Msg>) -> bool {
     }
     let arg = Box::into_raw(Box::new(rx)).cast::<libc::c_void>();
     // SAFETY: attr is initialized before use and destroyed after; `start` has the signature
-    // pthread_create requires and takes ownership of `arg` only if the thread was created.
+    // pthread_create requires and takes ownership of `arg` only if the thread was created;
+    // NEXT_PTHREAD_CREATE names pthread_create, of type PthreadCreateFn.
     unsafe {
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setstacksize(&mut attr, 256 * 1024);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
         let mut tid: libc::pthread_t = 0;
-        let ok = libc::pthread_create(&mut tid, &attr, start, arg) == 0;
+        // The real one: ours would only pass the call on (the writer is already marked alive).
+        let create = crate::ffi::resolve::<crate::ffi::PthreadCreateFn>(&crate::ffi::NEXT_PTHREAD_CREATE);
+        let ok = create(&mut tid, &attr, Some(start), arg) == 0;
         libc::pthread_attr_destroy(&mut attr);
         if ok {
             libc::pthread_setname_np(tid, c"residue-writer".as_ptr());
@@ -428,11 +518,17 @@ pub fn emit(t: &Thread, need: usize, f: impl FnOnce(&mut Encoder, &mut [u8], usi
     // SAFETY: the chunk is ours until `active` drops or the lock is released: see above, and
     // `locked_chunk`. Fields are borrowed separately: a stealer may read `len` meanwhile.
     let (len, enc, data) = unsafe { (&(*c).len, &mut (*c).enc, &mut (*c).data) };
-    len.store(f(enc, data, len.load(Ordering::Relaxed)), Ordering::Relaxed);
+    let old = len.load(Ordering::Relaxed);
+    let new = f(enc, data, old);
+    len.store(new, Ordering::Relaxed);
     if locked {
         slot.lock.unlock();
     } else {
         slot.active.store(false, Ordering::Release);
+    }
+    // The chunk grew past a multiple of CHECK_EVERY (the bits above it changed).
+    if (old ^ new) >= CHECK_EVERY && !WRITER_ALIVE.load(Ordering::Relaxed) {
+        flush_if_stale(t);
     }
 }
 
@@ -464,6 +560,7 @@ fn locked_chunk(t: &Thread, slot: &Slot, need: usize) -> Option<*mut Chunk> {
         slot.lock.unlock();
         if let Some(full) = NonNull::new(c) {
             send(full);
+            t.handed_ns.set(coarse_now_ns());
         }
         let fresh = new_chunk(t.tid())?;
         slot.lock.lock();

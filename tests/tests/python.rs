@@ -520,6 +520,34 @@ fn lines_of_a_version(py: &str) {
     }
 }
 
+/// CPython 3.12+ counts the process's threads (/proc/self/stat) at every os.fork() and warns
+/// when there is more than one: a writer thread of ours would set the warning off in a program
+/// that has none (multiprocessing's fork start method; under `-W error` an error, under
+/// pytest's `filterwarnings = error` a failed test). A program without threads has no writer;
+/// one that starts a thread gets it, with the thread.
+#[test]
+fn os_fork_in_a_program_without_threads_does_not_warn() {
+    const FORK: &str = "import os, sys\n\
+        threads = lambda: int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[17])\n\
+        print('before', threads())\n\
+        pid = os.fork()\n\
+        if pid == 0:\n    os._exit(0)\n\
+        os.waitpid(pid, 0)\n\
+        import threading\n\
+        t = threading.Thread(target=lambda: print('with a thread', threads())); t.start(); t.join()\n";
+    let mut pythons = vec!["python3".to_string()];
+    pythons.extend(["3.12", "3.13"].into_iter().filter_map(python_version));
+    for py in pythons {
+        let o = run([py.as_str(), "-W", "always", "-c", FORK]).go();
+        let ctx = o.context();
+        assert_eq!(o.finished.code(), 0, "{ctx}");
+        // The thread itself, the main one and our writer.
+        assert_eq!(o.finished.stdout, "before 1\nwith a thread 3\n", "{py}\n{ctx}");
+        assert!(!o.finished.stderr.contains("multi-threaded"), "{py}: no fork warning\n{ctx}");
+        assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    }
+}
+
 #[test]
 fn unknown_python_versions_degrade_with_one_notice() {
     // 3.10: no Py_Version (found through Py_GetVersion), no layout residue reads.

@@ -34,8 +34,9 @@ fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
             );
         }
     };
-    // Not a timing assertion: a moment for the interposer's writer to pass on what it holds,
-    // so that "what was seen" is more than nothing. The assertions hold whatever it managed.
+    // Not a timing assertion: a moment for whatever the interposer writes late to arrive. The
+    // assertions hold whatever it managed (host_sleep is single-threaded: no writer thread
+    // takes its last, partly filled batch; the full ones before it were written).
     thread::sleep(Duration::from_millis(300));
     kill(pid, libc::SIGKILL);
 
@@ -69,4 +70,55 @@ fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
         Amount::new(fixtures::leaky::COUNT, fixtures::leaky::BYTES),
         "events of one thread arrive in order: libleaky's earlier leaks are all there\n{ctx}"
     );
+}
+
+/// A single-threaded program has no writer thread to take its partly filled batch while it
+/// sleeps: it writes the batch out itself when its events are 100 ms old, checked as it records.
+/// host_idle allocates slowly for 800 ms (fewer events than fill one batch), reporting how many
+/// blocks it had made after 400 ms, then sleeps; killed then, those blocks must all be in the
+/// report: 400 ms of recording followed them.
+#[test]
+fn a_sigkilled_program_without_threads_loses_only_its_last_moments() {
+    let tmp = TempDir::new("sigkill-idle");
+    let json = tmp.join("report.json");
+    let mut cmd = run([fixture("host_idle")]).command(&json);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning residue");
+    let stderr = drain_to_string(child.stderr.take());
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut lines = [String::new(), String::new()];
+    for l in &mut lines {
+        stdout.read_line(l).expect("reading the target's stdout");
+    }
+    let first: Option<u64> = lines[0].trim().strip_prefix("first ").and_then(|n| n.parse().ok());
+    let idle: Option<(i32, u64)> = lines[1].trim().strip_prefix("idle ").and_then(|rest| {
+        let (pid, total) = rest.split_once(' ')?;
+        Some((pid.parse().ok()?, total.parse().ok()?))
+    });
+    let (Some(first), Some((pid, total))) = (first, idle) else {
+        kill(child.id() as i32, libc::SIGKILL);
+        let _ = child.wait();
+        panic!(
+            "expected `first <n>` and `idle <pid> <total>` from host_idle, got {lines:?}; residue stderr:\n{}",
+            stderr.join().unwrap()
+        );
+    };
+    kill(pid, libc::SIGKILL);
+
+    let status = wait_deadline(&mut child, DEADLINE, "residue after its target was SIGKILLed");
+    let finished = Finished { status, stdout: String::new(), stderr: stderr.join().expect("stderr reader") };
+    let report = read_report(&json, &finished, "residue run -- host_idle (SIGKILLed)");
+    let ctx = format!("first {first}, total {total}\nresidue stderr:\n{}\nreport:\n{:#}", finished.stderr, report.json);
+    assert_eq!(report.complete(), Some(false), "a SIGKILLed target's trace is incomplete\n{ctx}");
+    let seen = report
+        .all_stacks()
+        .into_iter()
+        .filter(|s| s.owner_function("host_idle") == Some(fixtures::idle::FUNCTION))
+        .fold(Amount::ZERO, |a, s| a + s.amount);
+    assert!(
+        first > 0 && seen.count >= first && seen.count <= total,
+        "between {first} and {total} blocks of idle_leak_block reported, got {}\n{ctx}",
+        seen.count
+    );
+    assert_eq!(seen.bytes, seen.count * fixtures::idle::BLOCK_BYTES, "{ctx}");
 }

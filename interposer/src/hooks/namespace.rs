@@ -1,9 +1,10 @@
 //! unshare and setns. Entering a new user namespace (and, with setns, some other kinds) is only
-//! allowed to a single-threaded process, and the interposer's writer thread makes every traced
-//! process multi-threaded: `unshare -r`, rootless containers and sandboxes failed with EINVAL
-//! under residue. Where the call fails that way and the writer is the process's only other
-//! thread, the writer steps aside for the call (the calling thread writes its own events
-//! meanwhile) and starts again after it.
+//! allowed to a single-threaded process. The interposer's writer thread starts with the
+//! program's first thread (transport.rs) and outlives it: a program whose threads have all
+//! ended, then calls `unshare -r` (rootless containers, sandboxes), would fail with EINVAL under
+//! residue. Where the call fails that way and the writer is the process's only other thread,
+//! the writer steps aside for the call, and stays away until the program starts a thread again
+//! (the calling thread writes its own events meanwhile).
 
 use std::ffi::c_int;
 
@@ -35,7 +36,7 @@ pub unsafe extern "C" fn setns(fd: c_int, nstype: c_int) -> c_int {
 
 /// Makes `call`; if it fails with EINVAL while the writer is the only other thread, makes it
 /// again with the writer stopped (retrying briefly: a thread that has returned may still be
-/// leaving the thread group), then restarts the writer. errno is the call's.
+/// leaving the thread group). errno is the call's.
 fn single_threaded(mut call: impl FnMut() -> c_int) -> c_int {
     let r = call();
     if r == 0 || errno() != libc::EINVAL {
@@ -60,9 +61,6 @@ fn single_threaded(mut call: impl FnMut() -> c_int) -> c_int {
         std::thread::sleep(std::time::Duration::from_micros(100));
         r = call();
     }
-    let e = errno();
-    transport::start_writer();
-    set_errno(e);
     r
 }
 
