@@ -7,42 +7,66 @@ use std::thread;
 use std::time::Duration;
 
 use residue_tests::{
-    drain_to_string, fixture, fixtures, kill, read_report, run, wait_deadline, Amount, Finished, TempDir, DEADLINE,
+    drain_to_string, fixture, fixtures, kill, read_report, run, wait_deadline, Amount, Finished, Report, TempDir,
+    DEADLINE,
 };
+
+/// `residue run -- FIXTURE`, its stdout read line by line while it runs.
+struct Traced {
+    _tmp: TempDir,
+    json: std::path::PathBuf,
+    child: std::process::Child,
+    stderr: thread::JoinHandle<String>,
+    stdout: BufReader<std::process::ChildStdout>,
+    name: &'static str,
+}
+
+impl Traced {
+    fn start(name: &'static str) -> Traced {
+        let tmp = TempDir::new(&format!("sigkill-{name}"));
+        let json = tmp.join("report.json");
+        let mut cmd = run([fixture(name)]).command(&json);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning residue");
+        let stderr = drain_to_string(child.stderr.take());
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Traced { _tmp: tmp, json, child, stderr, stdout, name }
+    }
+
+    /// The target's next line, parsed by `parse`; on anything else, residue is killed and the
+    /// test fails with what the target printed.
+    fn line<T>(&mut self, expected: &str, parse: impl FnOnce(&str) -> Option<T>) -> T {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("reading the target's stdout");
+        if let Some(v) = parse(line.trim()) {
+            return v;
+        }
+        kill(self.child.id() as i32, libc::SIGKILL);
+        let _ = self.child.wait();
+        let err = std::mem::replace(&mut self.stderr, thread::spawn(String::new)).join().unwrap();
+        panic!("expected `{expected}` from {}, got {line:?}; residue stderr:\n{err}", self.name);
+    }
+
+    /// SIGKILLs the target `pid`; residue's status, stderr and report.
+    fn kill_target(mut self, pid: i32) -> (Finished, Report) {
+        kill(pid, libc::SIGKILL);
+        let status = wait_deadline(&mut self.child, DEADLINE, "residue after its target was SIGKILLed");
+        let finished = Finished { status, stdout: String::new(), stderr: self.stderr.join().expect("stderr reader") };
+        let report = read_report(&self.json, &finished, &format!("residue run -- {} (SIGKILLed)", self.name));
+        (finished, report)
+    }
+}
 
 #[test]
 fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
-    let tmp = TempDir::new("sigkill");
-    let json = tmp.join("report.json");
-    let mut cmd = run([fixture("host_sleep")]).command(&json);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawning residue");
-    let stderr = drain_to_string(child.stderr.take());
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-
+    let mut t = Traced::start("host_sleep");
     // host_sleep prints "leaked <pid>" once its blocks are allocated.
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("reading the target's stdout");
-    let pid: i32 = match line.trim().strip_prefix("leaked ").and_then(|p| p.parse().ok()) {
-        Some(p) => p,
-        None => {
-            kill(child.id() as i32, libc::SIGKILL);
-            let _ = child.wait();
-            panic!(
-                "expected `leaked <pid>` from host_sleep, got {line:?}; residue stderr:\n{}",
-                stderr.join().unwrap()
-            );
-        }
-    };
+    let pid: i32 = t.line("leaked <pid>", |l| l.strip_prefix("leaked ")?.parse().ok());
     // Not a timing assertion: a moment for whatever the interposer writes late to arrive. The
     // assertions hold whatever it managed (host_sleep is single-threaded: no writer thread
     // takes its last, partly filled batch; the full ones before it were written).
     thread::sleep(Duration::from_millis(300));
-    kill(pid, libc::SIGKILL);
-
-    let status = wait_deadline(&mut child, DEADLINE, "residue after its target was SIGKILLed");
-    let finished = Finished { status, stdout: String::new(), stderr: stderr.join().expect("stderr reader") };
-    let report = read_report(&json, &finished, "residue run -- host_sleep (SIGKILLed)");
+    let (finished, report) = t.kill_target(pid);
     let ctx = format!("residue stderr:\n{}\nreport:\n{:#}", finished.stderr, report.json);
 
     assert_eq!(finished.code(), 128 + libc::SIGKILL, "residue passes the target's death on as 128 + 9\n{ctx}");
@@ -79,35 +103,13 @@ fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
 /// report: 400 ms of recording followed them.
 #[test]
 fn a_sigkilled_program_without_threads_loses_only_its_last_moments() {
-    let tmp = TempDir::new("sigkill-idle");
-    let json = tmp.join("report.json");
-    let mut cmd = run([fixture("host_idle")]).command(&json);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawning residue");
-    let stderr = drain_to_string(child.stderr.take());
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut lines = [String::new(), String::new()];
-    for l in &mut lines {
-        stdout.read_line(l).expect("reading the target's stdout");
-    }
-    let first: Option<u64> = lines[0].trim().strip_prefix("first ").and_then(|n| n.parse().ok());
-    let idle: Option<(i32, u64)> = lines[1].trim().strip_prefix("idle ").and_then(|rest| {
-        let (pid, total) = rest.split_once(' ')?;
+    let mut t = Traced::start("host_idle");
+    let first: u64 = t.line("first <n>", |l| l.strip_prefix("first ")?.parse().ok());
+    let (pid, total): (i32, u64) = t.line("idle <pid> <total>", |l| {
+        let (pid, total) = l.strip_prefix("idle ")?.split_once(' ')?;
         Some((pid.parse().ok()?, total.parse().ok()?))
     });
-    let (Some(first), Some((pid, total))) = (first, idle) else {
-        kill(child.id() as i32, libc::SIGKILL);
-        let _ = child.wait();
-        panic!(
-            "expected `first <n>` and `idle <pid> <total>` from host_idle, got {lines:?}; residue stderr:\n{}",
-            stderr.join().unwrap()
-        );
-    };
-    kill(pid, libc::SIGKILL);
-
-    let status = wait_deadline(&mut child, DEADLINE, "residue after its target was SIGKILLed");
-    let finished = Finished { status, stdout: String::new(), stderr: stderr.join().expect("stderr reader") };
-    let report = read_report(&json, &finished, "residue run -- host_idle (SIGKILLed)");
+    let (finished, report) = t.kill_target(pid);
     let ctx = format!("first {first}, total {total}\nresidue stderr:\n{}\nreport:\n{:#}", finished.stderr, report.json);
     assert_eq!(report.complete(), Some(false), "a SIGKILLed target's trace is incomplete\n{ctx}");
     let seen = report
