@@ -246,18 +246,27 @@ fn writer_for_threads() {
 /// was no writer to stop, or it did not go in time (then it may still be running).
 pub fn pause_writer() -> bool {
     static DONE: AtomicBool = AtomicBool::new(false);
-    let tid = WRITER_TID.load(Ordering::Acquire);
-    if !WRITER_ALIVE.load(Ordering::Acquire) || tid == 0 || thread().writer.get() {
+    if !WRITER_ALIVE.load(Ordering::Acquire) || thread().writer.get() {
         return false;
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut spins = 0;
+    // A writer started a moment ago may not have run yet (its id is published by the writer
+    // itself, first thing): on a busy machine, a program's short first thread can come and go
+    // before it does.
+    let tid = loop {
+        match WRITER_TID.load(Ordering::Acquire) {
+            0 if std::time::Instant::now() > deadline || !WRITER_ALIVE.load(Ordering::Acquire) => return false,
+            0 => crate::sync::backoff(&mut spins),
+            tid => break tid,
+        }
+    };
     flush_own();
     DONE.store(false, Ordering::Release);
     if send_msg(Msg::Stop(&DONE)).is_err() {
         return false;
     }
     let task = format!("/proc/self/task/{tid}\0");
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    let mut spins = 0;
     // SAFETY: access on a NUL-terminated path has no memory-safety preconditions.
     while !DONE.load(Ordering::Acquire) || unsafe { libc::access(task.as_ptr().cast(), libc::F_OK) } == 0 {
         if std::time::Instant::now() > deadline {
@@ -273,6 +282,22 @@ pub fn writer_running() -> bool {
     WRITER_ALIVE.load(Ordering::Acquire)
 }
 
+/// Stops the writer if it is the process's only thread besides the caller (the program's own
+/// have ended), for a call that needs a single-threaded process (unshare, setns into a user
+/// namespace) or that the program makes believing it is one (fork: CPython 3.12+ counts the
+/// threads right after it, and warns). It starts again with the program's next thread. True if
+/// it stopped. Allocates (the thread count): call it under the guard.
+pub fn step_aside_if_alone() -> bool {
+    if !writer_running() || !std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 2) {
+        return false;
+    }
+    if pause_writer() {
+        return true;
+    }
+    resume_writer_if_stopped();
+    false
+}
+
 /// After a [`pause_writer`] that gave up: starts a writer if the old one did stop after all.
 pub fn resume_writer_if_stopped() {
     if !WRITER_ALIVE.load(Ordering::Acquire) && !DEAD.load(Ordering::Acquire) {
@@ -284,6 +309,8 @@ pub fn resume_writer_if_stopped() {
 /// [`pause_writer`] gave up (the old channel's receiver went with the old writer).
 fn start_writer() {
     let rx = make_channel(false);
+    // The new writer publishes its own id; until then, the old one's would mislead pause_writer.
+    WRITER_TID.store(0, Ordering::Release);
     WRITER_ALIVE.store(true, Ordering::Release);
     if !spawn_writer(rx) {
         WRITER_ALIVE.store(false, Ordering::Release);

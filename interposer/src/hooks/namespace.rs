@@ -4,7 +4,8 @@
 //! ended, then calls `unshare -r` (rootless containers, sandboxes), would fail with EINVAL under
 //! residue. Where the call fails that way and the writer is the process's only other thread,
 //! the writer steps aside for the call, and stays away until the program starts a thread again
-//! (the calling thread writes its own events meanwhile).
+//! (the calling thread writes its own events meanwhile): transport::step_aside_if_alone, which
+//! our fork hook uses too.
 
 use std::ffi::c_int;
 
@@ -42,14 +43,9 @@ fn single_threaded(mut call: impl FnMut() -> c_int) -> c_int {
     if r == 0 || errno() != libc::EINVAL {
         return r;
     }
-    // What follows allocates (the thread count, the writer's restart): ours, not the program's.
+    // What follows allocates (the thread count): ours, not the program's.
     let Some(_guard) = Guard::enter_any() else { return r };
-    if !writer_is_the_only_other_thread() {
-        set_errno(libc::EINVAL);
-        return r;
-    }
-    if !transport::pause_writer() {
-        transport::resume_writer_if_stopped();
+    if !transport::step_aside_if_alone() {
         set_errno(libc::EINVAL);
         return r;
     }
@@ -62,11 +58,6 @@ fn single_threaded(mut call: impl FnMut() -> c_int) -> c_int {
         r = call();
     }
     r
-}
-
-/// Whether the process's threads are this one and the writer (/proc/self/task has two).
-fn writer_is_the_only_other_thread() -> bool {
-    transport::writer_running() && std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 2)
 }
 
 fn errno() -> c_int {

@@ -56,6 +56,13 @@ pub unsafe extern "C" fn abort() -> ! {
 /// As C's fork.
 #[no_mangle]
 pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // A program whose threads have ended is single-threaded again without us: so it must be at
+    // its fork too (transport::step_aside_if_alone).
+    if crate::transport::writer_running() && !lifecycle::in_vfork_child() {
+        if let Some(_g) = crate::state::Guard::enter_any() {
+            crate::transport::step_aside_if_alone();
+        }
+    }
     // SAFETY: NEXT_FORK names fork, whose type ForkFn is.
     let real: ForkFn = unsafe { resolve(&NEXT_FORK) };
     // SAFETY: fork has no arguments; the child's side is handled by our atfork handler.
