@@ -192,6 +192,7 @@ pub mod sleep {
 }
 
 /// host_idle (c/host_idle.c): a single-threaded program that allocates slowly, then sleeps.
+/// Every block it allocates is leaked.
 pub mod idle {
     pub const BLOCK_BYTES: u64 = 16;
     pub const FUNCTION: &str = "idle_leak_block";

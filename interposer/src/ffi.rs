@@ -17,6 +17,32 @@ extern "C" {
     pub fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
     pub fn __libc_valloc(size: usize) -> *mut c_void;
     pub fn __libc_pvalloc(size: usize) -> *mut c_void;
+    /// Not in the libc crate for Linux.
+    pub fn pthread_setcancelstate(state: c_int, old: *mut c_int) -> c_int;
+}
+
+/// glibc's value (pthread.h).
+pub const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+/// Deferred cancellation held off while it lives: `write` and `send` are cancellation points,
+/// and a thread cancelled inside ours would leave the stream's write lock held for good.
+pub struct NoCancel(c_int);
+
+impl NoCancel {
+    pub fn new() -> NoCancel {
+        let mut old = 0;
+        // SAFETY: a valid out-pointer; only this thread's cancellation state changes.
+        unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) };
+        NoCancel(old)
+    }
+}
+
+impl Drop for NoCancel {
+    fn drop(&mut self) {
+        let mut old = 0;
+        // SAFETY: as above, restoring the state found.
+        unsafe { pthread_setcancelstate(self.0, &mut old) };
+    }
 }
 
 /// A lazily resolved `dlsym(RTLD_NEXT, name)`.

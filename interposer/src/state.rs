@@ -64,6 +64,9 @@ pub struct Thread {
     /// CLOCK_MONOTONIC_COARSE nanoseconds when this thread last handed its chunk over: without
     /// a writer thread, the thread writes out a chunk that has grown this old (transport.rs).
     pub handed_ns: Cell<u64>,
+    /// CLOCK_MONOTONIC_COARSE nanoseconds when this thread last wrote its chunk out on going
+    /// idle (transport::going_idle).
+    pub idle_ns: Cell<u64>,
     /// The function a ctypes/cffi call (libffi's `ffi_call`) is calling, 0 outside one.
     pub foreign: Cell<u64>,
     /// The number of that call (`foreign_calls` when it began), 0 outside one.
@@ -97,6 +100,7 @@ thread_local! {
             shared: Cell::new(false),
             writer: Cell::new(false),
             handed_ns: Cell::new(0),
+            idle_ns: Cell::new(0),
             foreign: Cell::new(0),
             foreign_call: Cell::new(0),
             foreign_calls: Cell::new(0),

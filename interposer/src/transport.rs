@@ -15,8 +15,8 @@
 //! the process is multi-threaded (multiprocessing's fork start method, under `-W error` a
 //! failure). Until then the one thread writes its own full chunks, and hands its partly filled
 //! one over when at least [`STALE`] has passed since it last did, checked every
-//! [`CHECK_EVERY`] bytes of events: what a program killed outright loses is its last moments'
-//! events, as with the writer's tick.
+//! [`CHECK_EVERY`] bytes of events, and as it goes idle ([`going_idle`]): what a program killed
+//! outright loses is its last moments' events, as with the writer's tick.
 //!
 //! The owner encodes an event without the lock (a locked instruction costs about as much as the
 //! rest of recording a free): it raises the slot's `active` flag, loads the chunk and writes.
@@ -61,6 +61,8 @@ const STALE: Duration = TICK;
 /// multiple of this many bytes (about a hundred events): a clock read per hundred events costs
 /// nothing measurable, one per event would.
 const CHECK_EVERY: usize = 512;
+/// Without a writer: how often at most a thread writes its chunk out as it goes idle.
+const IDLE_EVERY: Duration = Duration::from_millis(10);
 
 #[repr(C)]
 pub struct Chunk {
@@ -336,6 +338,30 @@ fn coarse_now_ns() -> u64 {
     // SAFETY: ts is a valid out-pointer; clock_gettime touches nothing else.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The program is about to sleep or wait (hooks/idle.rs). Without a writer nothing would hand
+/// over this thread's partly filled chunk while it waits, and a program killed then would lose
+/// it: it is written out now, at most once per [`IDLE_EVERY`] (a program that polls in a loop
+/// writes no more often than that; what it records in between is covered by [`STALE`]).
+pub fn going_idle() {
+    if WRITER_ALIVE.load(Ordering::Relaxed) {
+        return;
+    }
+    // Not from inside our own code (its backoff sleeps), nor before or after recording.
+    let Some(g) = state::Guard::enter() else { return };
+    let t = g.thread();
+    if t.slot.get().is_null() {
+        return;
+    }
+    let now = coarse_now_ns();
+    if now.saturating_sub(t.idle_ns.get()) < IDLE_EVERY.as_nanos() as u64 || crate::lifecycle::in_vfork_child() {
+        return;
+    }
+    t.idle_ns.set(now);
+    t.handed_ns.set(now);
+    // Takes the chunk under the slot's lock; one with no events is not written.
+    flush_own();
 }
 
 /// Without a writer, a thread whose chunk just grew past a multiple of [`CHECK_EVERY`] bytes:
@@ -846,6 +872,7 @@ fn write_out(bytes: &[u8]) {
         return;
     }
     let on_writer = thread().writer.get();
+    let _nc = crate::ffi::NoCancel::new();
     WRITE_LOCK.lock();
     // SAFETY: sigset_t values are plain data initialized by sigemptyset/pthread_sigmask before
     // use; masking only affects the calling thread and is restored below.
@@ -900,6 +927,7 @@ fn write_out(bytes: &[u8]) {
 /// without raising SIGPIPE, so the signal mask is left alone (three system calls fewer a chunk:
 /// a single-threaded program writes its own).
 fn send_out(fd: i32, bytes: &[u8]) {
+    let _nc = crate::ffi::NoCancel::new();
     WRITE_LOCK.lock();
     let mut rest = bytes;
     while !rest.is_empty() {

@@ -6,6 +6,7 @@ mod dir;
 mod dl;
 pub(crate) mod fd;
 mod foreign;
+mod idle;
 mod mmap;
 mod namespace;
 mod process;
