@@ -63,6 +63,40 @@ impl Traced {
     }
 }
 
+/// The blocks in the report that `function` of `module` left: what reached the collector.
+fn blocks_of(report: &Report, module: &str, function: &str) -> Amount {
+    report
+        .all_stacks()
+        .into_iter()
+        .filter(|s| s.owner_function(module) == Some(function))
+        .fold(Amount::ZERO, |a, s| a + s.amount)
+}
+
+/// Runs host_idle with `args` and SIGKILLs it `wait` after it has printed its pid. Returns the
+/// blocks it had made by 400 ms, the blocks it made in all (if it said: the idle mode), what
+/// the report holds of them, and the context for messages; the checks common to both modes
+/// done.
+fn killed_host_idle(args: &[&str], wait: Duration) -> (u64, Option<u64>, Amount, String) {
+    let mut t = Traced::start_with("host_idle", args);
+    let first: u64 = t.line("first <n>", |l| l.strip_prefix("first ")?.parse().ok());
+    let (pid, total): (i32, Option<u64>) = t.line("idle <pid> <total> or busy <pid>", |l| {
+        if let Some(pid) = l.strip_prefix("busy ") {
+            return Some((pid.parse().ok()?, None));
+        }
+        let (pid, total) = l.strip_prefix("idle ")?.split_once(' ')?;
+        Some((pid.parse().ok()?, Some(total.parse().ok()?)))
+    });
+    thread::sleep(wait);
+    let (finished, report) = t.kill_target(pid);
+    let ctx =
+        format!("first {first}, total {total:?}\nresidue stderr:\n{}\nreport:\n{:#}", finished.stderr, report.json);
+    assert_eq!(report.complete(), Some(false), "a SIGKILLed target's trace is incomplete\n{ctx}");
+    let seen = blocks_of(&report, "host_idle", fixtures::idle::FUNCTION);
+    assert_eq!(seen.bytes, seen.count * fixtures::idle::BLOCK_BYTES, "{ctx}");
+    assert!(first > 0, "{ctx}");
+    (first, total, seen, ctx)
+}
+
 #[test]
 fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
     let mut t = Traced::start("host_sleep");
@@ -81,11 +115,7 @@ fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
 
     // What was seen: host_sleep's blocks that reached the collector, each of 16 bytes and no
     // more than were allocated; some must have (100,000 allocations fill many batches).
-    let seen = report
-        .all_stacks()
-        .into_iter()
-        .filter(|s| s.owner_function("host_sleep") == Some(fixtures::sleep::FUNCTION))
-        .fold(Amount::ZERO, |a, s| a + s.amount);
+    let seen = blocks_of(&report, "host_sleep", fixtures::sleep::FUNCTION);
     assert!(
         seen.count > 0 && seen.count <= fixtures::sleep::DEFAULT_BLOCKS,
         "between 1 and {} blocks of sleep_leak_block reported, got {}\n{ctx}",
@@ -109,43 +139,18 @@ fn sigkilled_target_gives_an_incomplete_report_of_what_was_seen() {
 /// 10 ms, says so and sleeps on; killed then, every block must be in the report.
 #[test]
 fn a_sigkilled_idle_program_without_threads_loses_nothing() {
-    let mut t = Traced::start("host_idle");
-    let first: u64 = t.line("first <n>", |l| l.strip_prefix("first ")?.parse().ok());
-    let (pid, total): (i32, u64) = t.line("idle <pid> <total>", |l| {
-        let (pid, total) = l.strip_prefix("idle ")?.split_once(' ')?;
-        Some((pid.parse().ok()?, total.parse().ok()?))
-    });
-    let (finished, report) = t.kill_target(pid);
-    let ctx = format!("first {first}, total {total}\nresidue stderr:\n{}\nreport:\n{:#}", finished.stderr, report.json);
-    assert_eq!(report.complete(), Some(false), "a SIGKILLed target's trace is incomplete\n{ctx}");
-    let seen = report
-        .all_stacks()
-        .into_iter()
-        .filter(|s| s.owner_function("host_idle") == Some(fixtures::idle::FUNCTION))
-        .fold(Amount::ZERO, |a, s| a + s.amount);
-    assert!(first > 0 && first < total, "{ctx}");
+    let (first, total, seen, ctx) = killed_host_idle(&[], Duration::ZERO);
+    let total = total.expect("host_idle says how many blocks it made");
+    assert!(first < total, "{ctx}");
     assert_eq!(seen.count, total, "every block of idle_leak_block, written out as it went idle\n{ctx}");
-    assert_eq!(seen.bytes, seen.count * fixtures::idle::BLOCK_BYTES, "{ctx}");
 }
 
 /// The same program killed while it is still busy, never idle: what it recorded more than
 /// 100 ms before was written out by the 100 ms rule, checked as it records.
 #[test]
 fn a_sigkilled_busy_program_without_threads_loses_only_its_last_100_ms() {
-    let mut t = Traced::start_with("host_idle", &["busy"]);
-    let first: u64 = t.line("first <n>", |l| l.strip_prefix("first ")?.parse().ok());
-    let pid: i32 = t.line("busy <pid>", |l| l.strip_prefix("busy ")?.parse().ok());
     // Not a timing assertion: the program goes on recording while the test waits; the wait
     // only makes it record past the 100 ms of its first blocks.
-    thread::sleep(Duration::from_millis(300));
-    let (finished, report) = t.kill_target(pid);
-    let ctx = format!("first {first}\nresidue stderr:\n{}\nreport:\n{:#}", finished.stderr, report.json);
-    assert_eq!(report.complete(), Some(false), "a SIGKILLed target's trace is incomplete\n{ctx}");
-    let seen = report
-        .all_stacks()
-        .into_iter()
-        .filter(|s| s.owner_function("host_idle") == Some(fixtures::idle::FUNCTION))
-        .fold(Amount::ZERO, |a, s| a + s.amount);
-    assert!(first > 0 && seen.count >= first, "at least the first {first} blocks, got {}\n{ctx}", seen.count);
-    assert_eq!(seen.bytes, seen.count * fixtures::idle::BLOCK_BYTES, "{ctx}");
+    let (first, _, seen, ctx) = killed_host_idle(&["busy"], Duration::from_millis(300));
+    assert!(seen.count >= first, "at least the first {first} blocks, got {}\n{ctx}", seen.count);
 }
