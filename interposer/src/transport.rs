@@ -246,7 +246,7 @@ fn writer_for_threads() {
 /// allows a single-threaded process (unshare or setns into a user namespace). Meanwhile the
 /// recording threads write their chunks themselves, as when there is no writer. False if there
 /// was no writer to stop, or it did not go in time (then it may still be running).
-pub fn pause_writer() -> bool {
+fn pause_writer() -> bool {
     static DONE: AtomicBool = AtomicBool::new(false);
     if !WRITER_ALIVE.load(Ordering::Acquire) || thread().writer.get() {
         return false;
@@ -301,7 +301,7 @@ pub fn step_aside_if_alone() -> bool {
 }
 
 /// After a [`pause_writer`] that gave up: starts a writer if the old one did stop after all.
-pub fn resume_writer_if_stopped() {
+fn resume_writer_if_stopped() {
     if !WRITER_ALIVE.load(Ordering::Acquire) && !DEAD.load(Ordering::Acquire) {
         start_writer();
     }
@@ -852,6 +852,7 @@ fn block_signals() {
     }
 }
 
+/// Whether `fd` is a socket (see [`OUT_IS_SOCKET`]).
 fn is_socket(fd: i32) -> bool {
     // SAFETY: fstat on an integer descriptor into a zeroed stat we own.
     unsafe {

@@ -2,8 +2,10 @@
 //! started a thread has no writer thread to hand over its partly filled batch while it waits
 //! (transport.rs); killed then (SIGKILL, a signal it does not handle), it would lose the events
 //! since its last batch. So its batch is written out as it goes idle (`transport::going_idle`).
-//! Nothing here is recorded, and every call is passed on unchanged. Blocking reads and waits
-//! for children are not covered: the 100 ms rule bounds what those lose.
+//! Nothing here is recorded, and every call is passed on unchanged. Where the timeout is a plain
+//! integer, a zero one (a check that does not wait) goes straight on; the others are left to
+//! `going_idle`'s own limit (once per 10 ms). Blocking reads and waits for children are not
+//! covered: the 100 ms rule bounds what those lose.
 
 use std::ffi::{c_int, c_uint};
 
