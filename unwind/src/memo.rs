@@ -163,7 +163,8 @@ pub struct ThreadState {
 }
 
 impl ThreadState {
-    /// Empty: the range is fetched and the memo allocated on the first capture.
+    /// Empty: the range is fetched and the memo allocated on the first capture. All zero bytes
+    /// (the interposer keeps one in a zero-filled TLS section).
     pub const fn new() -> ThreadState {
         ThreadState {
             lo: Cell::new(0),
@@ -280,5 +281,23 @@ pub fn thread_exit_in(t: &ThreadState) {
             // SAFETY: allocated by `allocate` with the same layout, and no longer reachable.
             unsafe { std::alloc::dealloc(m as *mut u8, std::alloc::Layout::new::<Memo>()) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ThreadState;
+
+    /// The interposer keeps a `ThreadState` in a zero-filled TLS section: zero bytes must be
+    /// the state `new` makes.
+    #[test]
+    fn zero_bytes_are_a_new_state() {
+        // SAFETY: Cells of integers, bools and a raw pointer: zero bytes are valid for each.
+        let z: ThreadState = unsafe { std::mem::zeroed() };
+        let n = ThreadState::new();
+        assert_eq!(
+            (z.lo.get(), z.hi.get(), z.memo.get(), z.busy.get(), z.retired.get()),
+            (n.lo.get(), n.hi.get(), n.memo.get(), n.busy.get(), n.retired.get())
+        );
     }
 }
