@@ -209,7 +209,7 @@ impl StreamState {
                         });
                         return pos;
                     }
-                    Parsed::NotOurs if buf[pos] == tag::ACQUIRE || buf[pos] == tag::RELEASE => {
+                    Parsed::NotOurs if matches!(buf[pos], tag::ACQUIRE | tag::RELEASE | tag::MALLOC | tag::FREE) => {
                         self.error = Some(DecodeError {
                             offset: self.offset,
                             kind: DecodeErrorKind::Corrupt(
@@ -321,7 +321,7 @@ impl StreamState {
     #[inline(always)]
     fn hot(&mut self, b: &[u8]) -> Hot {
         let t = b[0];
-        if t != tag::ACQUIRE && t != tag::RELEASE && t != tag::BATCH {
+        if !matches!(t, tag::MALLOC | tag::FREE | tag::ACQUIRE | tag::RELEASE | tag::BATCH) {
             return Hot::Other;
         }
         let mut pos = 1;
@@ -338,31 +338,23 @@ impl StreamState {
         let p = &b[pos..end];
         let mut i = 0;
         let ok = match t {
-            tag::ACQUIRE => (|| {
+            tag::ACQUIRE | tag::MALLOC => (|| {
                 let ds = varint(p, &mut i)?;
-                let (&kind, &api) = (p.get(i)?, p.get(i + 1)?);
-                i += 2;
+                let (kind, api) = Self::kind_api(t, p, &mut i)?;
                 let did = varint(p, &mut i)?;
                 let size = varint(p, &mut i)?;
                 let stack = u32::try_from(varint(p, &mut i)?).ok()?;
                 (i == p.len()).then_some(())?;
-                let seq = self.last_seq.wrapping_add(unzigzag(ds));
-                let id = self.last_id.wrapping_add(unzigzag(did));
-                self.last_seq = seq;
-                self.last_id = id;
-                Some(Event::Acquire { seq, kind: Kind(kind), api: Api(api), id, size, stack })
+                let (seq, id) = self.advance(ds, did);
+                Some(Event::Acquire { seq, kind, api, id, size, stack })
             })(),
-            tag::RELEASE => (|| {
+            tag::RELEASE | tag::FREE => (|| {
                 let ds = varint(p, &mut i)?;
-                let (&kind, &api) = (p.get(i)?, p.get(i + 1)?);
-                i += 2;
+                let (kind, api) = Self::kind_api(t, p, &mut i)?;
                 let did = varint(p, &mut i)?;
                 (i == p.len()).then_some(())?;
-                let seq = self.last_seq.wrapping_add(unzigzag(ds));
-                let id = self.last_id.wrapping_add(unzigzag(did));
-                self.last_seq = seq;
-                self.last_id = id;
-                Some(Event::Release { seq, kind: Kind(kind), api: Api(api), id })
+                let (seq, id) = self.advance(ds, did);
+                Some(Event::Release { seq, kind, api, id })
             })(),
             _ => (|| {
                 let tid = u32::try_from(varint(p, &mut i)?).ok()?;
@@ -376,6 +368,29 @@ impl StreamState {
             Some(e) => Hot::Done(end, e),
             None => Hot::Other,
         }
+    }
+
+    /// The kind and API of an event record: implied by the tag of a malloc or free record,
+    /// else its next two bytes.
+    #[inline(always)]
+    fn kind_api(t: u8, p: &[u8], i: &mut usize) -> Option<(Kind, Api)> {
+        match t {
+            tag::MALLOC => Some((Kind::HEAP, Api::MALLOC)),
+            tag::FREE => Some((Kind::HEAP, Api::FREE)),
+            _ => {
+                let (&kind, &api) = (p.get(*i)?, p.get(*i + 1)?);
+                *i += 2;
+                Some((Kind(kind), Api(api)))
+            }
+        }
+    }
+
+    /// The sequence number and id of an event record from their deltas to the batch's last.
+    #[inline(always)]
+    fn advance(&mut self, ds: u64, did: u64) -> (u64, u64) {
+        self.last_seq = self.last_seq.wrapping_add(unzigzag(ds));
+        self.last_id = self.last_id.wrapping_add(unzigzag(did));
+        (self.last_seq, self.last_id)
     }
 
     /// End of input: a partial record left over means the stream was cut inside it.

@@ -365,6 +365,18 @@ impl Decoder {
                 let id = self.id(p)?;
                 Record::Release { seq, kind, api, id }
             }
+            tag::MALLOC => {
+                let seq = self.seq(p)?;
+                let id = self.id(p)?;
+                let size = p.u64("bad size in a malloc record")?;
+                let stack = p.u32("bad stack id in a malloc record")?;
+                Record::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size, stack }
+            }
+            tag::FREE => {
+                let seq = self.seq(p)?;
+                let id = self.id(p)?;
+                Record::Release { seq, kind: Kind::HEAP, api: Api::FREE, id }
+            }
             tag::FORK => Record::Fork {
                 seq: p.u64("bad sequence number in a fork record")?,
                 child: p.u32("bad child pid in a fork record")?,

@@ -98,11 +98,15 @@ impl Encoder {
         size: u64,
         stack: u32,
     ) -> usize {
-        record(buf, pos, tag::ACQUIRE, true, |b, p| {
-            let p = self.seq(b, p, seq);
-            b[p] = kind.0;
-            b[p + 1] = api.0;
-            let p = self.id(b, p + 2, id);
+        let malloc = kind == Kind::HEAP && api == Api::MALLOC;
+        record(buf, pos, if malloc { tag::MALLOC } else { tag::ACQUIRE }, true, |b, p| {
+            let mut p = self.seq(b, p, seq);
+            if !malloc {
+                b[p] = kind.0;
+                b[p + 1] = api.0;
+                p += 2;
+            }
+            let p = self.id(b, p, id);
             let p = varint::put(b, p, size);
             varint::put(b, p, u64::from(stack))
         })
@@ -111,11 +115,15 @@ impl Encoder {
     /// `kind` resource `id` was released through `api`.
     #[inline]
     pub fn release(&mut self, buf: &mut [u8], pos: usize, seq: u64, kind: Kind, api: Api, id: u64) -> usize {
-        record(buf, pos, tag::RELEASE, true, |b, p| {
-            let p = self.seq(b, p, seq);
-            b[p] = kind.0;
-            b[p + 1] = api.0;
-            self.id(b, p + 2, id)
+        let free = kind == Kind::HEAP && api == Api::FREE;
+        record(buf, pos, if free { tag::FREE } else { tag::RELEASE }, true, |b, p| {
+            let mut p = self.seq(b, p, seq);
+            if !free {
+                b[p] = kind.0;
+                b[p + 1] = api.0;
+                p += 2;
+            }
+            self.id(b, p, id)
         })
     }
 

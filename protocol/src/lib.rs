@@ -6,6 +6,9 @@
 //! `tag: u8, len: varint, payload: [u8; len]`, so a reader can skip a record it does not know
 //! (a newer interposer) and can tell a truncated record from a corrupt one.
 //!
+//! The commonest events, malloc and free of heap blocks, have records of their own
+//! ([`tag::MALLOC`], [`tag::FREE`]): an acquire or release whose kind and API the tag implies.
+//!
 //! Integers are LEB128 varints; deltas are zigzag-encoded. Acquire and release records are
 //! delta-encoded against the previous event of the same [`Record::Batch`]: each batch holds
 //! one thread's events, so consecutive sequence numbers and addresses are close together.
@@ -27,8 +30,10 @@ pub use names::{Api, Kind};
 
 /// First eight bytes of every stream and trace file.
 pub const MAGIC: [u8; 8] = *b"RESIDUE\0";
-/// The format version this build writes, and the newest it reads.
-pub const VERSION: u16 = 1;
+/// The format version this build writes, and the newest it reads. 2 added [`tag::MALLOC`] and
+/// [`tag::FREE`]: a reader of version 1 would skip them as unknown, losing most events
+/// silently, so it refuses the stream instead.
+pub const VERSION: u16 = 2;
 /// Magic, version (u16 little-endian), reserved flags (u16).
 pub const HEADER_LEN: usize = 12;
 
@@ -79,6 +84,11 @@ pub mod tag {
     /// shares with `base`, a stack the same thread sent before (consecutive stacks of a thread
     /// share most of their outer frames: the interpreter's, the program's main loop).
     pub const STACK_SHARED: u8 = 0x10;
+    /// An [`ACQUIRE`] of a heap block by malloc, the commonest event by far, without the kind
+    /// and API bytes (a fifth of a malloc/free pair's bytes, copied out of the target).
+    pub const MALLOC: u8 = 0x11;
+    /// A [`RELEASE`] of a heap block by free, without the kind and API bytes.
+    pub const FREE: u8 = 0x12;
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     pos = e.acquire(&mut buf, pos, 100, Kind::HEAP, Api::STRDUP, 0x5555_1000, 6, 9);
     pos = e.release(&mut buf, pos, 99, Kind::FD, Api::CLOSE, 3);
     pos = e.acquire(&mut buf, pos, 1 << 40, Kind(200), Api(250), u64::MAX, u64::MAX, u32::MAX);
+    pos = e.acquire(&mut buf, pos, 102, Kind::HEAP, Api::MALLOC, 0x5555_2000, 48, 10);
+    pos = e.release(&mut buf, pos, 103, Kind::HEAP, Api::FREE, 0x5555_2000);
     pos = e.module_unload(&mut buf, pos, 5, 3);
     pos = e.fork(&mut buf, pos, 6, 77);
     pos = e.exec(&mut buf, pos, 7, b"/bin/true");
@@ -49,6 +51,8 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
         Record::Acquire { seq: 100, kind: Kind::HEAP, api: Api::STRDUP, id: 0x5555_1000, size: 6, stack: 9 },
         Record::Release { seq: 99, kind: Kind::FD, api: Api::CLOSE, id: 3 },
         Record::Acquire { seq: 1 << 40, kind: Kind(200), api: Api(250), id: u64::MAX, size: u64::MAX, stack: u32::MAX },
+        Record::Acquire { seq: 102, kind: Kind::HEAP, api: Api::MALLOC, id: 0x5555_2000, size: 48, stack: 10 },
+        Record::Release { seq: 103, kind: Kind::HEAP, api: Api::FREE, id: 0x5555_2000 },
         Record::ModuleUnload { seq: 5, id: 3 },
         Record::Fork { seq: 6, child: 77 },
         Record::Exec { seq: 7, path: "/bin/true".into() },
@@ -100,6 +104,25 @@ fn foreign_file_and_newer_version_are_named() {
     h[8] = 99;
     let e = decode_all(&h).unwrap_err();
     assert_eq!(e.kind, DecodeErrorKind::NewerVersion(99));
+}
+
+/// malloc and free, most of every stream, go without their kind and API bytes; every other
+/// heap API keeps them.
+#[test]
+fn malloc_and_free_records_are_two_bytes_shorter() {
+    let mut buf = [0u8; 64];
+    let mut sizes = |kind: Kind, acquire: Api, release: Api| {
+        let mut e = Encoder::default();
+        let a = e.acquire(&mut buf, 0, 1, kind, acquire, 0x5555_2000, 48, 10);
+        assert_eq!(buf[0], if (kind, acquire) == (Kind::HEAP, Api::MALLOC) { tag::MALLOC } else { tag::ACQUIRE });
+        let r = e.release(&mut buf, 0, 2, kind, release, 0x5555_2000);
+        assert_eq!(buf[0], if (kind, release) == (Kind::HEAP, Api::FREE) { tag::FREE } else { tag::RELEASE });
+        (a, r)
+    };
+    let (a, r) = sizes(Kind::HEAP, Api::MALLOC, Api::FREE);
+    assert_eq!(sizes(Kind::HEAP, Api::CALLOC, Api::REALLOC), (a + 2, r + 2));
+    // The tag implies the kind as well: another kind's "malloc" number keeps both bytes.
+    assert_eq!(sizes(Kind::FD, Api::MALLOC, Api::FREE), (a + 2, r + 2));
 }
 
 #[test]
