@@ -99,6 +99,10 @@ pub struct Symbolizer {
     /// decided while preparing (which addresses to symbolize), read again while building.
     /// The images outlive the report's building.
     pub details: FxMap<(usize, residue_protocol::Kind, u32), crate::report::Detail>,
+    /// The stacks `details` found summarized, as resolved to decide it (same key): building the
+    /// report takes them rather than resolving each stack a second time. The report holds
+    /// them afterwards anyway.
+    pub owner_resolved: FxMap<(usize, residue_protocol::Kind, u32), crate::report::Resolved>,
 }
 
 /// A module's function symbols (`.symtab`, or `.dynsym` in a stripped file), sorted by address:

@@ -8,7 +8,7 @@ pub mod junit;
 pub mod sarif;
 mod stack;
 /// How far a stack is resolved (kept per stack by the symbolizer between preparing and building).
-pub(crate) use stack::Detail;
+pub(crate) use stack::{Detail, Resolved};
 pub mod text;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -437,10 +437,11 @@ fn detail_of(
     if let Some(&d) = sym.details.get(&key) {
         return d;
     }
-    let d = match stack::resolve(img, modules, sym, raw, stack::Detail::Owner) {
+    let resolved = stack::resolve(img, modules, sym, raw, stack::Detail::Owner);
+    let d = match &resolved {
         stack::Resolved::InterposerOwn => stack::Detail::Owner,
         stack::Resolved::Stack { library, frames, owner_frame, .. } => {
-            if noise::classify_frames(&kind_name(kind), &frames, owner_frame, &library).is_runtime() {
+            if noise::classify_frames(&kind_name(kind), frames, *owner_frame, library).is_runtime() {
                 stack::Detail::Owner
             } else {
                 stack::Detail::Full
@@ -448,6 +449,9 @@ fn detail_of(
         }
     };
     sym.details.insert(key, d);
+    if d == stack::Detail::Owner {
+        sym.owner_resolved.insert(key, resolved);
+    }
     d
 }
 
@@ -640,8 +644,13 @@ pub fn build_with(
                 missing += usize::from(stack_missing);
                 let raw: &[u64] = raw.unwrap_or(&[]);
                 let detail = if full.contains(&(kind, stack_id)) { stack::Detail::Full } else { stack::Detail::Owner };
+                // A summarized stack was resolved already, to decide that it is (`detail_of`).
+                let resolved = match detail {
+                    stack::Detail::Owner => sym.owner_resolved.remove(&(img as *const Image as usize, kind, stack_id)),
+                    stack::Detail::Full => None,
+                };
                 let (lib, frames, owner_frame, python, foreign_call) =
-                    match stack::resolve(img, &modules, sym, raw, detail) {
+                    match resolved.unwrap_or_else(|| stack::resolve(img, &modules, sym, raw, detail)) {
                         stack::Resolved::InterposerOwn => {
                             interposer_own.add(count);
                             continue;

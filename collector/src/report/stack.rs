@@ -207,7 +207,9 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
         })
         .collect();
 
-    let mut frames = Vec::new();
+    // Room for every frame (an inline chain or a foreign call may still add a few): the frames
+    // are large values, and growing one by one copied them over and over.
+    let mut frames = Vec::with_capacity(natives.len() + pythons.len() + 4);
     let mut owner_frame = None;
     let mut py = pythons.into_iter().peekable();
     for (i, &addr) in natives.iter().enumerate().skip(skip) {
