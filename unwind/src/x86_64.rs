@@ -396,15 +396,20 @@ fn replay(steps: &[Step], out: &mut [u64]) -> usize {
     i
 }
 
-/// Records replayed `steps` in `record` (as long), in one block, and leaves in `fp` rbp after
-/// the last of them.
+/// Records replayed `steps` in `record` (as long), with the walk's own rbp up to rbp's first
+/// reload (as [`own_fp`]), and leaves in `fp` rbp after the last of them. One pass, inline: a
+/// block copy then a fix-up pass was a call to the C library's memmove per capture, for a few
+/// hundred bytes (1.7% of a traced Python program's time).
 #[inline(always)]
 fn keep(record: &mut [Step], steps: &[Step], fp: &mut u64) {
-    record.copy_from_slice(steps);
-    own_fp(record, *fp);
-    if let Some(last) = record.last() {
-        *fp = last.fp;
+    let mut own = true;
+    let mut last = *fp;
+    for (r, s) in record.iter_mut().zip(steps) {
+        own &= s.fp_slot() == 0;
+        last = if own { *fp } else { s.fp };
+        *r = Step { fp: last, ..*s };
     }
+    *fp = last;
 }
 
 /// Up to rbp's first reload, replayed steps get the walk's own rbp, `fp` (the old walk's may
