@@ -100,12 +100,7 @@ impl Encoder {
     ) -> usize {
         let malloc = kind == Kind::HEAP && api == Api::MALLOC;
         record(buf, pos, if malloc { tag::MALLOC } else { tag::ACQUIRE }, true, |b, p| {
-            let mut p = self.seq(b, p, seq);
-            if !malloc {
-                b[p] = kind.0;
-                b[p + 1] = api.0;
-                p += 2;
-            }
+            let p = self.event_head(b, p, seq, (kind, api), malloc);
             let p = self.id(b, p, id);
             let p = varint::put(b, p, size);
             varint::put(b, p, u64::from(stack))
@@ -117,14 +112,22 @@ impl Encoder {
     pub fn release(&mut self, buf: &mut [u8], pos: usize, seq: u64, kind: Kind, api: Api, id: u64) -> usize {
         let free = kind == Kind::HEAP && api == Api::FREE;
         record(buf, pos, if free { tag::FREE } else { tag::RELEASE }, true, |b, p| {
-            let mut p = self.seq(b, p, seq);
-            if !free {
-                b[p] = kind.0;
-                b[p + 1] = api.0;
-                p += 2;
-            }
+            let p = self.event_head(b, p, seq, (kind, api), free);
             self.id(b, p, id)
         })
+    }
+
+    /// An event record's sequence number, then its kind and API unless its tag implies them
+    /// (`implied`: a malloc or free record).
+    #[inline(always)]
+    fn event_head(&mut self, b: &mut [u8], p: usize, seq: u64, (kind, api): (Kind, Api), implied: bool) -> usize {
+        let p = self.seq(b, p, seq);
+        if implied {
+            return p;
+        }
+        b[p] = kind.0;
+        b[p + 1] = api.0;
+        p + 2
     }
 
     /// Room [`Encoder::stack`] needs for `frames` return addresses.
