@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use residue_tests::{
-    fixture, fixtures::leaky, py_script, read_report, run, run_captured, Amount, Outcome, Report, RunBuilder, TempDir,
+    fixture, fixtures, fixtures::leaky, py_script, read_report, repo_root, run, run_captured, Amount, Outcome, Report,
+    RunBuilder, TempDir,
 };
 use serde_json::Value;
 
@@ -517,6 +518,29 @@ fn lines_of_a_version(py: &str) {
     for s in stacks_of(r, "libleaky.so") {
         let (marker, func) = if s["api"] == "strdup" { ("names", "leak_names") } else { ("struct", "leak_struct") };
         assert_innermost(s, func, marker, &ctx);
+    }
+}
+
+/// A call site's first call and its later ones can leave CPython's loop from different
+/// instructions (3.13 specializes a site after its first call): two stacks that differ only in
+/// that return address, which the report shows as the Python line, are one entry in every
+/// version. The README's example: three leaking calls from one line.
+#[test]
+fn a_line_that_leaks_on_every_call_is_one_entry_in_every_python() {
+    let example = repo_root().join("examples").join("ctypes_leak.py");
+    let mut pythons = vec!["python3".to_string()];
+    pythons.extend(["3.12", "3.13"].into_iter().filter_map(python_version));
+    for py in pythons {
+        let o = run([std::ffi::OsStr::new(&py), example.as_os_str()])
+            .env("RESIDUE_EXAMPLE_LIB", fixtures::libexample())
+            .go();
+        let ctx = o.context();
+        assert_eq!(o.finished.code(), 0, "{py}\n{ctx}");
+        let stacks = o.report.stacks("libexample.so");
+        assert_eq!(stacks.len(), 1, "{py}: one entry\n{ctx}");
+        let bytes = ["Hello, ada!", "Hello, grace!", "Hello, linus!"].iter().map(|s| s.len() as u64 + 1).sum();
+        assert_eq!(stacks[0].amount, Amount::new(3, bytes), "{py}\n{ctx}");
+        assert!(o.finished.stderr.contains("in 1 library (1 distinct stack)"), "{py}\n{ctx}");
     }
 }
 

@@ -141,6 +141,30 @@ pub struct StackOut {
     pub inherited_from: Option<u32>,
 }
 
+impl StackOut {
+    /// Takes in `other`, a stack that reads the same (see `listed_key`): its amounts and
+    /// descriptions; the entry keeps the lower stack id.
+    fn absorb(&mut self, other: StackOut) {
+        self.count += other.count;
+        self.bytes += other.bytes;
+        self.stack_id = self.stack_id.min(other.stack_id);
+        for d in other.descriptions {
+            if self.descriptions.len() < MAX_DESCRIPTIONS && !self.descriptions.contains(&d) {
+                self.descriptions.push(d);
+            }
+        }
+        self.descriptions.sort();
+        self.target = self.descriptions.first().cloned();
+    }
+}
+
+/// Everything a listed entry shows but its amounts, stack id and descriptions: entries with
+/// the same key read the same in every report format.
+fn listed_key(s: &StackOut) -> Option<String> {
+    let shown = (&s.kind, &s.api, &s.frames, s.owner_frame, &s.python, &s.foreign_call, s.origin, s.inherited_from);
+    serde_json::to_string(&(shown, s.stack_missing)).ok()
+}
+
 /// What a forked child's report needs of its parent: the image that forked it, and when.
 #[derive(Clone, Copy)]
 pub struct Inherited<'a> {
@@ -621,6 +645,8 @@ pub fn build_with(
             sources.push((inh.parent, inherited_groups, Some(inh.parent_pid)));
         }
         let mut by_lib: HashMap<(String, Origin), usize> = HashMap::new();
+        // Listed entries of a library by what they show (`listed_key`), for merging.
+        let mut listed_at: HashMap<(usize, String), usize> = HashMap::new();
         let mut arenas = false;
         let mut missing = 0usize;
         let mut interposer_own = Count::default();
@@ -718,6 +744,21 @@ pub fn build_with(
                     split
                         .file
                         .add(Count { count: count.count - anonymous.count, bytes: count.bytes - anonymous.bytes });
+                }
+                // Two stacks that differ only in frames the report does not show (the return
+                // address in the interpreter's loop that a Python frame stands for: CPython 3.13
+                // leaves it from another instruction on a call site's first call than once the
+                // site is specialized) are one entry, as they read the same.
+                if let (stack::Detail::Full, Some(key)) = (detail, listed_key(&st)) {
+                    match listed_at.entry((idx, key)) {
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            l.stacks[*e.get()].absorb(st);
+                            continue;
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(l.stacks.len());
+                        }
+                    }
                 }
                 l.stacks.push(st);
             }
@@ -885,4 +926,54 @@ fn runtime_libraries<'a>(ledger: &Ledger, entries: impl Iterator<Item = &'a Libr
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(stack_id: u32, count: u64, bytes: u64, descriptions: &[&str], line: u32) -> StackOut {
+        let descriptions: Vec<String> = descriptions.iter().map(|d| d.to_string()).collect();
+        StackOut {
+            kind: "fd".to_owned(),
+            api: "open".to_owned(),
+            count,
+            bytes,
+            stack_id,
+            frames: vec![FrameOut {
+                kind: "native",
+                function: Some("open_logs".to_owned()),
+                module: Some("/lib/liblogs.so".to_owned()),
+                file: Some("logs.c".to_owned()),
+                line: Some(line),
+                address: Some("0x7f0000001234".to_owned()),
+                offset: Some("0x1234".to_owned()),
+                inlined: false,
+            }],
+            owner_frame: Some(0),
+            target: descriptions.first().cloned(),
+            descriptions,
+            stack_missing: false,
+            python: Vec::new(),
+            foreign_call: None,
+            origin: Origin::User,
+            inherited_from: None,
+        }
+    }
+
+    /// Entries that read the same share a key whatever their amounts, ids and descriptions;
+    /// one frame apart, they do not. Merged, they add up and keep every description once.
+    #[test]
+    fn entries_that_read_the_same_merge() {
+        let (a, b) =
+            (entry(7, 2, 0, &["/var/log/b", "/var/log/a"], 12), entry(3, 1, 0, &["/var/log/c", "/var/log/a"], 12));
+        assert_eq!(listed_key(&a), listed_key(&b));
+        assert_ne!(listed_key(&a), listed_key(&entry(7, 2, 0, &[], 13)));
+        let mut a = a;
+        a.descriptions.sort();
+        a.absorb(b);
+        assert_eq!((a.count, a.bytes, a.stack_id), (3, 0, 3));
+        assert_eq!(a.descriptions, ["/var/log/a", "/var/log/b", "/var/log/c"]);
+        assert_eq!(a.target.as_deref(), Some("/var/log/a"));
+    }
 }
