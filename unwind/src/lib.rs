@@ -84,7 +84,7 @@ pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = x86_64::Regs::here();
-        or_libgcc(memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)), out)
+        or_libgcc(memo::with(0, |bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -110,7 +110,10 @@ pub struct Entry {
 pub fn capture_from(out: &mut [u64], entry: Entry) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        or_libgcc(memo::with(|bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)), out)
+        or_libgcc(
+            memo::with(entry.sp, |bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)),
+            out,
+        )
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -126,7 +129,7 @@ pub fn capture_from_in(state: &ThreadState, out: &mut [u64], entry: Entry) -> us
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let start = x86_64::Start::Entry(entry);
-        or_libgcc(memo::with_state(state, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
+        or_libgcc(memo::with_state(state, entry.sp, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -142,7 +145,7 @@ pub fn capture_in(state: &ThreadState, out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let start = x86_64::Start::Here(x86_64::Regs::here());
-        or_libgcc(memo::with_state(state, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
+        or_libgcc(memo::with_state(state, 0, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {

@@ -398,6 +398,52 @@ fn walks_from_a_hooks_entry_skip_the_hook_and_match_libgcc() {
     }
 }
 
+/// Call sites of `hooked`, each its own function (so its own return address), some with a
+/// frame between them and the call: the memo keeps a previous walk per site for the latest
+/// eight, so twelve in turn replace each other's records while each site's record is also
+/// replayed from its first frame on its next visit.
+macro_rules! sites {
+    ($($name:ident: $extra:expr),* $(,)?) => {
+        $(
+            #[inline(never)]
+            fn $name(p: &mut Pair) {
+                if $extra {
+                    through_frame(p);
+                } else {
+                    hooked(black_box(p));
+                }
+            }
+        )*
+        const SITES: &[fn(&mut Pair)] = &[$($name),*];
+    };
+}
+
+#[inline(never)]
+fn through_frame(p: &mut Pair) {
+    hooked(black_box(p));
+    black_box(());
+}
+
+sites!(s0: false, s1: true, s2: false, s3: false, s4: true, s5: false, s6: false, s7: true, s8: false, s9: false, s10: true, s11: false);
+
+#[test]
+fn call_sites_in_turn_replay_their_own_walks_and_match_libgcc() {
+    for rep in 0..REPS {
+        // Eight sites in turn (each keeps its record), then all twelve (records replaced),
+        // at two depths.
+        let n = if rep % 2 == 0 { 8 } else { SITES.len() };
+        let depth = [2usize, 9][rep % 4 / 2];
+        rust_recurse(depth, &mut || {
+            for (i, site) in SITES[..n].iter().enumerate() {
+                let mut p = Pair { ours: Vec::new(), reference: Vec::new() };
+                site(&mut p);
+                assert!(!p.ours.is_empty(), "site {i}, rep {rep}: empty walk");
+                assert_eq!(p.ours, p.reference, "site {i}, rep {rep}: walk from the entry != libgcc past the body");
+            }
+        });
+    }
+}
+
 thread_local! {
     static JIT_PAIR: std::cell::RefCell<Option<Pair>> = const { std::cell::RefCell::new(None) };
 }
