@@ -131,8 +131,8 @@ impl Near {
 }
 
 /// Previous walks kept, one per call site. A walk from a hooked function's entry replays the
-/// latest walk that started from the same return address (the hook's caller: a slot per site,
-/// the eight latest sites kept, the oldest replaced), and one more record receives the walk
+/// latest walk that started from the same return address (the hook's caller: a slot per site
+/// for eight sites, a new site taking the slots in turn), and one more record receives the walk
 /// under way. A program that allocates from a few sites in turn (a C loop, a ctypes function
 /// that allocates twice) then replays each site's own previous walk from its first frame,
 /// instead of looking rules up until its stack joins the previous site's: W4 -7% time, W3 -4.5%,
