@@ -179,6 +179,20 @@ fn libgcc_capture(out: &mut [u64]) -> usize {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use memo::{thread_exit, thread_exit_in, ThreadState};
 
+/// How many unwind rules the calling thread's walks through this crate's own per-thread state
+/// ([`capture`], [`capture_from`]) have looked up: one per frame that was not replayed from a
+/// previous walk. For tests of which walks replay; 0 where nothing is kept per thread.
+pub fn thread_lookups() -> u64 {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        memo::thread_lookups()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        0
+    }
+}
+
 /// The calling thread is ending (nothing is kept for it on this architecture).
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 pub fn thread_exit() {}
