@@ -469,9 +469,9 @@ fn call_sites_in_turn_replay_their_own_walks_and_match_libgcc() {
 /// A call site met at two depths in turn (a Python allocator's caller, called from several
 /// places) replays each depth's own previous walk from its first frame. Kept per call site
 /// alone, each depth's walk looked rules up from its first frame until it joined the other
-/// depth's walk: 15 lookups a round here, against 4 (2.5 a walk, against 0.67). Not 0: a frame
-/// that saves rbp holding its caller's data (here a heap pointer that changes from call to
-/// call) is followed with a lookup where that word differs from the record's.
+/// depth's walk: 15 lookups a round in a release build, against 4 (2.5 a walk, against 0.67).
+/// Not 0: a frame that saves rbp holding its caller's data (here a heap pointer that changes
+/// from call to call) is followed with a lookup where that word differs from the record's.
 #[test]
 fn a_site_met_at_two_depths_in_turn_replays_each_depths_walk() {
     // A thread of its own: the count is per thread, and this one captures nothing else.
