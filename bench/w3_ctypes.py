@@ -23,6 +23,8 @@ def main():
     lib.bw_destroy.restype = None
     lib.bw_destroy.argtypes = [ctypes.c_void_p]
     create, destroy = lib.bw_create, lib.bw_destroy
+    # Two loops rather than one with `range(work)` inside: W3 by default runs exactly the
+    # loop earlier tables measured (an empty inner loop still costs the interpreter time).
     if work == 0:
         for i in range(pairs):
             destroy(create(32 + (i & 255)))
