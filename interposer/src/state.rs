@@ -191,9 +191,10 @@ impl Thread {
     }
 
     /// The thread's caches in front of the global intern tables, or `None` (allocation failed,
-    /// or the thread is ending). On the heap, not in TLS: the static TLS block of a preloaded
-    /// library comes out of every thread's stack, and a thread asking for a 16 KiB stack must
-    /// still get one.
+    /// or the thread is ending). Not in TLS: the static TLS block of a preloaded library comes
+    /// out of every thread's stack, and a thread asking for a 16 KiB stack must still get one.
+    /// In pages of their own (`residue_unwind::pages`), which become resident as entries are
+    /// written: a zeroed heap block would make all 26 KiB resident on every recording thread.
     ///
     /// # Safety
     /// As [`Thread::frame_buf`]: only under this thread's [`Guard`], one borrow at a time.
@@ -201,9 +202,8 @@ impl Thread {
     pub unsafe fn near(&self) -> Option<&mut NearCaches> {
         let mut p = self.near.get();
         if p.is_null() && !self.retired.get() {
-            // Our own allocation (the guard is held): LibcAlloc, zeroed, which is empty.
-            // SAFETY: a non-zero-sized layout.
-            p = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<NearCaches>()) }.cast();
+            // Zeroed, which is empty; a system call, so no hook re-enters.
+            p = residue_unwind::pages::zeroed::<NearCaches>();
             self.near.set(p);
         }
         // SAFETY: null or this thread's own block, freed only by `retire` (which clears the
@@ -217,8 +217,9 @@ impl Thread {
         self.retired.set(true);
         let p = self.near.replace(ptr::null_mut());
         if !p.is_null() {
-            // SAFETY: allocated in `near` with this layout, and no longer reachable.
-            unsafe { std::alloc::dealloc(p.cast(), std::alloc::Layout::new::<NearCaches>()) };
+            // SAFETY: allocated in `near`, and no longer reachable; NearCaches has no
+            // destructor.
+            unsafe { residue_unwind::pages::release(p) };
         }
         residue_unwind::thread_exit_in(&self.unwind);
     }

@@ -69,6 +69,8 @@ pub struct Chunk {
     /// Written by the owner, read by a stealer deciding whether a chunk is worth taking.
     len: AtomicUsize,
     enc: Encoder,
+    /// In pages of its own (see [`new_chunk`]), rather than on the heap.
+    mapped: bool,
     data: [u8; CHUNK_DATA],
 }
 
@@ -156,14 +158,25 @@ static SLOT_TABLE: [Slot; SLOTS] = [EMPTY_SLOT; SLOTS];
 /// The pthread key whose destructor flushes a thread's chunk when the thread ends.
 static THREAD_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 
+/// A chunk for a thread: a recycled one, or a fresh one in pages of its own, which become
+/// resident as events fill them, so a thread that records little makes little of its chunk
+/// resident (a zeroed heap block would be written whole at once). On the heap if the kernel
+/// refuses a mapping.
 fn new_chunk(tid: u32) -> Option<NonNull<Chunk>> {
     let recycled = channel().and_then(|c| c.pool_rx.try_recv().ok()).map(|p| p.0);
-    let p = recycled.or_else(|| {
-        // SAFETY: Chunk has a non-zero size; all-zero bytes are a valid Chunk (len 0, default
-        // encoder, zero data). Allocated in place: a 64 KiB value never touches the stack,
-        // which may be small on the host's threads.
-        NonNull::new(unsafe { alloc_zeroed(Layout::new::<Chunk>()) }.cast::<Chunk>())
-    })?;
+    let p = recycled
+        .or_else(|| {
+            let p = NonNull::new(residue_unwind::pages::zeroed::<Chunk>())?;
+            // SAFETY: a fresh zeroed chunk (a valid one: len 0, default encoder), ours alone.
+            unsafe { (*p.as_ptr()).mapped = true };
+            Some(p)
+        })
+        .or_else(|| {
+            // SAFETY: Chunk has a non-zero size; all-zero bytes are a valid Chunk (len 0,
+            // default encoder, zero data, not mapped). Allocated in place: a 64 KiB value never
+            // touches the stack, which may be small on the host's threads.
+            NonNull::new(unsafe { alloc_zeroed(Layout::new::<Chunk>()) }.cast::<Chunk>())
+        })?;
     // SAFETY: p is a chunk we own exclusively (fresh, or taken from the pool).
     let c = unsafe { &mut *p.as_ptr() };
     let len = c.enc.batch(&mut c.data, 0, tid);
@@ -174,8 +187,16 @@ fn new_chunk(tid: u32) -> Option<NonNull<Chunk>> {
 fn recycle(p: NonNull<Chunk>) {
     if let Some(ch) = channel() {
         if let Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) = ch.pool_tx.try_send(ChunkPtr(p)) {
-            // SAFETY: allocated by new_chunk with this layout, and owned by us.
-            unsafe { dealloc(p.0.as_ptr().cast(), Layout::new::<Chunk>()) };
+            let c = p.0.as_ptr();
+            // SAFETY: allocated by new_chunk (mapped, or with this layout), and owned by us;
+            // Chunk has no destructor.
+            unsafe {
+                if (*c).mapped {
+                    residue_unwind::pages::release(c);
+                } else {
+                    dealloc(c.cast(), Layout::new::<Chunk>());
+                }
+            }
         }
     }
 }

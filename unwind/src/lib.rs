@@ -41,6 +41,8 @@ mod eh;
 mod libgcc;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod memo;
+#[cfg(target_os = "linux")]
+pub mod pages;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod stack;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
