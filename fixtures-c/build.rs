@@ -88,6 +88,12 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "host_units", kind: Kind::Exe, sources: &["c/host_units.c"], link: &["-lunits"] },
     Artifact { out: "host_spawn", kind: Kind::Exe, sources: &["c/host_spawn.c"], link: &[] },
     Artifact { out: "bench_w4", kind: Kind::BenchExe, sources: &["../bench/w4_pairs.c"], link: &[] },
+    Artifact {
+        out: "bench_threads",
+        kind: Kind::BenchExe,
+        sources: &["../bench/threads_pairs.c"],
+        link: &["-pthread"],
+    },
 ];
 
 /// Headers: a change to one rebuilds everything (cheap, and never stale).

@@ -155,10 +155,10 @@ impl Near {
 /// ran 0.6% fewer instructions on W1 than sixteen scanned in turn, and no faster.
 const SLOTS: usize = 16;
 
-/// What a thread keeps between captures. In pages of its own, not in TLS: about 48 KiB, which in the
-/// static TLS block of a preloaded library would come out of every thread's stack (a thread
-/// created with a 16 KiB stack would not be created at all). Allocated on the thread's first
-/// capture (see [`allocate`]), freed by [`thread_exit`].
+/// What a thread keeps between captures. In pages of its own (module `pages`), not in TLS:
+/// about 48 KiB, which in the static TLS block of a preloaded library would come out of every
+/// thread's stack (a thread created with a 16 KiB stack would not be created at all).
+/// Allocated on the thread's first capture (see [`allocate`]), freed by [`thread_exit`].
 pub(crate) struct Memo {
     near: Near,
     walks: [Walk; SLOTS + 1],
