@@ -78,8 +78,8 @@ pub fn stats() -> Stats {
 /// Fills `out` with return addresses, innermost first, starting with `capture`'s own return
 /// address (which lies in its caller); returns how many were written.
 ///
-/// Never allocates after the first call on a thread (that one asks pthread for the thread's
-/// stack bounds), takes no lock that the loader or malloc can hold, never faults: stack reads
+/// Never allocates after the first call on a thread (that one, on any thread but the main one,
+/// asks pthread for the thread's stack bounds), takes no lock that the loader or malloc can hold, never faults: stack reads
 /// stay inside the thread's stack, and walks that leave it stop there.
 #[inline(never)]
 pub fn capture(out: &mut [u64]) -> usize {
@@ -193,6 +193,18 @@ pub fn thread_lookups() -> u64 {
     {
         0
     }
+}
+
+/// A stack's readable addresses, `lo <= addr < hi`, as `(lo, hi)`.
+pub type StackRange = (usize, usize);
+
+/// The calling thread's stack range as this crate reads it, beside glibc's answer from
+/// pthread_getattr_np: `(ours, glibc's)`, each `(lo, hi)`. `ours` is `None` off the main
+/// thread, where the two are the same call. For tests.
+#[doc(hidden)]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub fn stack_ranges() -> (Option<StackRange>, Option<StackRange>) {
+    stack::ranges()
 }
 
 /// The calling thread is ending (nothing is kept for it on this architecture).

@@ -9,10 +9,10 @@
 //! (nptl/pthread_getattr_np.c) and allocates inside: the main thread's query reads
 //! /proc/self/maps through fopen, any thread's reallocs a CPU set. Recording one of those
 //! allocations can be the thread's first capture, and the unwinder's first capture on a thread
-//! asks pthread_getattr_np for the thread's stack: the same lock, which is not recursive, so
-//! the thread would wait for itself forever. Rust's runtime asks at startup, before anything
-//! else allocates: every Rust program hung. Nothing the call does is recorded; what glibc
-//! allocates there it frees before returning.
+//! other than the main one asks pthread_getattr_np for the thread's stack: the same lock, which
+//! is not recursive, so the thread would wait for itself forever. Rust's runtime asks at
+//! startup, before anything else allocates: every Rust program hung. Nothing the call does is
+//! recorded; what glibc allocates there it frees before returning.
 
 use std::ffi::{c_int, c_void};
 
