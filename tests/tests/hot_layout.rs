@@ -1,8 +1,10 @@
 //! The interposer's hot path is linked first in its text (interposer/link/cc-hot-first, listed
 //! by bench/hot-functions): the functions every recorded malloc runs sit within one 64 KiB run
-//! at the start of `.text`, rather than scattered through ~470 KiB of it.
+//! at the start of `.text`, rather than scattered through ~470 KiB of it. And `.text` starts
+//! on a page of its own (`-z separate-code`, interposer/build.rs), so that where the hot code
+//! falls within its pages does not move with the size of the read-only data before it.
 
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use residue_tests::tools;
 
 /// Functions on every recorded allocation's path, by the start of their names (the compiler
@@ -47,4 +49,26 @@ fn the_hot_path_is_linked_first_in_the_interposers_text() {
             (offset + sym.size()) / 1024
         );
     }
+}
+
+#[test]
+fn the_interposers_code_starts_on_a_page_of_its_own() {
+    let path = &tools().preload;
+    let data = std::fs::read(path).expect("read libresidue.so");
+    let file = object::File::parse(&*data).expect("parse libresidue.so");
+    let text = file.section_by_name(".text").expect("libresidue.so has a .text");
+    let segment = file
+        .segments()
+        .find(|s| s.address() <= text.address() && text.address() < s.address() + s.size())
+        .expect("a loadable segment holds .text");
+    // Only .init and .fini (a few dozen bytes) come before .text in the code's segment.
+    assert_eq!(segment.address() % 4096, 0, "the code's segment starts at {:#x}", segment.address());
+    assert!(
+        text.address() - segment.address() < 256,
+        ".text starts at {:#x}, {} bytes into its segment (at {:#x}): is interposer/build.rs's \
+         -z separate-code in effect?",
+        text.address(),
+        text.address() - segment.address(),
+        segment.address()
+    );
 }
