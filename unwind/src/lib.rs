@@ -79,8 +79,9 @@ pub fn stats() -> Stats {
 /// address (which lies in its caller); returns how many were written.
 ///
 /// Never allocates after the first call on a thread (that one, on any thread but the main one,
-/// asks pthread for the thread's stack bounds), takes no lock that the loader or malloc can hold, never faults: stack reads
-/// stay inside the thread's stack, and walks that leave it stop there.
+/// asks pthread for the thread's stack bounds), takes no lock that the loader or malloc can
+/// hold, never faults: stack reads stay inside the thread's stack, and walks that leave it stop
+/// there.
 #[inline(never)]
 pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

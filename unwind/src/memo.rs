@@ -251,8 +251,9 @@ pub(crate) fn with_state(
         if t.busy.replace(true) {
             return None;
         }
-        // Fetching the range may allocate and so re-enter (the main thread's reads
-        // /proc/self/maps): `busy` sends that capture to libgcc. So may allocating the memo.
+        // Fetching the range may allocate and so re-enter (pthread_getattr_np, asked on every
+        // thread but the main one, reallocs a CPU set): `busy` sends that capture to libgcc.
+        // So may allocating the memo.
         let Some(bounds) = crate::stack::bounds(&t.lo, &t.hi) else {
             t.busy.set(false);
             return None;
