@@ -42,6 +42,7 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "libleaky.so", kind: Kind::Lib, sources: &["c/libleaky.c"], link: &[] },
     Artifact { out: "host_deepbind", kind: Kind::Exe, sources: &["c/host_deepbind.c"], link: &["-ldl"] },
     Artifact { out: "host_unwind", kind: Kind::CxxExe, sources: &["c/host_unwind.cc"], link: &["-lffi"] },
+    Artifact { out: "host_jit", kind: Kind::Exe, sources: &["c/host_jit.c"], link: &[] },
     Artifact {
         out: "host_static",
         kind: Kind::Exe,

@@ -282,6 +282,15 @@ pub mod unwind {
     pub const JUMPER_FUNCTION: &str = "jumper";
 }
 
+/// host_jit (c/host_jit.c): generated code with its unwind information registered at run time
+/// (`__register_frame`, as a JIT does) calls back into `FUNCTION`, which leaks one block of
+/// `BYTES`; `CALLER` called the generated code. Nothing else is left behind.
+pub mod jit {
+    pub const FUNCTION: &str = "jit_leak";
+    pub const CALLER: &str = "jit_caller";
+    pub const BYTES: u64 = 77;
+}
+
 /// host_units: two leaks in libunits.so, a library of three compilation units (libunits_a.c,
 /// never called; libunits_b.c; libunits_c.c).
 pub fn host_units() -> PathBuf {
