@@ -65,9 +65,21 @@ impl Next {
         // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name is always valid to call; a
         // race between two threads resolving the same name stores the same value twice.
         let a = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
+        if a == 0 {
+            drop_dl_error();
+        }
         self.addr.store(a, Ordering::Release);
         a
     }
+}
+
+/// After a dlsym of ours that failed (the Python runtime looked for in a C program): glibc kept
+/// the error message it allocated for `dlerror`, and frees it at the thread's next dl* call,
+/// which would be the host's: a free of a block the host never allocated, reported as released
+/// with its origin unseen. A lookup that succeeds frees it now, inside our own call.
+pub fn drop_dl_error() {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name of a symbol libc defines.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"dlsym".as_ptr()) };
 }
 
 pub type ForkFn = unsafe extern "C" fn() -> libc::pid_t;

@@ -108,7 +108,11 @@ type IsInitialized = unsafe extern "C" fn() -> i32;
 
 fn sym(name: &std::ffi::CStr) -> usize {
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name; called outside allocation hooks.
-    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
+    let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize };
+    if found == 0 {
+        crate::ffi::drop_dl_error();
+    }
+    found
 }
 
 /// Looks for a CPython runtime among the loaded modules (at start and after each dlopen).

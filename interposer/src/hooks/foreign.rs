@@ -57,6 +57,7 @@ fn find_real(symbol: &CStr, ours: usize) -> usize {
             return f;
         }
     }
+    crate::ffi::drop_dl_error();
     0
 }
 
@@ -192,6 +193,8 @@ fn redirects() -> &'static [(usize, usize)] {
                 (theirs != 0 && mine != 0 && theirs != mine).then_some((theirs, mine))
             })
             .collect::<Vec<_>>();
+        // Names the C library lacks failed to resolve (see drop_dl_error).
+        crate::ffi::drop_dl_error();
         table.sort_unstable();
         table
     })
