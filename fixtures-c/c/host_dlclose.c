@@ -3,7 +3,8 @@
  * before exit, so the collector must symbolize its frames from the module record.
  * With "delete", LIB is unlinked right after dlopen (pass a copy!) and is NOT dlclosed: the
  * library stays mapped until exit while its file is gone (an upgrade replacing a .so under a
- * running process), and the collector must still symbolize it. */
+ * running process), and the collector must still symbolize it.
+ * Exits 3 if dlerror reports an error right after a dlopen that succeeded. */
 #include <dlfcn.h>
 #include <libgen.h>
 #include <limits.h>
@@ -29,6 +30,13 @@ int main(int argc, char **argv) {
     if (!h) {
         fprintf(stderr, "dlopen: %s\n", dlerror());
         return 2;
+    }
+    /* After a dlopen that succeeded, dlerror has nothing to say (what the interposer looks up
+     * in its dlopen hook must not leave it an error of its own). */
+    const char *err = dlerror();
+    if (err) {
+        fprintf(stderr, "dlerror after a successful dlopen: %s\n", err);
+        return 3;
     }
     int delete = argc > 2 && strcmp(argv[2], "delete") == 0;
     if (delete && unlink(path) != 0) {

@@ -73,10 +73,12 @@ impl Next {
     }
 }
 
-/// After a dlsym of ours that failed (the Python runtime looked for in a C program): glibc kept
-/// the error message it allocated for `dlerror`, and frees it at the thread's next dl* call,
-/// which would be the host's: a free of a block the host never allocated, reported as released
-/// with its origin unseen. A lookup that succeeds frees it now, inside our own call.
+/// After a dlsym of ours that failed (the Python runtime looked for in a C program, from the
+/// dlopen hook among other places): glibc kept the error message for `dlerror`. The host's
+/// next dlerror would return it (a program that checks dlerror after its own dlopen succeeded
+/// saw "libresidue.so: undefined symbol: Py_GetVersion"), and its next dl* call would free it,
+/// a block the host never allocated, reported as released with its origin unseen. A lookup
+/// that succeeds clears the error and frees the message now, inside our own call.
 pub fn drop_dl_error() {
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name of a symbol libc defines.
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"dlsym".as_ptr()) };

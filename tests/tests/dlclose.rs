@@ -22,6 +22,18 @@ fn leak_in_dlclosed_library_is_symbolized() {
 }
 
 #[test]
+fn dlerror_after_the_hosts_dlopen_is_the_hosts_own() {
+    // The dlopen hook looks for a Python runtime once the real dlopen has returned; a lookup
+    // that failed left its message for the host's dlerror ("libresidue.so: undefined symbol:
+    // Py_GetVersion"), so a program checking dlerror after a dlopen that succeeded failed.
+    // host_dlclose exits 3 then.
+    let o = run([fixture("host_dlclose")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert!(!o.finished.stderr.contains("dlerror after a successful dlopen"), "{ctx}");
+}
+
+#[test]
 fn the_interposers_own_lookups_leave_the_host_nothing_to_free() {
     // At start and after each dlopen and dlclose, the interposer looks for a Python runtime
     // with dlsym, which fails in a C program; glibc keeps the error message for dlerror and
