@@ -48,8 +48,12 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
     let real: DlcloseFn = unsafe { resolve(&NEXT_DLCLOSE) };
     // SAFETY: forwarding the caller's argument.
     let r = unsafe { real(handle) };
-    if let Some(_g) = Guard::enter() {
-        modules::rescan();
+    // A dlclose that failed unloaded nothing, and its error is the caller's to read with
+    // dlerror: the rescan's own lookups would clear it (ffi::drop_dl_error).
+    if r == 0 {
+        if let Some(_g) = Guard::enter() {
+            modules::rescan();
+        }
     }
     r
 }
