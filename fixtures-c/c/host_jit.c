@@ -39,8 +39,8 @@ static size_t put(uint8_t *at, const void *bytes, size_t n) {
 
 /* .eh_frame for CODE at `pc`: a CIE (augmentation "zR", absolute 8-byte addresses; CFA =
  * rsp+8, return address at CFA-8), one FDE (CFA = rsp+16 after the sub, rsp+8 after the add),
- * and the zero terminator. Returns its length. */
-static size_t eh_frame(uint8_t *eh, uint64_t pc) {
+ * and the zero terminator (libgcc reads them unaligned). */
+static void eh_frame(uint8_t *eh, uint64_t pc) {
     static const uint8_t cie_body[] = {
         0, 0, 0, 0,          /* CIE id */
         1,                   /* version */
@@ -51,7 +51,7 @@ static size_t eh_frame(uint8_t *eh, uint64_t pc) {
         1, 0x00,             /* augmentation data: FDE addresses are DW_EH_PE_absptr */
         0x0c, 7, 8,          /* DW_CFA_def_cfa rsp, 8 */
         0x90, 1,             /* DW_CFA_offset rip, CFA-8 */
-        0, 0, 0,             /* padding to 8 */
+        0, 0, 0,             /* DW_CFA_nop padding */
     };
     size_t n = 0;
     uint32_t len = sizeof cie_body;
@@ -61,7 +61,7 @@ static size_t eh_frame(uint8_t *eh, uint64_t pc) {
         0,                   /* augmentation data length */
         0x44, 0x0e, 16,      /* advance 4 (after the sub): DW_CFA_def_cfa_offset 16 */
         0x46, 0x0e, 8,       /* advance 6 (after the add): DW_CFA_def_cfa_offset 8 */
-        0, 0, 0, 0, 0, 0,    /* padding to 8 */
+        0, 0, 0, 0, 0, 0,    /* DW_CFA_nop padding */
     };
     len = 4 + 8 + 8 + sizeof fde_tail;
     n += put(eh + n, &len, 4);
@@ -72,8 +72,7 @@ static size_t eh_frame(uint8_t *eh, uint64_t pc) {
     n += put(eh + n, &range, 8);
     n += put(eh + n, fde_tail, sizeof fde_tail);
     uint32_t end = 0;
-    n += put(eh + n, &end, 4);
-    return n;
+    put(eh + n, &end, 4);
 }
 
 int main(void) {
