@@ -41,14 +41,21 @@ impl Interned {
     }
 }
 
-static L0: [Interned; 1 << 12] = [const { Interned::empty() }; 1 << 12];
-static L1: [Interned; 1 << 14] = [const { Interned::empty() }; 1 << 14];
-static L2: [Interned; 1 << 16] = [const { Interned::empty() }; 1 << 16];
-static L3: [Interned; 1 << 18] = [const { Interned::empty() }; 1 << 18];
-static L4: [Interned; 1 << 20] = [const { Interned::empty() }; 1 << 20];
-static LEVELS: [&[Interned]; 5] = [&L0, &L1, &L2, &L3, &L4];
+/// A page-aligned table: the 4 KiB first level then lies on one page, not across two.
+#[repr(C, align(4096))]
+struct PageAligned<T>(T);
+
+/// One page: a C program's few distinct stacks write one page, not one each (with 4096
+/// entries first, W4's wrote 5).
+static L0: PageAligned<[Interned; 1 << 8]> = PageAligned([const { Interned::empty() }; 1 << 8]);
+static L1: [Interned; 1 << 12] = [const { Interned::empty() }; 1 << 12];
+static L2: [Interned; 1 << 14] = [const { Interned::empty() }; 1 << 14];
+static L3: [Interned; 1 << 16] = [const { Interned::empty() }; 1 << 16];
+static L4: [Interned; 1 << 18] = [const { Interned::empty() }; 1 << 18];
+static L5: [Interned; 1 << 20] = [const { Interned::empty() }; 1 << 20];
+static LEVELS: [&[Interned]; 6] = [&L0.0, &L1, &L2, &L3, &L4, &L5];
 /// Entries inserted into each level.
-static FILLED: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static FILLED: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
 /// The level new stacks go to.
 static NEWEST: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);

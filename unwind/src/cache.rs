@@ -9,10 +9,12 @@
 //!   clear) or, for the common small rules, the rule itself packed into 15 bits by the
 //!   architecture's `Packing` (top bit set): one dependent load less per frame on the hot path.
 //!
-//! The address table grows by levels (32 KiB, 128 KiB, 1 MiB): a hashed table touches a page
-//! for nearly every entry, and a Python program calling a C library has about a thousand
+//! The address table grows by levels (4 KiB, 32 KiB, 128 KiB, 1 MiB): a hashed table touches a
+//! page for nearly every entry, and a Python program calling a C library has about a thousand
 //! return addresses, so one big table would cost the host a megabyte of memory for 8 KiB of
-//! entries. When a level is half full its entries are copied into the next, which becomes the
+//! entries. A C program's few dozen fit the first level's single page (a 32 KiB first level
+//! made W4 write 8 pages for them).
+//! When a level is half full its entries are copied into the next, which becomes the
 //! current one; an insert that lands in the old level meanwhile is merely lost (re-parsed
 //! later). Lookups go through each thread's own cache first (`memo::Near`), so the level load
 //! is off the per-frame path.
@@ -46,11 +48,17 @@ pub(crate) trait Packing {
 /// Addresses must fit in the 48 bits left above the id (user space on x86-64 is 47 bits).
 const MAX_KEY: u64 = 1 << (64 - ID_BITS);
 
-static L0: [AtomicU64; 1 << 12] = [const { AtomicU64::new(0) }; 1 << 12];
-static L1: [AtomicU64; 1 << 14] = [const { AtomicU64::new(0) }; 1 << 14];
-static L2: [AtomicU64; 1 << 17] = [const { AtomicU64::new(0) }; 1 << 17];
-/// The address table's levels, smallest first; each length a power of two.
-static LEVELS: [&[AtomicU64]; 3] = [&L0, &L1, &L2];
+/// A page-aligned table: a 4 KiB one then lies on one page, not across two.
+#[repr(C, align(4096))]
+struct PageAligned<T>(T);
+
+static L0: PageAligned<[AtomicU64; 1 << 9]> = PageAligned([const { AtomicU64::new(0) }; 1 << 9]);
+static L1: [AtomicU64; 1 << 12] = [const { AtomicU64::new(0) }; 1 << 12];
+static L2: [AtomicU64; 1 << 14] = [const { AtomicU64::new(0) }; 1 << 14];
+static L3: [AtomicU64; 1 << 17] = [const { AtomicU64::new(0) }; 1 << 17];
+/// The address table's levels, smallest first; each length a power of two. The first is one
+/// page, and page-aligned.
+static LEVELS: [&[AtomicU64]; 4] = [&L0.0, &L1, &L2, &L3];
 /// The level in use: inserts go there, lookups look there. Only grows.
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 /// Keys inserted into the current level (approximately: racing inserts may count twice).
