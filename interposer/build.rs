@@ -6,12 +6,13 @@
 //! page moved with the size of unrelated tables and strings; 128 bytes of it moved W3 by 4%
 //! (README.md, Performance). Page-aligned, the hot code's placement depends only on itself.
 //!
-//! And puts the PLT before the code rather than after it (link/plt-first.ld says why).
+//! And places the PLT before the code and the exception tables after it (link/layout.ld says
+//! why).
 fn main() {
     println!("cargo:rerun-if-changed=link/cc-hot-first");
     println!("cargo:rerun-if-changed=link/hot-functions.txt");
-    println!("cargo:rerun-if-changed=link/plt-first.ld");
+    println!("cargo:rerun-if-changed=link/layout.ld");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,separate-code");
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{dir}/link/plt-first.ld");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{dir}/link/layout.ld");
 }

@@ -16,6 +16,7 @@
 mod ffi;
 mod hooks;
 mod level_table;
+mod libgcc;
 mod lifecycle;
 mod modules;
 mod near;

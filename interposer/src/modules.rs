@@ -188,8 +188,10 @@ pub fn rescan() -> bool {
         // the file surely exists.
         crate::transport::flush_own();
     }
-    // A CPython runtime may have arrived (the executable, or libpython dlopen'd by a host).
+    // A CPython runtime may have arrived (the executable, or libpython dlopen'd by a host),
+    // and so may the host's libgcc_s.
     crate::python::detect();
+    crate::libgcc::detect();
     if unloaded {
         crate::stacks::module_unloaded();
     }

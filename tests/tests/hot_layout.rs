@@ -63,10 +63,10 @@ fn the_interposers_code_starts_on_a_page_of_its_own() {
         .segments()
         .find(|s| s.address() <= text.address() && text.address() < s.address() + s.size())
         .expect("a loadable segment holds .text");
-    // Only .plt, .init and .fini (a few dozen bytes each) come before .text in the code's segment.
+    // Only .plt, .init and .fini (a few hundred bytes) come before .text in the code's segment.
     assert_eq!(segment.address() % 4096, 0, "the code's segment starts at {:#x}", segment.address());
     assert!(
-        text.address() - segment.address() < 256,
+        text.address() - segment.address() < 512,
         ".text starts at {:#x}, {} bytes into its segment (at {:#x}): is interposer/build.rs's \
          -z separate-code in effect?",
         text.address(),
@@ -77,7 +77,7 @@ fn the_interposers_code_starts_on_a_page_of_its_own() {
 
 /// The PLT runs in every host, at start-up and at exit: before the code, in the run of pages
 /// the hot functions keep resident, not after it, where it kept a run of its own resident
-/// (interposer/link/plt-first.ld).
+/// (interposer/link/layout.ld).
 #[test]
 fn the_plt_comes_before_the_code() {
     let path = &tools().preload;
@@ -87,8 +87,84 @@ fn the_plt_comes_before_the_code() {
     let Some(plt) = file.section_by_name(".plt") else { return };
     assert!(
         plt.address() < text.address(),
-        ".plt at {:#x}, after .text at {:#x}: is interposer/build.rs's -T link/plt-first.ld in effect?",
+        ".plt at {:#x}, after .text at {:#x}: is interposer/build.rs's -T link/layout.ld in effect?",
         plt.address(),
         text.address()
     );
+}
+
+/// Everything a C host runs (its part of the hot list, start-up and exit included) is linked
+/// first, and lies within the first two 64 KiB runs of the file from the start of the code's
+/// segment (interposer/link/layout.ld): the Python walk, first of what only Python hosts run,
+/// starts there at the latest. The kernel maps a file's pages in such runs around each one
+/// touched, so one more run is 64 KiB more of a C host's memory.
+#[test]
+fn a_c_hosts_functions_fit_in_two_runs_of_the_file() {
+    let path = &tools().preload;
+    let data = std::fs::read(path).expect("read libresidue.so");
+    let file = object::File::parse(&*data).expect("parse libresidue.so");
+    if !file
+        .section_by_name(".comment")
+        .and_then(|s| s.data().ok())
+        .is_some_and(|d| String::from_utf8_lossy(d).contains("Linker: LLD"))
+    {
+        eprintln!("libresidue.so was not linked by lld: its text keeps the compiler's order");
+        return;
+    }
+    let text = file.section_by_name(".text").expect("libresidue.so has a .text");
+    let segment = file
+        .segments()
+        .find(|s| s.address() <= text.address() && text.address() < s.address() + s.size())
+        .expect("a loadable segment holds .text");
+    let limit = (segment.address() / 0x10000 + 2) * 0x10000;
+    let walk = file
+        .symbols()
+        .find(|s| s.name().is_ok_and(|n| n.starts_with("_ZN7residue6python17frames_of_runtime17h")))
+        .expect("libresidue.so has the Python walk");
+    assert!(
+        walk.address() <= limit,
+        "the Python walk, after a C host's functions, starts at {:#x}, past {limit:#x}: the code \
+         starts at {:#x}; did interposer/link/layout.ld's sections move, or did the functions a C \
+         host runs grow (bench/hot-functions)?",
+        walk.address(),
+        segment.address()
+    );
+}
+
+/// The exception tables, read only when something unwinds through our frames, come after the
+/// code rather than before it (interposer/link/layout.ld).
+#[test]
+fn the_exception_tables_come_after_the_code() {
+    let path = &tools().preload;
+    let data = std::fs::read(path).expect("read libresidue.so");
+    let file = object::File::parse(&*data).expect("parse libresidue.so");
+    let text = file.section_by_name(".text").expect("libresidue.so has a .text");
+    for name in [".gcc_except_table", ".eh_frame_hdr"] {
+        let Some(s) = file.section_by_name(name) else { continue };
+        assert!(
+            s.address() > text.address(),
+            "{name} at {:#x}, before .text at {:#x}: is interposer/build.rs's -T link/layout.ld in effect?",
+            s.address(),
+            text.address()
+        );
+    }
+}
+
+/// libresidue.so carries its own copy of libgcc's unwinder (interposer/link/cc-hot-first links
+/// libgcc_eh.a) rather than loading libgcc_s.so.1 into every host: a C program has no use for
+/// it, and its start-up and exit code alone kept about 100 KiB of it resident. Neither a
+/// dependency on it nor a versioned reference to one of its symbols (GCC_3.0) is left.
+#[test]
+fn the_interposer_needs_no_libgcc_s() {
+    let path = &tools().preload;
+    let data = std::fs::read(path).expect("read libresidue.so");
+    let file = object::File::parse(&*data).expect("parse libresidue.so");
+    let dynstr = file.section_by_name(".dynstr").and_then(|s| s.data().ok()).expect("libresidue.so has a .dynstr");
+    for name in dynstr.split(|&b| b == 0).map(String::from_utf8_lossy) {
+        assert!(
+            !name.starts_with("libgcc_s") && !name.starts_with("GCC_") && !name.starts_with("_Unwind_"),
+            "libresidue.so's dynamic strings name {name:?}: is interposer/link/cc-hot-first linking \
+             libgcc_eh.a (`cc -print-file-name=libgcc_eh.a`) for -lgcc_s?"
+        );
+    }
 }

@@ -179,6 +179,7 @@ fn libgcc_capture(out: &mut [u64]) -> usize {
     std::hint::black_box(n)
 }
 
+pub use libgcc::use_host_libgcc;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use memo::{thread_exit, thread_exit_in, ThreadState};
 

@@ -268,18 +268,20 @@ unsafe fn foreign_call(
         }
         real_slot.store(real, Ordering::Release);
     }
-    // Nested calls (a callback into Python that calls C again) restore the outer function and
-    // its number, also when the call unwinds (an exception caught above us).
-    struct Restore(&'static crate::state::Thread, u64, u64);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            self.0.foreign.set(self.1);
-            self.0.foreign_call.set(self.2);
-        }
-    }
     let call = t.foreign_calls.get().wrapping_add(1).max(1);
     t.foreign_calls.set(call);
-    let _restore = Restore(t, t.foreign.replace(f as u64), t.foreign_call.replace(call));
+    let (outer, outer_call) = (t.foreign.replace(f as u64), t.foreign_call.replace(call));
     // SAFETY: `real` is a loaded module's ffi_call, of type FfiCallFn; arguments unchanged.
     unsafe { std::mem::transmute::<usize, FfiCallFn>(real)(cif, f, rvalue, avalue) };
+    // Nested calls (a callback into Python that calls C again) restore the outer function and
+    // its number on return. Not in a destructor: that would be a landing pad, and the host's
+    // libgcc, unwinding a C++ exception through this frame, would call our personality
+    // routine, whose context accessors are our own copy of libgcc's (residue_unwind's libgcc
+    // module), not the one that made the context. A call left by an exception or a longjmp
+    // keeps its function here, stale: recording sees that this frame is gone from the stack
+    // (stacks::acquired_at). What it cannot see is an exception from a nested call caught by
+    // the outer foreign function: until the outer call returns, its allocations are attributed
+    // to the inner function.
+    t.foreign.set(outer);
+    t.foreign_call.set(outer_call);
 }
