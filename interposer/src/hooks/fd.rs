@@ -24,7 +24,7 @@
 use std::ffi::{c_char, c_int, c_uint, c_ulong, CStr};
 use std::fmt::{self, Write as _};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use residue_protocol::{Api, Kind, MAX_SMALL_RECORD};
 
@@ -102,6 +102,16 @@ pub(super) unsafe fn cstr<'a>(s: *const c_char) -> &'a [u8] {
     }
 }
 
+/// Set from `RESIDUE_SELF_TEST_PANIC` at start: recording an acquired descriptor or stream
+/// then panics, so that tests can see a panic inside a hook caught there (the interposer goes
+/// passive, the host runs on untracked). It must unwind with the interposer's own copy of
+/// libgcc's unwinder (ARCHITECTURE.md, "libgcc"), in any host.
+static SELF_TEST_PANIC: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_self_test_panic(on: bool) {
+    SELF_TEST_PANIC.store(on, Ordering::Relaxed);
+}
+
 /// Records that `kind` resource `id` was acquired: the seq is taken now (after the real call
 /// returned), the stack captured unless `stack` is given (a second resource of the same call),
 /// then `text` describes it. Returns `(seq, stack id)`; `None` if recording failed, which turns
@@ -118,6 +128,9 @@ pub(super) fn acquire(
     let seq = next_seq();
     let t = g.thread();
     let r = catch_unwind(AssertUnwindSafe(|| {
+        if SELF_TEST_PANIC.load(Ordering::Relaxed) {
+            panic!("residue self-test: a panic while recording ({api:?})");
+        }
         let stack = match stack {
             Some(s) => {
                 stacks::acquired_with(t, seq, kind, api, id, size, s);
