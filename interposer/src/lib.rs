@@ -13,6 +13,7 @@
 //! panics are caught at the hook boundary and turn the interposer passive; write errors
 //! (collector gone) do the same.
 
+mod clock;
 mod ffi;
 mod hooks;
 mod level_table;

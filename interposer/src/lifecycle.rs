@@ -39,6 +39,7 @@ extern "C" fn init(argc: c_int, argv: *const *const c_char, _envp: *const *const
 }
 
 fn start(argc: c_int, argv: *const *const c_char) {
+    crate::clock::init();
     let pid = ffi::getpid();
     OWN_PID.store(pid, Ordering::Relaxed);
     let env_fd = getenv(c"RESIDUE_FD").and_then(parse_u64).map(|fd| fd as i32);
@@ -157,7 +158,7 @@ fn begin_stream(pid: u32, new_stream: bool) {
     modules::rescan();
     // Written before the program goes on, not merely queued: a forked child that execs at once
     // (by execl, which no hook sees) would otherwise take them with its image.
-    transport::flush_all(None, Some(std::time::Instant::now() + std::time::Duration::from_secs(1)));
+    transport::flush_all(None, Some(crate::clock::Deadline::after(std::time::Duration::from_secs(1))));
     state::set_state(ACTIVE);
 }
 
@@ -236,8 +237,7 @@ fn image_start(pid: u32, root: bool) {
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.into_os_string().into_encoded_bytes()).unwrap_or_default();
     // SAFETY: getppid cannot fail.
     let ppid = unsafe { libc::getppid() } as u32;
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let now = crate::clock::realtime_ns();
     let need = Encoder::image_start_len_bound(&exe, &args);
     transport::emit(thread(), need, |enc, b, pos| enc.image_start(b, pos, pid, ppid, root, !root, now, &exe, &args));
 }
@@ -360,7 +360,7 @@ pub fn end_image(end: End) {
         }
         let bound = std::time::Duration::from_secs(if end == End::Exit { 30 } else { 2 });
         let complete = end != End::Cut;
-        transport::flush_all(complete.then(next_seq), Some(std::time::Instant::now() + bound));
+        transport::flush_all(complete.then(next_seq), Some(crate::clock::Deadline::after(bound)));
         if complete {
             // Only an exit record is answered.
             await_ack(transport::out_fd());

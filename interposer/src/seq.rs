@@ -14,7 +14,7 @@
 
 use std::ptr;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::state::Thread;
 
@@ -95,8 +95,8 @@ fn switch_to_shared() {
         // Registered in start_exclusive, so this does not fail; if it did, waiting for TAKING is
         // the best left to do.
         let _ = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-        let deadline = Instant::now() + OWNER_WAIT;
-        while TAKING.load(Ordering::Acquire) && Instant::now() < deadline {
+        let deadline = crate::clock::Deadline::after(OWNER_WAIT);
+        while TAKING.load(Ordering::Acquire) && !deadline.passed() {
             crate::sync::backoff(&mut spins);
         }
         MODE.store(SHARED, Ordering::Release);

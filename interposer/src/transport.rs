@@ -272,14 +272,14 @@ fn pause_writer() -> bool {
     if !WRITER_ALIVE.load(Ordering::Acquire) || thread().writer.get() {
         return false;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let deadline = crate::clock::Deadline::after(Duration::from_secs(1));
     let mut spins = 0;
     // A writer started a moment ago may not have run yet (its id is published by the writer
     // itself, first thing): on a busy machine, a program's short first thread can come and go
     // before it does.
     let tid = loop {
         match WRITER_TID.load(Ordering::Acquire) {
-            0 if std::time::Instant::now() > deadline || !WRITER_ALIVE.load(Ordering::Acquire) => return false,
+            0 if deadline.passed() || !WRITER_ALIVE.load(Ordering::Acquire) => return false,
             0 => crate::sync::backoff(&mut spins),
             tid => break tid,
         }
@@ -292,7 +292,7 @@ fn pause_writer() -> bool {
     let task = format!("/proc/self/task/{tid}\0");
     // SAFETY: access on a NUL-terminated path has no memory-safety preconditions.
     while !DONE.load(Ordering::Acquire) || unsafe { libc::access(task.as_ptr().cast(), libc::F_OK) } == 0 {
-        if std::time::Instant::now() > deadline {
+        if deadline.passed() {
             return false;
         }
         crate::sync::backoff(&mut spins);
@@ -355,10 +355,7 @@ fn make_channel(fresh_pool: bool) -> Receiver<Msg> {
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds (the vDSO's: no system call, a few nanoseconds).
 fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer; clock_gettime touches nothing else.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::clock::coarse_ns()
 }
 
 /// The program is about to sleep or wait (hooks/idle.rs). Without a writer nothing would hand
@@ -1053,7 +1050,7 @@ fn writer(rx: Receiver<Msg>) {
 ///
 /// With a `deadline`, gives up waiting for the writer then (an abrupt end may come from a thread
 /// holding locks the writer needs).
-pub fn flush_all(exit_seq: Option<u64>, deadline: Option<std::time::Instant>) {
+pub fn flush_all(exit_seq: Option<u64>, deadline: Option<crate::clock::Deadline>) {
     static DONE: AtomicBool = AtomicBool::new(false);
     // Our own chunk first, so it precedes whatever the writer steals (not if we abandoned it).
     if !thread().slot.get().is_null() && !ptr::eq(ABANDONED.load(Ordering::Acquire), thread().slot.get()) {
@@ -1069,7 +1066,7 @@ pub fn flush_all(exit_seq: Option<u64>, deadline: Option<std::time::Instant>) {
         if send_msg(msg).is_ok() {
             let mut spins = 0;
             while WRITER_ALIVE.load(Ordering::Acquire) {
-                if DONE.load(Ordering::Acquire) || deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                if DONE.load(Ordering::Acquire) || deadline.is_some_and(|d| d.passed()) {
                     return;
                 }
                 crate::sync::backoff(&mut spins);
