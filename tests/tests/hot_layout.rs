@@ -168,3 +168,31 @@ fn the_interposer_needs_no_libgcc_s() {
         );
     }
 }
+
+/// The zero-initialized tables of a page or more come first in `.bss` and the small statics
+/// after them, together (interposer/link/cc-hot-first): every host writes the small ones, and
+/// scattered between the tables they made one written page each.
+#[test]
+fn the_small_statics_share_their_pages() {
+    let path = &tools().preload;
+    let data = std::fs::read(path).expect("read libresidue.so");
+    let file = object::File::parse(&*data).expect("parse libresidue.so");
+    if !file
+        .section_by_name(".comment")
+        .and_then(|s| s.data().ok())
+        .is_some_and(|d| String::from_utf8_lossy(d).contains("Linker: LLD"))
+    {
+        eprintln!("libresidue.so was not linked by lld: its .bss keeps the compiler's order");
+        return;
+    }
+    let bss = file.section_by_name(".bss").expect("libresidue.so has a .bss").index();
+    let mut symbols: Vec<_> = file
+        .symbols()
+        .filter(|s| s.section_index() == Some(bss) && s.size() > 0)
+        .map(|s| (s.address(), s.size(), s.name().unwrap_or("?").to_owned()))
+        .collect();
+    symbols.sort();
+    let first_small = symbols.iter().position(|s| s.1 < 4096).expect("small statics in .bss");
+    let late: Vec<_> = symbols[first_small..].iter().filter(|s| s.1 >= 4096).map(|s| &s.2).collect();
+    assert!(late.is_empty(), "tables after the first small static ({}): {late:?}", symbols[first_small].2);
+}
