@@ -11,36 +11,17 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::ffi::{drop_dl_error, resolve, DlopenFn, Next};
-
 type ClockGettimeFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
 
-static NEXT_DLOPEN: Next = Next::new(c"dlopen");
 /// `__vdso_clock_gettime`, 0 until found.
 static VDSO_CLOCK_GETTIME: AtomicUsize = AtomicUsize::new(0);
 
-/// Looks the vDSO's clock_gettime up (at start, before any clock read that matters).
+/// Looks the vDSO's clock_gettime up (at start, before any clock read that matters). The loader
+/// keeps the vDSO among the loaded objects under this name, and never unloads it.
 pub fn init() {
-    if VDSO_CLOCK_GETTIME.load(Ordering::Relaxed) != 0 {
-        return;
+    if let Some([f]) = crate::ffi::loaded_symbols(c"linux-vdso.so.1", [c"__vdso_clock_gettime"]) {
+        VDSO_CLOCK_GETTIME.store(f, Ordering::Relaxed);
     }
-    // SAFETY: NEXT_DLOPEN names dlopen (libc's, not our hook), whose type DlopenFn is.
-    let dlopen: DlopenFn = unsafe { resolve(&NEXT_DLOPEN) };
-    // The loader keeps the vDSO among the loaded objects under this name; RTLD_NOLOAD loads
-    // nothing, and the vDSO is never unloaded.
-    // SAFETY: a NUL-terminated name and valid flags.
-    let handle = unsafe { dlopen(c"linux-vdso.so.1".as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-    let f = if handle.is_null() {
-        0
-    } else {
-        // SAFETY: dlsym on a live handle with a NUL-terminated name.
-        unsafe { libc::dlsym(handle, c"__vdso_clock_gettime".as_ptr()) as usize }
-    };
-    if f == 0 {
-        drop_dl_error();
-        return;
-    }
-    VDSO_CLOCK_GETTIME.store(f, Ordering::Relaxed);
 }
 
 fn now_ns(clock: libc::clockid_t) -> u64 {

@@ -84,6 +84,31 @@ pub fn drop_dl_error() {
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"dlsym".as_ptr()) };
 }
 
+/// libc's dlopen (not our hook), for [`loaded_symbols`].
+static NEXT_DLOPEN: Next = Next::new(c"dlopen");
+
+/// The addresses of `names` in `library`, if a library of that name is loaded (in any scope:
+/// one loaded as the dependency of a library opened RTLD_LOCAL counts) and defines them all.
+/// Loads nothing. The reference RTLD_NOLOAD takes is kept for good: our callers call into the
+/// library, which must never unload. A failed lookup leaves the host no error (as
+/// [`drop_dl_error`]).
+pub fn loaded_symbols<const N: usize>(library: &CStr, names: [&CStr; N]) -> Option<[usize; N]> {
+    // SAFETY: NEXT_DLOPEN names dlopen, whose type DlopenFn is.
+    let dlopen: DlopenFn = unsafe { resolve(&NEXT_DLOPEN) };
+    // SAFETY: a NUL-terminated name and valid flags.
+    let handle = unsafe { dlopen(library.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+    let found = (!handle.is_null())
+        .then(|| {
+            // SAFETY: dlsym on a live handle with NUL-terminated names.
+            names.map(|name| unsafe { libc::dlsym(handle, name.as_ptr()) } as usize)
+        })
+        .filter(|addrs| addrs.iter().all(|&a| a != 0));
+    if found.is_none() {
+        drop_dl_error();
+    }
+    found
+}
+
 pub type ForkFn = unsafe extern "C" fn() -> libc::pid_t;
 pub type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
 pub type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;

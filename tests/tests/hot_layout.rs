@@ -3,10 +3,31 @@
 //! at the start of `.text`, rather than scattered through ~470 KiB of it, and the Python walk
 //! follows everything a C host runs (start-up and exit included, about 80 KiB). And `.text` starts
 //! on a page of its own (`-z separate-code`, interposer/build.rs), so that where the hot code
-//! falls within its pages does not move with the size of the read-only data before it.
+//! falls within its pages does not move with the size of the read-only data before it. The rest
+//! is what else decides how much of the interposer a C host keeps resident: where the PLT, the
+//! exception tables and the small statics go (interposer/link/layout.ld, cc-hot-first), and
+//! that libgcc_s is not loaded for us.
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use residue_tests::tools;
+
+/// libresidue.so's bytes (parse them with `object::File::parse`).
+fn interposer() -> Vec<u8> {
+    std::fs::read(&tools().preload).expect("read libresidue.so")
+}
+
+/// Whether lld linked it: only lld takes a symbol order, and cc-hot-first links as plain cc
+/// otherwise (then the order-dependent checks have nothing to check, and say so).
+fn linked_by_lld(file: &object::File<'_>, what: &str) -> bool {
+    let lld = file
+        .section_by_name(".comment")
+        .and_then(|s| s.data().ok())
+        .is_some_and(|d| String::from_utf8_lossy(d).contains("Linker: LLD"));
+    if !lld {
+        eprintln!("libresidue.so was not linked by lld: its {what} keeps the compiler's order");
+    }
+    lld
+}
 
 /// Functions on every recorded allocation's path, by the start of their names (the compiler
 /// adds a hash), that exist as functions of their own in every profile.
@@ -22,17 +43,9 @@ const HOT: [(&str, u64); 6] = [
 
 #[test]
 fn the_hot_path_is_linked_first_in_the_interposers_text() {
-    let path = &tools().preload;
-    let data = std::fs::read(path).expect("read libresidue.so");
+    let data = interposer();
     let file = object::File::parse(&*data).expect("parse libresidue.so");
-    let linker = file
-        .section_by_name(".comment")
-        .and_then(|s| s.data().ok())
-        .map(|d| String::from_utf8_lossy(d).into_owned())
-        .unwrap_or_default();
-    if !linker.contains("Linker: LLD") {
-        // Only lld takes a symbol order; cc-hot-first links as plain cc otherwise.
-        eprintln!("libresidue.so was not linked by lld: its text keeps the compiler's order");
+    if !linked_by_lld(&file, "text") {
         return;
     }
     let text = file.section_by_name(".text").expect("libresidue.so has a .text");
@@ -41,7 +54,7 @@ fn the_hot_path_is_linked_first_in_the_interposers_text() {
         let sym = file
             .symbols()
             .find(|s| s.name().is_ok_and(|n| if exact { n == name } else { n.starts_with(name) }))
-            .unwrap_or_else(|| panic!("no symbol {name} in {}", path.display()));
+            .unwrap_or_else(|| panic!("no symbol {name} in libresidue.so"));
         let offset = sym.address() - text.address();
         assert!(
             offset + sym.size() <= within * 1024,
@@ -55,8 +68,7 @@ fn the_hot_path_is_linked_first_in_the_interposers_text() {
 
 #[test]
 fn the_interposers_code_starts_on_a_page_of_its_own() {
-    let path = &tools().preload;
-    let data = std::fs::read(path).expect("read libresidue.so");
+    let data = interposer();
     let file = object::File::parse(&*data).expect("parse libresidue.so");
     let text = file.section_by_name(".text").expect("libresidue.so has a .text");
     let segment = file
@@ -80,8 +92,7 @@ fn the_interposers_code_starts_on_a_page_of_its_own() {
 /// (interposer/link/layout.ld).
 #[test]
 fn the_plt_comes_before_the_code() {
-    let path = &tools().preload;
-    let data = std::fs::read(path).expect("read libresidue.so");
+    let data = interposer();
     let file = object::File::parse(&*data).expect("parse libresidue.so");
     let text = file.section_by_name(".text").expect("libresidue.so has a .text");
     let Some(plt) = file.section_by_name(".plt") else { return };
@@ -100,15 +111,9 @@ fn the_plt_comes_before_the_code() {
 /// touched, so one more run is 64 KiB more of a C host's memory.
 #[test]
 fn a_c_hosts_functions_fit_in_two_runs_of_the_file() {
-    let path = &tools().preload;
-    let data = std::fs::read(path).expect("read libresidue.so");
+    let data = interposer();
     let file = object::File::parse(&*data).expect("parse libresidue.so");
-    if !file
-        .section_by_name(".comment")
-        .and_then(|s| s.data().ok())
-        .is_some_and(|d| String::from_utf8_lossy(d).contains("Linker: LLD"))
-    {
-        eprintln!("libresidue.so was not linked by lld: its text keeps the compiler's order");
+    if !linked_by_lld(&file, "text") {
         return;
     }
     let text = file.section_by_name(".text").expect("libresidue.so has a .text");
@@ -135,8 +140,7 @@ fn a_c_hosts_functions_fit_in_two_runs_of_the_file() {
 /// code rather than before it (interposer/link/layout.ld).
 #[test]
 fn the_exception_tables_come_after_the_code() {
-    let path = &tools().preload;
-    let data = std::fs::read(path).expect("read libresidue.so");
+    let data = interposer();
     let file = object::File::parse(&*data).expect("parse libresidue.so");
     let text = file.section_by_name(".text").expect("libresidue.so has a .text");
     for name in [".gcc_except_table", ".eh_frame_hdr"] {
@@ -156,8 +160,7 @@ fn the_exception_tables_come_after_the_code() {
 /// dependency on it nor a versioned reference to one of its symbols (GCC_3.0) is left.
 #[test]
 fn the_interposer_needs_no_libgcc_s() {
-    let path = &tools().preload;
-    let data = std::fs::read(path).expect("read libresidue.so");
+    let data = interposer();
     let file = object::File::parse(&*data).expect("parse libresidue.so");
     let dynstr = file.section_by_name(".dynstr").and_then(|s| s.data().ok()).expect("libresidue.so has a .dynstr");
     for name in dynstr.split(|&b| b == 0).map(String::from_utf8_lossy) {
@@ -174,15 +177,9 @@ fn the_interposer_needs_no_libgcc_s() {
 /// scattered between the tables they made one written page each.
 #[test]
 fn the_small_statics_share_their_pages() {
-    let path = &tools().preload;
-    let data = std::fs::read(path).expect("read libresidue.so");
+    let data = interposer();
     let file = object::File::parse(&*data).expect("parse libresidue.so");
-    if !file
-        .section_by_name(".comment")
-        .and_then(|s| s.data().ok())
-        .is_some_and(|d| String::from_utf8_lossy(d).contains("Linker: LLD"))
-    {
-        eprintln!("libresidue.so was not linked by lld: its .bss keeps the compiler's order");
+    if !linked_by_lld(&file, ".bss") {
         return;
     }
     let bss = file.section_by_name(".bss").expect("libresidue.so has a .bss").index();
