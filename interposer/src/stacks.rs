@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use residue_protocol::{Api, Encoder, Kind, MAX_FRAMES, MAX_SMALL_RECORD};
+use residue_unwind::pages::PageAligned;
 pub use residue_unwind::Entry;
 
 use crate::python;
@@ -40,10 +41,6 @@ impl Interned {
         Interned { key: AtomicU64::new(0), id: AtomicU32::new(0) }
     }
 }
-
-/// A page-aligned table: the 4 KiB first level then lies on one page, not across two.
-#[repr(C, align(4096))]
-struct PageAligned<T>(T);
 
 /// One page: a C program's few distinct stacks write one page, not one each (with 4096
 /// entries first, W4's wrote 5).

@@ -353,11 +353,6 @@ fn make_channel(fresh_pool: bool) -> Receiver<Msg> {
     rx
 }
 
-/// CLOCK_MONOTONIC_COARSE in nanoseconds (the vDSO's: no system call, a few nanoseconds).
-fn coarse_now_ns() -> u64 {
-    crate::clock::coarse_ns()
-}
-
 /// The program is about to sleep or wait (hooks/idle.rs). Without a writer nothing would hand
 /// over this thread's partly filled chunk while it waits, and a program killed then would lose
 /// it: it is written out now, at most once per [`IDLE_EVERY`] (a program that polls in a loop
@@ -372,7 +367,7 @@ pub fn going_idle() {
     if t.slot.get().is_null() {
         return;
     }
-    let now = coarse_now_ns();
+    let now = crate::clock::coarse_ns();
     if now.saturating_sub(t.idle_ns.get()) < IDLE_EVERY.as_nanos() as u64 || crate::lifecycle::in_vfork_child() {
         return;
     }
@@ -390,7 +385,7 @@ fn flush_if_stale(t: &Thread) {
     if WRITER_ALIVE.load(Ordering::Acquire) || t.writer.get() {
         return;
     }
-    let now = coarse_now_ns();
+    let now = crate::clock::coarse_ns();
     if now.saturating_sub(t.handed_ns.get()) >= STALE.as_nanos() as u64 {
         t.handed_ns.set(now);
         flush_own();
@@ -637,7 +632,7 @@ fn locked_chunk(t: &Thread, slot: &Slot, need: usize) -> Option<*mut Chunk> {
         slot.lock.unlock();
         if let Some(full) = NonNull::new(c) {
             send(full);
-            t.handed_ns.set(coarse_now_ns());
+            t.handed_ns.set(crate::clock::coarse_ns());
         }
         let fresh = new_chunk(t.tid())?;
         slot.lock.lock();

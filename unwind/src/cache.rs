@@ -13,11 +13,10 @@
 //! page for nearly every entry, and a Python program calling a C library has about a thousand
 //! return addresses, so one big table would cost the host a megabyte of memory for 8 KiB of
 //! entries. A C program's few dozen fit the first level's single page (a 32 KiB first level
-//! made W4 write 8 pages for them).
-//! When a level is half full its entries are copied into the next, which becomes the
-//! current one; an insert that lands in the old level meanwhile is merely lost (re-parsed
-//! later). Lookups go through each thread's own cache first (`memo::Near`), so the level load
-//! is off the per-frame path.
+//! made W4 write 8 pages for them). When a level is half full its entries are copied into the
+//! next, which becomes the current one; an insert that lands in the old level meanwhile is
+//! merely lost (re-parsed later). Lookups go through each thread's own cache first
+//! (`memo::Near`), so the level load is off the per-frame path.
 //!
 //! Rules are plain values, never pointers into a module: a stale entry is wrong, not unsafe.
 //! [`invalidate`] clears the address levels (after dlclose), `RULES` survive (they name no
@@ -48,11 +47,8 @@ pub(crate) trait Packing {
 /// Addresses must fit in the 48 bits left above the id (user space on x86-64 is 47 bits).
 const MAX_KEY: u64 = 1 << (64 - ID_BITS);
 
-/// A page-aligned table: a 4 KiB one then lies on one page, not across two.
-#[repr(C, align(4096))]
-struct PageAligned<T>(T);
-
-static L0: PageAligned<[AtomicU64; 1 << 9]> = PageAligned([const { AtomicU64::new(0) }; 1 << 9]);
+static L0: crate::pages::PageAligned<[AtomicU64; 1 << 9]> =
+    crate::pages::PageAligned([const { AtomicU64::new(0) }; 1 << 9]);
 static L1: [AtomicU64; 1 << 12] = [const { AtomicU64::new(0) }; 1 << 12];
 static L2: [AtomicU64; 1 << 14] = [const { AtomicU64::new(0) }; 1 << 14];
 static L3: [AtomicU64; 1 << 17] = [const { AtomicU64::new(0) }; 1 << 17];

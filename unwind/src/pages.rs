@@ -14,6 +14,12 @@
 use std::mem::size_of;
 use std::ptr;
 
+/// A page-aligned static: a table of one page then lies on one page, not across two, and a
+/// host that writes only its first level writes one page of it (the unwinder's rule table, the
+/// interposer's stack table).
+#[repr(C, align(4096))]
+pub struct PageAligned<T>(pub T);
+
 /// A zeroed `T` in pages of its own, or null if the kernel refuses (out of memory, or the
 /// process at its limit of mappings): callers go on without the table or fall back to the heap.
 /// `errno` is left as it was either way: this runs inside the host's calls.
