@@ -6,6 +6,10 @@
  *                       sit in per-thread batches no one flushed: they must not be lost.
  *   MODE "last-thread": main calls pthread_exit right after starting the threads; each thread
  *                       leaks its blocks and returns; the process ends when the last one does.
+ *   MODE "ending":      each thread leaks its blocks, reports in and returns; main calls exit(0)
+ *                       as soon as all have reported, while they may still be ending (their TLS
+ *                       destructors, where residue's hands their last events over, run after
+ *                       they report: as after Python's Thread.join, which returns before them).
  * Either way: 4 x 1000 = 4000 blocks, 4000 x 32 = 128,000 bytes (residue_fixtures::live_threads).
  * Output is write(2), not stdio, so nothing else is allocated from this executable's frames
  * on the way out. */
@@ -41,11 +45,12 @@ static void *worker(void *arg) {
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "exit";
     block_forever = strcmp(mode, "exit") == 0;
+    int wait_for_reports = block_forever || strcmp(mode, "ending") == 0;
     pthread_t t;
     for (int i = 0; i < LIVE_THREADS; i++)
         if (pthread_create(&t, NULL, worker, NULL) != 0)
             return 2;
-    if (!block_forever)
+    if (!wait_for_reports)
         pthread_exit(NULL);
     while (atomic_load(&reported) < LIVE_THREADS)
         usleep(1000);

@@ -80,7 +80,8 @@ pub fn libcxxleak() -> PathBuf {
 pub fn host_cxx() -> PathBuf {
     path("host_cxx")
 }
-/// host_live_threads exit|last-thread: leaks from threads alive at exit / ending last.
+/// host_live_threads exit|last-thread|ending: leaks from threads alive at exit / ending last /
+/// ending as main exits.
 pub fn host_live_threads() -> PathBuf {
     path("host_live_threads")
 }

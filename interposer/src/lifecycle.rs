@@ -81,6 +81,7 @@ fn start(argc: c_int, argv: *const *const c_char) {
         std::panic::set_hook(Box::new(|_| {}));
     }
     crate::hooks::fd::set_self_test_panic(getenv(c"RESIDUE_SELF_TEST_PANIC").is_some());
+    transport::set_self_test_slow_handover(getenv(c"RESIDUE_SELF_TEST_SLOW_HANDOVER").is_some());
     let depth = getenv(c"RESIDUE_DEPTH").and_then(parse_u64).unwrap_or(64) as usize;
     stacks::configure(depth, modules::range_of(init as *const () as u64));
     if !transport::start(fd) {

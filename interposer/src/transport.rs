@@ -26,6 +26,15 @@
 //! asymmetric Dekker handshake: the cost of the barrier is on the rare side). Where the kernel
 //! lacks `membarrier`, and on slots shared by several threads, the owner takes the lock.
 //!
+//! A chunk taken out of its slot by its own thread (full, flushed, or at the thread's exit) is
+//! in nobody's slot until it is queued or written: [`HANDING`] counts those. Whoever ends the
+//! stream (the writer on `Finish`, `Sync` or `Stop`; the exiting thread when there is no writer)
+//! steals every slot, then waits for that count to drop, writing what gets queued meanwhile,
+//! before it writes the image's exit record. Without that wait, a thread ending as the process
+//! exits (Python's `Thread.join` returns before the thread's TLS destructors, where ours hands
+//! its last chunk over) queued its chunk behind the exit record, to a writer that had stopped:
+//! its events were lost, and the trace still said it was complete.
+//!
 //! Writes never raise SIGPIPE in the host: on a socket (what `residue run` gives) they are
 //! `send(MSG_NOSIGNAL)`; on anything else the writer thread blocks the signal, and a direct
 //! write from another thread (when there is no writer) blocks it for the call and consumes a
@@ -33,6 +42,7 @@
 //! passive and the host runs on untracked.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::VecDeque;
 use std::ffi::c_int;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
@@ -120,6 +130,22 @@ static WRITE_LOCK: SpinLock = SpinLock::new();
 static OUT_IS_SOCKET: AtomicBool = AtomicBool::new(false);
 /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` works here: owners encode without the lock.
 static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
+/// Chunks taken out of their slot by their thread and not yet queued for the writer or written
+/// (see the module comment): raised before the chunk leaves the slot, lowered once [`send`]
+/// returns.
+static HANDING: AtomicUsize = AtomicUsize::new(0);
+/// How long the end of a stream waits for a thread that is handing a chunk over: a thread that
+/// takes longer (stopped by a debugger, or by a signal handler that never returns) loses that
+/// chunk, and the exit record is withheld so that the report says the trace is incomplete.
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
+/// Set from `RESIDUE_SELF_TEST_SLOW_HANDOVER` at start: a thread's exit hook then waits 300 ms
+/// between taking its last chunk out of its slot and handing it over, so that a test can end
+/// the process inside that window, which is otherwise a few instructions wide.
+static SLOW_HANDOVER: AtomicBool = AtomicBool::new(false);
+
+pub fn set_self_test_slow_handover(on: bool) {
+    SLOW_HANDOVER.store(on, Ordering::Relaxed);
+}
 
 // linux/membarrier.h
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
@@ -405,6 +431,8 @@ pub fn reset_after_fork() {
         slot.lock.unlock();
     }
     WRITE_LOCK.unlock();
+    // Threads the parent had mid-handover do not exist here.
+    HANDING.store(0, Ordering::Relaxed);
     WRITER_ALIVE.store(false, Ordering::Release);
     STARTING.store(false, Ordering::Release);
     THREADED.store(false, Ordering::Release);
@@ -542,13 +570,46 @@ pub fn flush_own() {
     let t = thread();
     if let Some(slot) = NonNull::new(t.slot.get()) {
         // SAFETY: slots live in a static table.
-        let slot = unsafe { slot.as_ref() };
-        slot.lock.lock();
-        let c = slot.chunk.swap(ptr::null_mut(), Ordering::Relaxed);
-        slot.lock.unlock();
-        if let Some(c) = NonNull::new(c) {
-            send(c);
+        hand_over(unsafe { slot.as_ref() }, false);
+    }
+}
+
+/// Takes `slot`'s chunk (this thread's own) and hands it to the writer, counted in [`HANDING`]
+/// from before it leaves the slot until it is queued or written. `ending`: from the thread's
+/// exit hook (see [`SLOW_HANDOVER`]).
+fn hand_over(slot: &Slot, ending: bool) {
+    HANDING.fetch_add(1, Ordering::SeqCst);
+    slot.lock.lock();
+    let c = slot.chunk.swap(ptr::null_mut(), Ordering::Relaxed);
+    slot.lock.unlock();
+    if ending && SLOW_HANDOVER.load(Ordering::Relaxed) {
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 300_000_000 };
+        // SAFETY: a raw nanosleep (not our idle hook) on a timespec we own.
+        unsafe { libc::syscall(libc::SYS_nanosleep, &pause, ptr::null_mut::<libc::timespec>()) };
+    }
+    if let Some(c) = NonNull::new(c) {
+        send(c);
+    }
+    HANDING.fetch_sub(1, Ordering::Release);
+}
+
+/// Waits until no thread is handing a chunk over (see [`HANDING`]), with `drain` writing what
+/// they queue meanwhile (the writer's channel; nothing when there is no writer: they write
+/// their chunks themselves). False if one is still at it after [`HANDOVER_WAIT`].
+fn await_handovers(mut drain: impl FnMut()) -> bool {
+    let deadline = crate::clock::Deadline::after(HANDOVER_WAIT);
+    let mut spins = 0;
+    loop {
+        drain();
+        if HANDING.load(Ordering::SeqCst) == 0 {
+            // What the last of them queued before lowering the count.
+            drain();
+            return true;
         }
+        if deadline.passed() {
+            return false;
+        }
+        crate::sync::backoff(&mut spins);
     }
 }
 
@@ -627,11 +688,15 @@ fn locked_chunk(t: &Thread, slot: &Slot, need: usize) -> Option<*mut Chunk> {
             if unsafe { fits(c, need) } {
                 return Some(c);
             }
+            // Counted before it leaves the slot (see HANDING). A locked instruction, but once a
+            // chunk: not per event.
+            HANDING.fetch_add(1, Ordering::SeqCst);
             slot.chunk.store(ptr::null_mut(), Ordering::Relaxed);
         }
         slot.lock.unlock();
         if let Some(full) = NonNull::new(c) {
             send(full);
+            HANDING.fetch_sub(1, Ordering::Release);
             t.handed_ns.set(crate::clock::coarse_ns());
         }
         let fresh = new_chunk(t.tid())?;
@@ -698,12 +763,7 @@ unsafe extern "C" fn thread_exit(_value: *mut libc::c_void) {
     if !s.is_null() {
         // SAFETY: slots live in a static table.
         let slot = unsafe { &*s };
-        slot.lock.lock();
-        let c = slot.chunk.swap(ptr::null_mut(), Ordering::Relaxed);
-        slot.lock.unlock();
-        if let Some(c) = NonNull::new(c) {
-            send(c);
-        }
+        hand_over(slot, true);
         if !t.shared.get() {
             slot.in_use.store(false, Ordering::Release);
         }
@@ -972,21 +1032,22 @@ fn image_exit_record(seq: u64) {
     write_out(&buf[..n]);
 }
 
-/// Does what a message asks; true when the writer should stop.
-fn handle(m: Msg) -> bool {
+/// Does what a message asks; true when the writer should stop. `rx` is the writer's channel,
+/// drained of chunks while a `Sync`, `Finish` or `Stop` waits for chunks being handed over;
+/// the requests met there go to `later`, in order.
+fn handle(m: Msg, rx: &Receiver<Msg>, later: &mut VecDeque<Msg>) -> bool {
     match m {
         Msg::Chunk(c) => {
             write_chunk(c.0);
             false
         }
         Msg::Sync(done) => {
-            steal_all();
+            settle(rx, later);
             done.store(true, Ordering::Release);
             false
         }
         Msg::Finish(seq, done) => {
-            steal_all();
-            if !LOST_IN_FLIGHT.load(Ordering::Acquire) {
+            if settle(rx, later) && !LOST_IN_FLIGHT.load(Ordering::Acquire) {
                 image_exit_record(seq);
             }
             done.store(true, Ordering::Release);
@@ -995,27 +1056,48 @@ fn handle(m: Msg) -> bool {
         Msg::Stop(done) => {
             // From now on the recording threads write their chunks themselves.
             WRITER_ALIVE.store(false, Ordering::Release);
-            steal_all();
+            settle(rx, later);
             done.store(true, Ordering::Release);
             true
         }
     }
 }
 
+/// Every slot's chunk, and every chunk being handed over, written (the writer's side of the
+/// module comment's ending); false if a handover did not finish in time. Requests queued
+/// meanwhile go to `later`.
+fn settle(rx: &Receiver<Msg>, later: &mut VecDeque<Msg>) -> bool {
+    steal_all();
+    await_handovers(|| {
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Chunk(c) => write_chunk(c.0),
+                request => later.push_back(request),
+            }
+        }
+    })
+}
+
 fn writer(rx: Receiver<Msg>) {
     block_signals();
     WRITER_TID.store(crate::ffi::gettid(), Ordering::Release);
+    // Requests that arrived while another was being settled, to answer next.
+    let mut later = VecDeque::new();
     loop {
-        match rx.recv_timeout(TICK) {
+        let next = match later.pop_front() {
+            Some(m) => Ok(m),
+            None => rx.recv_timeout(TICK),
+        };
+        match next {
             Ok(m) => {
                 let stop = matches!(m, Msg::Stop(_));
-                if handle(m) {
+                if handle(m, &rx, &mut later) {
                     WRITER_ALIVE.store(false, Ordering::Release);
                     if stop {
                         // What senders queued while they still saw the writer alive is written
                         // before it goes.
-                        while let Ok(m) = rx.try_recv() {
-                            handle(m);
+                        while let Some(m) = later.pop_front().or_else(|| rx.try_recv().ok()) {
+                            handle(m, &rx, &mut later);
                         }
                     }
                     return;
@@ -1029,8 +1111,8 @@ fn writer(rx: Receiver<Msg>) {
                     // glibc exits the process when the last thread ends, and we would be it.
                     // Step aside; the exit path then flushes directly.
                     WRITER_ALIVE.store(false, Ordering::Release);
-                    while let Ok(m) = rx.try_recv() {
-                        handle(m);
+                    while let Some(m) = later.pop_front().or_else(|| rx.try_recv().ok()) {
+                        handle(m, &rx, &mut later);
                     }
                     return;
                 }
@@ -1072,9 +1154,11 @@ pub fn flush_all(exit_seq: Option<u64>, deadline: Option<crate::clock::Deadline>
         }
     }
     // No writer (it stepped aside, or we are it): do its work here. Stealing twice is harmless
-    // and the exit record is written once.
+    // and the exit record is written once. Other threads write the chunks they hand over
+    // themselves: wait for them.
     steal_all();
-    if let (Some(seq), false) = (exit_seq, LOST_IN_FLIGHT.load(Ordering::Acquire)) {
+    let settled = await_handovers(|| {});
+    if let (Some(seq), true, false) = (exit_seq, settled, LOST_IN_FLIGHT.load(Ordering::Acquire)) {
         image_exit_record(seq);
     }
 }
