@@ -66,9 +66,7 @@ impl Origin {
     }
 }
 
-fn file_name(path: &str) -> &str {
-    Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path)
-}
+use crate::owner::file_name;
 
 /// The dynamic loader (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`, `ld64.so.2`, `ld.so`).
 pub fn is_loader(module: &str) -> bool {

@@ -137,9 +137,9 @@ impl SymbolNames {
         let mut syms: Vec<(u64, u32, u32)> = Vec::new();
         let mut take = |s: object::Symbol<'_, '_>| {
             if s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0 {
-                // Names that are not UTF-8 are left out (a function named by none of them).
-                let name = s.name_bytes().ok().filter(|n| std::str::from_utf8(n).is_ok());
-                if let Some((off, len)) = name.and_then(at) {
+                // Checked as UTF-8 when asked for (`find`), not here: a report asks for a few
+                // dozen of libpython's tens of thousands.
+                if let Some((off, len)) = s.name_bytes().ok().and_then(at) {
                     syms.push((s.address(), off, len));
                 }
             }
@@ -163,7 +163,7 @@ impl SymbolNames {
         }
         let name = self.syms.partition_point(|s| s.0 <= probe).checked_sub(1).and_then(|i| {
             let (_, at, len) = self.syms[i];
-            // UTF-8: checked when the table was read.
+            // A name that is not UTF-8 names no function we report.
             let raw = std::str::from_utf8(&self.bytes[at as usize..at as usize + len as usize]).ok()?;
             let cut =
                 [".constprop.", ".isra.", ".part.", ".cold", ".lto_priv."].iter().filter_map(|p| raw.find(p)).min();

@@ -191,7 +191,7 @@ pub fn rescan() -> bool {
     // A CPython runtime may have arrived (the executable, or libpython dlopen'd by a host),
     // and so may the host's libgcc_s.
     crate::python::detect();
-    crate::libgcc::detect();
+    crate::libgcc::detect(found.iter().any(|f| crate::libgcc::is_libgcc_s(&f.path)));
     if unloaded {
         crate::stacks::module_unloaded();
     }
