@@ -35,7 +35,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::owner;
+use crate::owner::{self, file_name};
 use crate::report::{FrameOut, StackOut};
 
 /// Where a stack's leak comes from.
@@ -65,8 +65,6 @@ impl Origin {
         self != Origin::User
     }
 }
-
-use crate::owner::file_name;
 
 /// The dynamic loader (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`, `ld64.so.2`, `ld.so`).
 pub fn is_loader(module: &str) -> bool {

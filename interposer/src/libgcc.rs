@@ -8,8 +8,8 @@
 //! for it among the modules it found until it is there (one loaded as the dependency of a
 //! library opened with RTLD_LOCAL, a Python extension, counts too), and only then asks the
 //! loader for it: asked for a library that is not loaded, even with RTLD_NOLOAD, the loader
-//! searches the library path and opens the file, which at every dlopen of a Python program's
-//! start-up added a millisecond.
+//! searches the library path and opens the file (ld.so.cache, then libgcc_s.so.1 itself), which
+//! a Python program's start-up did at every dlopen.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
