@@ -187,28 +187,42 @@ fn run(
         return Ok(status);
     }
     let mut sym = symbolize::Symbolizer::new();
-    // Every process's addresses at once, each module file parsed once for all of them (a
-    // multiprocessing pool is dozens of processes that loaded the same libraries).
-    let processes: Vec<_> = std::iter::once((&state.ledger, None))
-        .chain(children.iter().map(|c| (&c.ledger, forked_from(c, &state, &children))))
-        .collect();
     // Without --all the runtime's residue is summarized: its stacks' frames are not needed.
     let listed = if all { report::Listed::All } else { report::Listed::User };
-    report::prepare(&mut sym, &processes, listed);
+    // A text report without --all shows a launcher's helpers (pyenv's shim runs some 40) as
+    // one line of totals: their stacks need no more than deciding whose they are, which spares
+    // symbolizing tens of thousands of the helpers' allocations at every run.
+    let launcher = launcher_children(&state, &children);
+    let listed_child = |i: usize| {
+        if json.is_none() && !all && launcher[i] {
+            report::Listed::Counted
+        } else {
+            listed
+        }
+    };
+    // Every process's addresses at once, each module file parsed once for all of them (a
+    // multiprocessing pool is dozens of processes that loaded the same libraries).
+    let processes: Vec<_> = std::iter::once((&state.ledger, None, listed))
+        .chain(
+            children.iter().enumerate().map(|(i, c)| (&c.ledger, forked_from(c, &state, &children), listed_child(i))),
+        )
+        .collect();
+    report::prepare(&mut sym, &processes);
     drop(processes);
     let mut r = report::build_with(&state.ledger, &info, problems, &mut sym, None, listed);
     let pythonmalloc = std::env::var_os("PYTHONMALLOC");
     r.run_environment(pythonmalloc.as_deref());
     let child_reports = children
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let inherited = forked_from(c, &state, &children);
             let mut cr = report::build_child(
                 &c.ledger,
                 c.error.iter().map(ToString::to_string).collect(),
                 &mut sym,
                 inherited,
-                listed,
+                listed_child(i),
             );
             cr.run_environment(pythonmalloc.as_deref());
             if all {
@@ -231,6 +245,24 @@ fn run(
     std::mem::forget(state);
     std::mem::forget(children);
     Ok(status)
+}
+
+/// Which of `children` a launcher started: as `Report::attach_children` decides, a process
+/// (its streams by pid, the earliest start counting) that began before the root's final image.
+fn launcher_children(root: &stream::StreamState, children: &[stream::StreamState]) -> Vec<bool> {
+    let start = |c: &stream::StreamState| c.ledger.images.first().map_or(0, |i| i.time_ns);
+    let pid = |c: &stream::StreamState| c.ledger.images.first().map(|i| i.pid).filter(|&p| p != 0);
+    let final_start = root.ledger.final_image().map_or(0, |i| i.time_ns);
+    children
+        .iter()
+        .map(|c| {
+            let first = match pid(c) {
+                Some(p) => children.iter().filter(|o| pid(o) == Some(p)).map(start).min().unwrap_or(start(c)),
+                None => start(c),
+            };
+            first < final_start
+        })
+        .collect()
 }
 
 /// For a child that was forked and never exec'd (its memory is a copy of its parent's): the

@@ -81,3 +81,44 @@ fn a_launchers_helpers_are_not_the_programs_children() {
         assert!(!o.finished.stderr.contains("\nchild process "), "helpers are summarized, not listed\n{ctx}");
     }
 }
+
+/// The launcher's line of a text report, from `residue: N process... followed too:` to its end.
+fn launcher_line(stderr: &str) -> Option<&str> {
+    stderr.lines().find(|l| l.contains("started before the final exec (the launcher's helpers)"))
+}
+
+/// A text report without `--json` or `--all` only counts the launcher's helpers, and resolves
+/// their stacks no further than whose they are (report::Listed::Counted): its line says what
+/// the report that lists them (with `--json`) says. A shell as the launcher: one helper,
+/// host_leaky, run before the shell execs host_clean.
+#[test]
+fn a_launchers_helpers_count_the_same_when_only_counted() {
+    let (leaky, clean) = (fixture("host_leaky"), fixture("host_clean"));
+    let argv = [
+        "sh".as_ref(),
+        "-c".as_ref(),
+        "\"$1\"; exec \"$2\"".as_ref(),
+        "sh".as_ref(),
+        leaky.as_os_str(),
+        clean.as_os_str(),
+    ];
+    let listed = run(argv).go();
+    let ctx = listed.context();
+    assert_eq!(listed.finished.code(), 0, "{ctx}");
+    let helpers: Vec<Report> =
+        children(&listed).into_iter().filter(|c| c["from_launcher"] == true).map(|json| Report { json }).collect();
+    assert_eq!(helpers.len(), 1, "{ctx}");
+    assert_eq!(helpers[0].heap("libleaky.so"), Amount::new(leaky::COUNT, leaky::BYTES), "{ctx}");
+
+    let mut cmd = std::process::Command::new(&residue_tests::tools().residue);
+    cmd.arg("run").arg("--").args(argv);
+    for var in ["RESIDUE_FD", "RESIDUE_PID"] {
+        cmd.env_remove(var);
+    }
+    let counted = residue_tests::run_captured(cmd, "residue run (text only) -- sh -c ...");
+    assert_eq!(counted.code(), 0, "{}", counted.stderr);
+    let line = launcher_line(&counted.stderr).unwrap_or_else(|| panic!("no launcher line:\n{}", counted.stderr));
+    assert_eq!(Some(line), launcher_line(&listed.finished.stderr), "{ctx}");
+    let heap = format!("{} heap blocks ({:.1} KiB)", leaky::COUNT, leaky::BYTES as f64 / 1024.0);
+    assert!(line.starts_with("residue: 1 process started before") && line.contains(&heap), "{line}\n{ctx}");
+}

@@ -441,6 +441,11 @@ pub enum Listed {
     /// resolved only as far as deciding that (`stack::Detail::Owner`), which spares reading
     /// the debug information of the modules only they pass through.
     User,
+    /// None: the report is only counted (a launcher's helper process in a text report without
+    /// `--all`, which shows the helpers' totals, not their stacks). Every stack is resolved
+    /// only as far as its owner and origin (`stack::Detail::Owner`, which gives the counts the
+    /// same answer as `Full`).
+    Counted,
 }
 
 /// How much of stack `id` (of a `kind` resource, in `img`) a report with `listed` needs.
@@ -452,8 +457,10 @@ fn detail_of(
     kind: Kind,
     listed: Listed,
 ) -> stack::Detail {
-    if listed == Listed::All {
-        return stack::Detail::Full;
+    match listed {
+        Listed::All => return stack::Detail::Full,
+        Listed::Counted => return stack::Detail::Owner,
+        Listed::User => {}
     }
     // A stack that never arrived has nothing to symbolize (and is reported as the user's).
     let Some(raw) = img.stacks.get(&id) else { return stack::Detail::Full };
@@ -499,12 +506,13 @@ fn listed_stacks(
 
 /// Symbolizes ahead what the reports of `processes` will need, in the order they will be built
 /// ([`build_with`], [`build_child`] with the same symbolizer): the stacks of what each final
-/// image holds, and of what a forked child inherited and kept, as far as `listed` shows them.
-/// Each module file is then parsed once for all the processes, and one at a time.
-pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>>)], listed: Listed) {
+/// image holds, and of what a forked child inherited and kept, as far as each process's
+/// `Listed` shows them. Each module file is then parsed once for all the processes, and one at
+/// a time.
+pub fn prepare(sym: &mut Symbolizer, processes: &[(&Ledger, Option<Inherited<'_>>, Listed)]) {
     crate::symbolize::release_free_memory();
     let mut parts = Vec::new();
-    for (k, (ledger, inherited)) in processes.iter().enumerate() {
+    for (k, &(ledger, ref inherited, listed)) in processes.iter().enumerate() {
         let Some(img) = ledger.final_image() else { continue };
         let ids = listed_stacks(sym, img, img.live().map(|(kind, _, e)| (kind, e.stack)), listed);
         parts.push((k, img, stack_addresses(img, ids.into_iter().map(|(_, id)| id))));
@@ -726,6 +734,12 @@ pub fn build_with(
                         .map_or(lib, str::to_owned),
                     _ => lib,
                 };
+                if listed == Listed::Counted {
+                    // Counted, never shown: the frames have said whose it is, and go (a launcher's
+                    // helpers hold tens of thousands of stacks).
+                    st.frames = Vec::new();
+                    st.python = Vec::new();
+                }
                 let idx = *by_lib.entry((lib.clone(), origin)).or_insert_with(|| {
                     libraries.push(Library {
                         module: lib,
@@ -749,7 +763,8 @@ pub fn build_with(
                 // address in the interpreter's loop that a Python frame stands for: CPython 3.13
                 // leaves it from another instruction on a call site's first call than once the
                 // site is specialized) are one entry, as they read the same.
-                if let (stack::Detail::Full, Some(key)) = (detail, listed_key(&st)) {
+                // (Only listed entries are merged: a summarized one's key is not worth making.)
+                if let Some(key) = (detail == stack::Detail::Full).then(|| listed_key(&st)).flatten() {
                     match listed_at.entry((idx, key)) {
                         std::collections::hash_map::Entry::Occupied(e) => {
                             l.stacks[*e.get()].absorb(st);
