@@ -189,12 +189,13 @@ fn run(
     let mut sym = symbolize::Symbolizer::new();
     // Without --all the runtime's residue is summarized: its stacks' frames are not needed.
     let listed = if all { report::Listed::All } else { report::Listed::User };
-    // A text report without --all shows a launcher's helpers (pyenv's shim runs some 40) as
-    // one line of totals: their stacks need no more than deciding whose they are, which spares
-    // symbolizing tens of thousands of the helpers' allocations at every run.
+    // Without --all a launcher's helpers (pyenv's shim runs some 40) are counted, not listed:
+    // one line of totals in the text, amounts per library in the JSON. Their stacks need no
+    // more than deciding whose they are, which spares symbolizing tens of thousands of the
+    // helpers' allocations at every run.
     let launcher = launcher_children(&state, &children);
     let listed_child = |i: usize| {
-        if json.is_none() && !all && launcher[i] {
+        if !all && launcher[i] {
             report::Listed::Counted
         } else {
             listed

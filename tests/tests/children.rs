@@ -3,7 +3,7 @@
 //! launcher script (pyenv's `python3` shim) starts before it execs the interpreter, which are
 //! told apart from the program's own children.
 
-use residue_tests::{fixture, fixtures::leaky, py_script, run, Amount, Outcome, Report};
+use residue_tests::{fixture, fixtures::leaky, leaky_expected, py_script, run, Amount, Outcome, Report};
 use serde_json::Value;
 
 fn children(o: &Outcome) -> Vec<Value> {
@@ -87,38 +87,46 @@ fn launcher_line(stderr: &str) -> Option<&str> {
     stderr.lines().find(|l| l.contains("started before the final exec (the launcher's helpers)"))
 }
 
-/// A text report without `--json` or `--all` only counts the launcher's helpers, and resolves
-/// their stacks no further than whose they are (report::Listed::Counted): its line says what
-/// the report that lists them (with `--json`) says. A shell as the launcher: one helper,
-/// host_leaky, run before the shell execs host_clean.
-#[test]
-fn a_launchers_helpers_count_the_same_when_only_counted() {
-    let (leaky, clean) = (fixture("host_leaky"), fixture("host_clean"));
-    let argv = [
-        "sh".as_ref(),
-        "-c".as_ref(),
-        "\"$1\"; exec \"$2\"".as_ref(),
-        "sh".as_ref(),
-        leaky.as_os_str(),
-        clean.as_os_str(),
-    ];
-    let listed = run(argv).go();
-    let ctx = listed.context();
-    assert_eq!(listed.finished.code(), 0, "{ctx}");
-    let helpers: Vec<Report> =
-        children(&listed).into_iter().filter(|c| c["from_launcher"] == true).map(|json| Report { json }).collect();
-    assert_eq!(helpers.len(), 1, "{ctx}");
-    assert_eq!(helpers[0].heap("libleaky.so"), Amount::new(leaky::COUNT, leaky::BYTES), "{ctx}");
+/// Each library's unreleased amounts in a report, by module.
+fn amounts(r: &Value) -> Vec<(String, Value)> {
+    let libs = r["libraries"].as_array().cloned().unwrap_or_default();
+    let mut v: Vec<(String, Value)> =
+        libs.iter().map(|l| (l["module"].as_str().unwrap_or("").to_owned(), l["unreleased"].clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
 
-    let mut cmd = std::process::Command::new(&residue_tests::tools().residue);
-    cmd.arg("run").arg("--").args(argv);
-    for var in ["RESIDUE_FD", "RESIDUE_PID"] {
-        cmd.env_remove(var);
-    }
-    let counted = residue_tests::run_captured(cmd, "residue run (text only) -- sh -c ...");
-    assert_eq!(counted.code(), 0, "{}", counted.stderr);
-    let line = launcher_line(&counted.stderr).unwrap_or_else(|| panic!("no launcher line:\n{}", counted.stderr));
-    assert_eq!(Some(line), launcher_line(&listed.finished.stderr), "{ctx}");
+/// Without `--all` a launcher's helpers are counted, not listed (report::Listed::Counted):
+/// their stacks are resolved only as far as whose they are, the text says their totals in one
+/// line and the JSON each helper's amounts per library without stacks (`stacks_listed:
+/// false`). The amounts are those of the report that lists them (`--all`). A shell as the
+/// launcher: one helper, host_leaky, run before the shell execs host_clean.
+#[test]
+fn a_launchers_helpers_are_counted_as_listing_them_would() {
+    let (leaky, clean) = (fixture("host_leaky"), fixture("host_clean"));
+    let script = "\"$1\"; exec \"$2\"";
+    let argv = ["sh".as_ref(), "-c".as_ref(), script.as_ref(), "sh".as_ref(), leaky.as_os_str(), clean.as_os_str()];
+    let helpers =
+        |o: &Outcome| -> Vec<Value> { children(o).into_iter().filter(|c| c["from_launcher"] == true).collect() };
+
+    let counted = run(argv).go();
+    let ctx = counted.context();
+    assert_eq!(counted.finished.code(), 0, "{ctx}");
+    let [helper] = &helpers(&counted)[..] else { panic!("one helper\n{ctx}") };
+    assert_eq!(helper["stacks_listed"], false, "{ctx}");
+    let libraries = helper["libraries"].as_array().cloned().unwrap_or_default();
+    assert!(libraries.iter().all(|l| l["stacks"].as_array().is_some_and(Vec::is_empty)), "amounts, no stacks\n{ctx}");
+    assert_eq!(Report { json: helper.clone() }.heap("libleaky.so"), Amount::new(leaky::COUNT, leaky::BYTES), "{ctx}");
+    let line = launcher_line(&counted.finished.stderr).unwrap_or_else(|| panic!("no launcher line\n{ctx}"));
     let heap = format!("{} heap blocks ({:.1} KiB)", leaky::COUNT, leaky::BYTES as f64 / 1024.0);
     assert!(line.starts_with("residue: 1 process started before") && line.contains(&heap), "{line}\n{ctx}");
+
+    let listed = run(argv).option("--all").go();
+    let lctx = listed.context();
+    let [full] = &helpers(&listed)[..] else { panic!("one helper\n{lctx}") };
+    assert!(full.get("stacks_listed").is_none(), "{lctx}");
+    let r = Report { json: full.clone() };
+    assert_eq!(r.by_function("libleaky.so"), leaky_expected(1), "--all lists the helper's stacks\n{lctx}");
+    assert_eq!(amounts(helper), amounts(full), "counted as listed\n{ctx}\n{lctx}");
+    assert_eq!(helper["totals"], full["totals"], "{ctx}\n{lctx}");
 }

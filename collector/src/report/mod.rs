@@ -324,6 +324,10 @@ pub struct Report {
     /// pyenv's shim, before it became the program), or by one of those children, rather than by
     /// the program itself.
     pub from_launcher: bool,
+    /// False in a launcher's helper's report without `--all`: its `libraries` hold their
+    /// amounts, not their stacks.
+    #[serde(skip_serializing_if = "is_true")]
+    pub stacks_listed: bool,
     /// The collector's own peak resident memory (`residue run` only): it grows with the live set
     /// and the distinct stacks, not with the number of events.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -352,6 +356,10 @@ impl Report {
         self.runtime_residue.loader.listed = true;
         self.totals = totals(&self.libraries, &self.unattributed);
     }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn weight(l: &Library) -> (u64, u64) {
@@ -441,10 +449,10 @@ pub enum Listed {
     /// resolved only as far as deciding that (`stack::Detail::Owner`), which spares reading
     /// the debug information of the modules only they pass through.
     User,
-    /// None: the report is only counted (a launcher's helper process in a text report without
-    /// `--all`, which shows the helpers' totals, not their stacks). Every stack is resolved
-    /// only as far as its owner and origin (`stack::Detail::Owner`, which gives the counts the
-    /// same answer as `Full`).
+    /// None: the report is only counted (a launcher's helper process without `--all`: the
+    /// text shows the helpers' totals in one line, the JSON each helper's amounts per library,
+    /// `stacks_listed: false`). Every stack is resolved only as far as its owner and origin
+    /// (`stack::Detail::Owner`, which gives the counts the same answer as `Full`).
     Counted,
 }
 
@@ -803,15 +811,24 @@ pub fn build_with(
         });
     }
     libraries.sort_by(|a, b| (a.origin, weight(b)).cmp(&(b.origin, weight(a))).then_with(|| a.module.cmp(&b.module)));
-    let (unattributed, libraries): (Vec<Library>, Vec<Library>) =
+    let (mut unattributed, libraries): (Vec<Library>, Vec<Library>) =
         libraries.into_iter().partition(|l| l.module.starts_with('['));
-    let (runtime, libraries): (Vec<Library>, Vec<Library>) = libraries.into_iter().partition(|l| l.origin.is_runtime());
+    let (runtime, mut libraries): (Vec<Library>, Vec<Library>) =
+        libraries.into_iter().partition(|l| l.origin.is_runtime());
     let runtime_residue = RuntimeResidue {
         interpreter: summarize(&runtime, Origin::Interpreter),
         loader: summarize(&runtime, Origin::Loader),
     };
     let totals = totals(&libraries, &unattributed);
     let runtime_libraries = runtime_libraries(ledger, libraries.iter().chain(&runtime));
+    let stacks_listed = listed != Listed::Counted;
+    if !stacks_listed {
+        // Counted: the amounts per library stay, the stacks go (pyenv's shim alone starts some
+        // 40 helpers, whose 13,000 stacks made a `python3 -c pass` report of 77 MB).
+        for l in libraries.iter_mut().chain(&mut unattributed) {
+            l.stacks = Vec::new();
+        }
+    }
 
     let images = ledger
         .images
@@ -871,6 +888,7 @@ pub fn build_with(
         children: Vec::new(),
         parent_pid: None,
         from_launcher: false,
+        stacks_listed,
         collector_peak_rss_kib: None,
         runtime,
     }

@@ -264,7 +264,7 @@ pub fn render(r: &Report, limits: Limits) -> String {
             if total.is_empty() { "nothing unreleased".to_owned() } else { format!("{} unreleased", amounts(&total)) };
         let _ = write!(
             out,
-            "\nresidue: {} process{} started before the final exec (the launcher's helpers) were followed too: {left} (--all or --json shows them)\n",
+            "\nresidue: {} process{} started before the final exec (the launcher's helpers) were followed too: {left} (--all shows them)\n",
             launcher.len(),
             if launcher.len() == 1 { "" } else { "es" }
         );
