@@ -125,7 +125,7 @@ impl PyFrames {
         if c.call != call || c.at != at || c.len > out.len() {
             return None;
         }
-        out[..c.len].copy_from_slice(&c.values[..c.len]);
+        residue_unwind::copy_short(&mut out[..c.len], &c.values[..c.len]);
         Some(c.len)
     }
 
@@ -138,7 +138,7 @@ impl PyFrames {
             return;
         }
         (c.call, c.at, c.len) = (call, at, values.len());
-        c.values[..values.len()].copy_from_slice(values);
+        residue_unwind::copy_short(&mut c.values[..values.len()], values);
     }
 
     /// The value of a frame at (`code`, `instr`) if this table has it with these `fields`.

@@ -172,8 +172,11 @@ pub(crate) struct Memo {
     spare: u8,
     /// The slot a new pair takes next (in turn).
     victim: u8,
-    /// The slot of the thread's latest walk.
+    /// The slot of the thread's latest walk, and of the latest from another slot before it
+    /// (two places taking turns, a ctypes function's two allocations, find their slots without
+    /// a scan).
     latest: u8,
+    before: u8,
 }
 
 /// What the unwinder keeps per thread, a few words: in this crate's own TLS for [`crate::capture`],
@@ -269,16 +272,18 @@ pub(crate) fn with_state(
             // SAFETY: `m` is this thread's own live memo (allocated above or earlier, freed
             // only by thread_exit, which clears the pointer first), and `busy` makes this the
             // only borrow of it.
-            let Memo { near, walks, sites, sps, slot_walk, spare, victim, latest } = unsafe { &mut *m };
+            let Memo { near, walks, sites, sps, slot_walk, spare, victim, latest, before } = unsafe { &mut *m };
             let site = if key >= bounds.0 as u64 && key < bounds.1 as u64 - 8 && key & 7 == 0 {
                 // SAFETY: an aligned word inside this thread's stack, which is mapped.
                 unsafe { std::ptr::read_volatile(key as *const u64) }
             } else {
                 0
             };
-            let last = *latest as usize % SLOTS;
+            let (last, other) = (*latest as usize % SLOTS, *before as usize % SLOTS);
             let slot = if sites[last] == site && sps[last] == key {
                 last
+            } else if sites[other] == site && sps[other] == key {
+                other
             } else {
                 match (0..SLOTS).position(|k| sites[k] == site && sps[k] == key) {
                     Some(i) => i,
@@ -299,7 +304,9 @@ pub(crate) fn with_state(
                     if !in_place {
                         (slot_walk[slot], *spare) = (free as u8, base as u8);
                     }
-                    *latest = slot as u8;
+                    if slot != *latest as usize {
+                        (*before, *latest) = (*latest, slot as u8);
+                    }
                     Some(n)
                 }
                 None => None,

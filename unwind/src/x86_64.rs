@@ -348,7 +348,7 @@ pub(crate) fn walk(
     }
     if let Some((from, fp)) = in_place {
         // Steps from `from` on are `prev`'s; before it, this walk's own go in.
-        prev.steps[..from].copy_from_slice(&next.steps[..from]);
+        crate::copy_short(&mut prev.steps[..from], &next.steps[..from]);
         own_fp(&mut prev.steps[from..usable], fp);
         return Some((n, true));
     }
