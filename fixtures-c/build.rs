@@ -81,6 +81,12 @@ const ARTIFACTS: &[Artifact] = &[
     Artifact { out: "host_live_threads", kind: Kind::Exe, sources: &["c/host_live_threads.c"], link: &["-pthread"] },
     Artifact { out: "host_exec", kind: Kind::Exe, sources: &["c/host_exec.c"], link: &["-lleaky"] },
     Artifact {
+        out: "host_exec_race",
+        kind: Kind::Exe,
+        sources: &["c/host_exec_race.c"],
+        link: &["-lleaky", "-pthread"],
+    },
+    Artifact {
         out: "libunits.so",
         kind: Kind::Lib,
         sources: &["c/libunits_a.c", "c/libunits_b.c", "c/libunits_c.c"],

@@ -1325,6 +1325,13 @@ impl Ledger {
                 img.exec_path = Some(path);
                 self.after_exec = true;
             }
+            Record::ExecFailed { seq } => {
+                // The exec announced last did not happen: what followed it was ours, and so is
+                // what follows (an exit record included).
+                self.merge_tentative();
+                self.after_exec = false;
+                self.current().arrived(seq);
+            }
             Record::ImageExit { seq } => {
                 // While tentative, this is either the new image's exit (its ImageStart still
                 // queued behind) or the old image's after a failed exec: the next ImageStart,
@@ -1650,6 +1657,24 @@ mod tests {
         let mut l = ledger(vec![Record::Exec { seq: 1, path: "/x".into() }, acq(2, 0x50, 1)]);
         l.finish();
         assert_eq!((l.images.len(), live_ids(&l)), (1, vec![(0x50, 2)]));
+    }
+
+    /// An interposer that says a failed exec failed (`ExecFailed`) settles it at once: the exit
+    /// record that follows is the image's own, and the ledger is complete before the end of
+    /// input (the collector then answers the exit record, which the process waits for).
+    #[test]
+    fn exec_failed_settles_the_attempt_at_once() {
+        let mut l = ledger(vec![acq(1, 0x10, 8), Record::Exec { seq: 2, path: "/nope/py".into() }]);
+        l.apply(Record::Batch { tid: 11 });
+        l.apply(acq(3, 0x20, 8)); // another thread, while the attempt was under way
+        l.apply(Record::ExecFailed { seq: 4 });
+        assert_eq!(l.images.len(), 1, "merged back");
+        l.apply(rel(5, 0x10));
+        l.apply(Record::ImageExit { seq: 6 });
+        assert!(l.complete(), "decided without the end of input");
+        l.finish();
+        assert_eq!((l.images.len(), live_ids(&l)), (1, vec![(0x20, 3)]));
+        assert!(l.images[0].exited && l.images[0].exec_path.is_some());
     }
 
     #[test]

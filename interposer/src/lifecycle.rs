@@ -282,11 +282,14 @@ pub fn before_exec(path: &[u8]) -> bool {
         return false;
     }
     let Some(g) = Guard::enter() else { return false };
-    let seq = next_seq();
-    transport::emit(g.thread(), path.len() + 2 * MAX_SMALL_RECORD, |enc, b, pos| enc.exec(b, pos, seq, path));
+    // Recording stops first, then the exec is announced: an ending image (which waits for
+    // EXECUTING to clear, see `finish`) never writes its exit record between the two, and an
+    // exec that loses to it announces nothing.
     if !state::transition(ACTIVE, EXECUTING) {
         return false;
     }
+    let seq = next_seq();
+    transport::emit(g.thread(), path.len() + 2 * MAX_SMALL_RECORD, |enc, b, pos| enc.exec(b, pos, seq, path));
     // The new image's stacks are its own: none is sent against one of this image's.
     stacks::exec_attempt();
     transport::flush_all(None, None);
@@ -342,7 +345,7 @@ pub enum End {
 /// held by code a signal handler interrupted (exit() there is undefined behaviour, but must not
 /// hang the host forever); past the bound the report is incomplete.
 pub fn end_image(end: End) {
-    if in_vfork_child() || !state::transition(ACTIVE, FINISHED) {
+    if in_vfork_child() || !finish() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {
@@ -355,6 +358,7 @@ pub fn end_image(end: End) {
             transport::abandon_own_slot();
             return;
         }
+        say_what_exec_attempts_missed();
         if end != End::Cut {
             // What is still open, as the process lists it: descriptors of unknown origin included.
             crate::hooks::fd::open_at_exit();
@@ -370,11 +374,60 @@ pub fn end_image(end: End) {
     });
 }
 
+/// Moves the image from recording to finishing; false if it is not recording. An exec attempt
+/// under way on another thread (which has turned recording off) is waited out, for at most
+/// two seconds: if it fails, the image goes on and ends here with its exit record; if it
+/// succeeds, this thread ends with the image. Without the wait, an exit racing a thread's
+/// failing exec attempts (one that tries each directory of PATH) left the trace without its
+/// exit record, and the report blamed an exec that never happened.
+fn finish() -> bool {
+    let deadline = crate::clock::Deadline::after(std::time::Duration::from_secs(2));
+    let mut spins = 0;
+    loop {
+        if state::transition(ACTIVE, FINISHED) {
+            return true;
+        }
+        if state::state() != EXECUTING || deadline.passed() {
+            return false;
+        }
+        crate::sync::backoff(&mut spins);
+    }
+}
+
 /// exec returned: it failed, and this image goes on.
 pub fn exec_failed(prepared: bool) {
-    if prepared {
-        state::transition(EXECUTING, ACTIVE);
+    if !prepared {
+        return;
     }
+    // Said while recording is still off, so that it precedes an exit record of this image
+    // (an ending thread waits for EXECUTING to clear): without it the collector could not tell
+    // that exit from the new image's.
+    if let Some(g) = Guard::enter_any() {
+        let seq = next_seq();
+        transport::emit(g.thread(), MAX_SMALL_RECORD, |enc, b, pos| enc.exec_failed(b, pos, seq));
+    }
+    if state::transition(EXECUTING, ACTIVE) {
+        if let Some(_g) = Guard::enter() {
+            say_what_exec_attempts_missed();
+        }
+    }
+}
+
+/// Once per image, if any call of another thread went unrecorded during an exec attempt that
+/// then failed (recording is off while an exec is under way: state::EXECUTING): a notice, so
+/// that the report says what it may be missing. Called with this thread's guard held.
+fn say_what_exec_attempts_missed() {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let n = state::missed_while_executing_count();
+    if n == 0 || SAID.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    notice(
+        format!(
+            "other threads' allocations and releases went unrecorded while an exec attempt was under way ({n} calls by the time one first failed; the image went on): leaks made then are missing from this report, and blocks freed then may show as unreleased"
+        )
+        .as_bytes(),
+    );
 }
 
 /// Whether this is a vfork child (or a child of a clone sharing our memory): it runs our code

@@ -5,7 +5,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::near::NearCaches;
 use crate::transport::Slot;
@@ -36,6 +36,26 @@ pub fn set_state(s: u8) {
 /// Moves from `from` to `to`; false if the state was something else.
 pub fn transition(from: u8, to: u8) -> bool {
     STATE.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+}
+
+/// Calls that went unrecorded because another thread's exec attempt was under way (see
+/// [`missed_while_executing`]).
+static MISSED: AtomicU64 = AtomicU64::new(0);
+
+/// A hook on a thread other than the exec'ing one, outside any hook, during an exec attempt:
+/// recording is off until the exec fails (if it succeeds the image is gone, and with it what
+/// such calls did). Counted, so that a failed attempt can say what went unrecorded.
+#[cold]
+#[inline(never)]
+fn missed_while_executing() {
+    if !thread().busy.get() {
+        MISSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many calls went unrecorded during exec attempts so far.
+pub fn missed_while_executing_count() -> u64 {
+    MISSED.load(Ordering::Relaxed)
 }
 
 /// Stop recording for good, unless the image is already finishing.
@@ -243,7 +263,11 @@ impl Guard {
     /// not already inside a hook.
     #[inline(always)]
     pub fn enter() -> Option<Guard> {
-        if state() != ACTIVE {
+        let s = state();
+        if s != ACTIVE {
+            if s == EXECUTING {
+                missed_while_executing();
+            }
             return None;
         }
         let t = thread();

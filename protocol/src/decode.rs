@@ -85,6 +85,10 @@ pub enum Record {
         seq: u64,
         path: String,
     },
+    /// The exec announced by the last `Exec` failed: the image goes on.
+    ExecFailed {
+        seq: u64,
+    },
     ImageExit {
         seq: u64,
     },
@@ -385,6 +389,7 @@ impl Decoder {
                 seq: p.u64("bad sequence number in an exec record")?,
                 path: p.string("bad path in an exec record")?,
             },
+            tag::EXEC_FAILED => Record::ExecFailed { seq: p.u64("bad sequence number in an exec-failed record")? },
             tag::IMAGE_EXIT => Record::ImageExit { seq: p.u64("bad sequence number in an exit record")? },
             tag::NOTICE => Record::Notice { text: p.string("bad text in a notice record")? },
             tag::CODE => Record::Code {

@@ -258,6 +258,11 @@ impl Encoder {
         })
     }
 
+    /// The exec announced last failed; the image goes on.
+    pub fn exec_failed(&mut self, buf: &mut [u8], pos: usize, seq: u64) -> usize {
+        record(buf, pos, tag::EXEC_FAILED, true, |b, p| varint::put(b, p, seq))
+    }
+
     /// The image ends cleanly; nothing it recorded is missing.
     pub fn image_exit(&mut self, buf: &mut [u8], pos: usize, seq: u64) -> usize {
         record(buf, pos, tag::IMAGE_EXIT, true, |b, p| varint::put(b, p, seq))

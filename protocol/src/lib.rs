@@ -89,6 +89,10 @@ pub mod tag {
     pub const MALLOC: u8 = 0x11;
     /// A [`RELEASE`] of a heap block by free, without the kind and API bytes.
     pub const FREE: u8 = 0x12;
+    /// The exec announced by the image's last [`EXEC`] failed: the image goes on. (Without it a
+    /// reader learns that only from what follows, which an exit record does not settle: the
+    /// old image's, or the new one's.)
+    pub const EXEC_FAILED: u8 = 0x13;
 }
 
 #[cfg(test)]

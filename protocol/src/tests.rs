@@ -20,6 +20,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     pos = e.module_unload(&mut buf, pos, 5, 3);
     pos = e.fork(&mut buf, pos, 6, 77);
     pos = e.exec(&mut buf, pos, 7, b"/bin/true");
+    pos = e.exec_failed(&mut buf, pos, 8);
     pos = e.notice(&mut buf, pos, "unicode ✓".as_bytes());
     pos = e.image_exit(&mut buf, pos, 8);
     pos = e.process_end(&mut buf, pos, 42, -3, 9);
@@ -56,6 +57,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
         Record::ModuleUnload { seq: 5, id: 3 },
         Record::Fork { seq: 6, child: 77 },
         Record::Exec { seq: 7, path: "/bin/true".into() },
+        Record::ExecFailed { seq: 8 },
         Record::Notice { text: "unicode ✓".into() },
         Record::ImageExit { seq: 8 },
         Record::ProcessEnd { pid: 42, code: -3, signal: 9 },

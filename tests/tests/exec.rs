@@ -47,3 +47,26 @@ fn a_failed_exec_leaves_the_image_recording_with_new_stacks() {
     assert_eq!(o.report.complete(), Some(true), "{ctx}");
     assert_leaky_exact(&o, 3);
 }
+
+#[test]
+fn an_exit_while_another_thread_tries_to_exec_is_complete_and_says_what_went_unrecorded() {
+    // host_exec_race leaks libleaky's table, then one thread keeps trying to exec a program
+    // that does not exist while the main thread allocates and frees, and exits mid-attempts.
+    // Recording is off during an attempt: the exit waits the attempt out and writes its exit
+    // record (before, the trace had none, and the report blamed an exec that never happened),
+    // and a notice says that calls went unrecorded.
+    let o = run([fixture("host_exec_race")]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    assert_eq!(o.report.complete(), Some(true), "{ctx}");
+    assert_leaky_exact(&o, 1);
+    let problems = o.report.json["problems"].to_string();
+    assert!(!problems.contains("nothing followed"), "{ctx}");
+    let notices = o.report.json["notices"].as_array().cloned().unwrap_or_default();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("went unrecorded while an exec attempt was under way"))),
+        "{ctx}"
+    );
+}
