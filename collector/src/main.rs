@@ -309,7 +309,7 @@ fn write_json(r: &report::Report, json: Option<&Path>) {
 /// Decodes a saved trace into a report. A truncated trace still gives the report of what was
 /// decoded (marked incomplete, with the decoder's sentence among its problems); anything else
 /// the decoder rejects is an error.
-fn load_trace(trace: &Path) -> Result<(report::Report, Option<String>)> {
+fn load_trace(trace: &Path, all: bool) -> Result<(report::Report, Option<String>)> {
     let state =
         stream::read_file(trace).map_err(|e| Error::io(format!("residue: cannot read {}", trace.display()), e))?;
     let mut problems = Vec::new();
@@ -336,14 +336,18 @@ fn load_trace(trace: &Path) -> Result<(report::Report, Option<String>)> {
         },
         None => ProcessInfo::default(),
     };
-    Ok((report::build(&state.ledger, &info, problems), truncated))
+    // As `residue run` does: without --all the runtime's residue is summarized, and its stacks'
+    // frames (libpython's and the C library's debug information) are never read.
+    let listed = if all { report::Listed::All } else { report::Listed::User };
+    let r = report::build_with(&state.ledger, &info, problems, &mut symbolize::Symbolizer::new(), None, listed);
+    Ok((r, truncated))
 }
 
 /// `residue report`: the report on stdout. A truncated trace still gets the report of what
 /// was decoded (marked incomplete), then the decoder's sentence on stderr and exit status 1,
 /// so scripts notice the damage.
 fn report_file(trace: &Path, json: Option<&Path>, all: bool) -> Result<i32> {
-    let (mut r, truncated) = load_trace(trace)?;
+    let (mut r, truncated) = load_trace(trace, all)?;
     if all {
         r.show_all();
     }
@@ -421,7 +425,7 @@ mod tests {
     #[test]
     fn complete_trace_reports_exit_signal_and_leak() {
         let p = write_temp("complete", &trace(true));
-        let (r, truncated) = load_trace(&p).unwrap();
+        let (r, truncated) = load_trace(&p, true).unwrap();
         assert!(truncated.is_none());
         assert!(r.process.complete);
         assert_eq!((r.process.pid, r.process.exit_status, r.process.signal), (Some(77), Some(134), Some(6)));
@@ -442,7 +446,7 @@ mod tests {
         let t = trace(true);
         // Cut inside the release record, before ImageExit (3 bytes) and ProcessEnd (5 bytes).
         let p = write_temp("truncated", &t[..t.len() - 9]);
-        let (r, truncated) = load_trace(&p).unwrap();
+        let (r, truncated) = load_trace(&p, true).unwrap();
         assert!(truncated.unwrap().contains("truncated"));
         assert!(!r.process.complete);
         assert_eq!(r.totals.count, 2, "the release was cut off");
@@ -457,20 +461,20 @@ mod tests {
         let mut t = trace(true);
         t[HEADER_LEN] = 0; // tag 0 is never written
         let p = write_temp("corrupt", &t);
-        let e = load_trace(&p).unwrap_err();
+        let e = load_trace(&p, true).unwrap_err();
         assert!(e.to_string().contains("is corrupt at byte"), "{e}");
         assert_eq!(e.exit_code, 2);
         let p2 = write_temp("foreign", b"\x7fELF not a trace at all");
-        let e = load_trace(&p2).unwrap_err();
+        let e = load_trace(&p2, true).unwrap_err();
         assert!(e.to_string().contains("not a residue trace"), "{e}");
         let p3 = write_temp("empty", b"");
-        assert!(load_trace(&p3).unwrap_err().to_string().contains("is empty"));
+        assert!(load_trace(&p3, true).unwrap_err().to_string().contains("is empty"));
         // Cut inside the header: nothing to report, an error.
         let p4 = write_temp("cut-header", &header()[..6]);
-        let e = load_trace(&p4).unwrap_err();
+        let e = load_trace(&p4, true).unwrap_err();
         assert!(e.to_string().contains("truncated") && e.exit_code == 2, "{e}");
         std::fs::remove_file(p4).unwrap();
-        let e = load_trace(Path::new("/nonexistent/trace.residue")).unwrap_err();
+        let e = load_trace(Path::new("/nonexistent/trace.residue"), true).unwrap_err();
         assert!(e.to_string().starts_with("residue: cannot read /nonexistent/trace.residue"), "{e}");
         for p in [p, p2, p3] {
             std::fs::remove_file(p).unwrap();
