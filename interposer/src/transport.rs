@@ -1128,6 +1128,10 @@ fn writer(rx: Receiver<Msg>) {
 /// With a `deadline`, gives up waiting for the writer then (an abrupt end may come from a thread
 /// holding locks the writer needs).
 pub fn flush_all(exit_seq: Option<u64>, deadline: Option<crate::clock::Deadline>) {
+    // One flag for every caller: they never overlap. The state machine admits one at a time
+    // (lifecycle.rs): an image's start runs before any other thread can, an exec attempt's
+    // flush holds EXECUTING, which an ending image waits out, and only one thread moves the
+    // image from ACTIVE to EXECUTING or FINISHED.
     static DONE: AtomicBool = AtomicBool::new(false);
     // Our own chunk first, so it precedes whatever the writer steals (not if we abandoned it).
     if !thread().slot.get().is_null() && !ptr::eq(ABANDONED.load(Ordering::Acquire), thread().slot.get()) {
