@@ -188,7 +188,7 @@ fn run(
     }
     let mut sym = symbolize::Symbolizer::new();
     // Without --all the runtime's residue is summarized: its stacks' frames are not needed.
-    let listed = if all { report::Listed::All } else { report::Listed::User };
+    let listed = report::Listed::with_all(all);
     // Without --all a launcher's helpers (pyenv's shim runs some 40) are counted, not listed:
     // one line of totals in the text, amounts per library in the JSON. Their stacks need no
     // more than deciding whose they are, which spares symbolizing tens of thousands of the
@@ -338,7 +338,7 @@ fn load_trace(trace: &Path, all: bool) -> Result<(report::Report, Option<String>
     };
     // As `residue run` does: without --all the runtime's residue is summarized, and its stacks'
     // frames (libpython's and the C library's debug information) are never read.
-    let listed = if all { report::Listed::All } else { report::Listed::User };
+    let listed = report::Listed::with_all(all);
     let r = report::build_with(&state.ledger, &info, problems, &mut symbolize::Symbolizer::new(), None, listed);
     Ok((r, truncated))
 }

@@ -456,6 +456,17 @@ pub enum Listed {
     Counted,
 }
 
+impl Listed {
+    /// What a report lists with `--all` given or not.
+    pub fn with_all(all: bool) -> Listed {
+        if all {
+            Listed::All
+        } else {
+            Listed::User
+        }
+    }
+}
+
 /// How much of stack `id` (of a `kind` resource, in `img`) a report with `listed` needs.
 fn detail_of(
     sym: &mut Symbolizer,
