@@ -892,6 +892,8 @@ pub struct Ledger {
     pub notices: Vec<String>,
     /// `(pid, code, signal)` from a `ProcessEnd` record (saved traces).
     pub process_end: Option<(u32, i32, u32)>,
+    /// The command `residue run` was given, from a `Command` record (saved traces).
+    pub command: Option<Vec<String>>,
     /// Records of tags this build does not know (a newer interposer).
     pub unknown_records: u64,
     /// An `Exec` was the last image record: the next one may belong to a new image.
@@ -1353,6 +1355,7 @@ impl Ledger {
                 self.current().descriptions.insert(seq, text);
             }
             Record::ProcessEnd { pid, code, signal } => self.process_end = Some((pid, code, signal)),
+            Record::Command { argv } => self.command = Some(argv),
             Record::Unknown { .. } => self.unknown_records += 1,
         }
     }

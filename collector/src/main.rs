@@ -159,10 +159,11 @@ fn run(
     let session::Traced { state, children, info, mut problems, untracked } =
         session::trace(argv, depth, tee, "residue", follow)?;
     if let (Some(f), true) = (trace_end.as_mut(), state.error.is_none() && state.ledger.header_seen) {
+        let mut tail = command_record(&info.argv);
         let mut buf = [0u8; MAX_SMALL_RECORD];
         let pid = info.pid.unwrap_or(0);
         let n = Encoder::default().process_end(&mut buf, 0, pid, info.code.unwrap_or(0), info.signal.unwrap_or(0));
-        let mut tail = buf[..n].to_vec();
+        tail.extend_from_slice(&buf[..n]);
         if !children.is_empty() {
             // Children's streams are reported live but not saved: say so where the trace is read.
             let text = format!(
@@ -248,6 +249,21 @@ fn run(
     Ok(status)
 }
 
+/// The `Command` record for a saved trace: the command as the user gave it, which the trace's
+/// first image may not show (a launcher script runs as `env bash ...`). Nothing for a command
+/// too long for a record.
+fn command_record(argv: &[String]) -> Vec<u8> {
+    let args: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
+    let len: usize = args.iter().map(|a| a.len() + MAX_SMALL_RECORD).sum();
+    if len >= 1 << 20 {
+        return Vec::new();
+    }
+    let mut rec = vec![0u8; len + MAX_SMALL_RECORD];
+    let n = Encoder::default().command(&mut rec, 0, &args);
+    rec.truncate(n);
+    rec
+}
+
 /// Which of `children` a launcher started: as `Report::attach_children` decides, a process
 /// (its streams by pid, the earliest start counting) that began before the root's final image.
 fn launcher_children(root: &stream::StreamState, children: &[stream::StreamState]) -> Vec<bool> {
@@ -330,7 +346,7 @@ fn load_trace(trace: &Path, all: bool) -> Result<(report::Report, Option<String>
     let info = match state.ledger.process_end {
         Some((pid, code, signal)) => ProcessInfo {
             pid: Some(pid),
-            argv: Vec::new(),
+            argv: state.ledger.command.clone().unwrap_or_default(),
             code: (signal == 0).then_some(code),
             signal: (signal != 0).then_some(signal),
         },

@@ -43,7 +43,7 @@ use crate::ledger::{Entry, FxMap};
 
 /// First bytes of a resolved trace: this magic, then one zstd frame holding the protocol
 /// header and the records above and the stream's other records, then raw records appended
-/// after the frame (the exit status).
+/// after the frame (the command and the exit status).
 pub const MAGIC: [u8; 8] = *b"RESIDUER";
 
 /// Tags of the resolved records (0xc0..=0xcf: never used by the protocol's records, which

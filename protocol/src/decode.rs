@@ -115,6 +115,10 @@ pub enum Record {
         id: u64,
         text: String,
     },
+    /// The command `residue run` was given (written by the collector into saved traces).
+    Command {
+        argv: Vec<String>,
+    },
     /// How the process ended (written by the collector into saved traces).
     ProcessEnd {
         pid: u32,
@@ -408,6 +412,11 @@ impl Decoder {
                 id: p.u64("bad resource id in an open-at-exit record")?,
                 text: p.string("bad text in an open-at-exit record")?,
             },
+            tag::COMMAND => {
+                let n = p.count("bad argument count in a command record")?;
+                let argv = (0..n).map(|_| p.string("bad argument in a command record")).collect::<Result<_, _>>()?;
+                Record::Command { argv }
+            }
             tag::PROCESS_END => {
                 let pid = p.u32("bad pid in a process-end record")?;
                 let code = i32::try_from(unzigzag(p.u64("bad exit code in a process-end record")?))

@@ -273,6 +273,18 @@ impl Encoder {
         record(buf, pos, tag::NOTICE, false, |b, p| bytes(b, p, text))
     }
 
+    /// The command `residue run` was given. Room: the arguments' lengths plus
+    /// `(argv.len() + 2) * MAX_VARINT + 4`; at most 2 MiB of record.
+    pub fn command(&mut self, buf: &mut [u8], pos: usize, argv: &[&[u8]]) -> usize {
+        record(buf, pos, tag::COMMAND, false, |b, p| {
+            let mut p = varint::put(b, p, argv.len() as u64);
+            for a in argv {
+                p = bytes(b, p, a);
+            }
+            p
+        })
+    }
+
     /// How process `pid` ended: `code` from exit, or the `signal` that killed it (0: none).
     pub fn process_end(&mut self, buf: &mut [u8], pos: usize, pid: u32, code: i32, signal: u32) -> usize {
         record(buf, pos, tag::PROCESS_END, true, |b, p| {

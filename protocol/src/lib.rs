@@ -93,6 +93,10 @@ pub mod tag {
     /// reader learns that only from what follows, which an exit record does not settle: the
     /// old image's, or the new one's.)
     pub const EXEC_FAILED: u8 = 0x13;
+    /// Written by the collector, never the interposer: the command `residue run` was given
+    /// (appended to a saved trace before [`PROCESS_END`], so that `residue report` names the
+    /// command the user ran, not the first image's argv: a launcher script's `env bash ...`).
+    pub const COMMAND: u8 = 0x14;
 }
 
 #[cfg(test)]

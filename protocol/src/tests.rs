@@ -23,6 +23,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
     pos = e.exec_failed(&mut buf, pos, 8);
     pos = e.notice(&mut buf, pos, "unicode ✓".as_bytes());
     pos = e.image_exit(&mut buf, pos, 8);
+    pos = e.command(&mut buf, pos, &[b"python3", b"-c", "print('ok ✓')".as_bytes()]);
     pos = e.process_end(&mut buf, pos, 42, -3, 9);
     pos = e.describe(&mut buf, pos, 100, b"/tmp/x");
     pos = e.code(&mut buf, pos, 5, 12, b"app.py", b"Foo.bar");
@@ -60,6 +61,7 @@ fn sample() -> (Vec<u8>, Vec<Record>) {
         Record::ExecFailed { seq: 8 },
         Record::Notice { text: "unicode ✓".into() },
         Record::ImageExit { seq: 8 },
+        Record::Command { argv: vec!["python3".into(), "-c".into(), "print('ok ✓')".into()] },
         Record::ProcessEnd { pid: 42, code: -3, signal: 9 },
         Record::Describe { seq: 100, text: "/tmp/x".into() },
         Record::Code { id: 5, first_line: 12, filename: "app.py".into(), name: "Foo.bar".into() },
