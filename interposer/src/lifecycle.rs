@@ -288,6 +288,7 @@ pub fn before_exec(path: &[u8]) -> bool {
     if !state::transition(ACTIVE, EXECUTING) {
         return false;
     }
+    EXEC_TID.store(ffi::gettid(), Ordering::Relaxed);
     let seq = next_seq();
     transport::emit(g.thread(), path.len() + 2 * MAX_SMALL_RECORD, |enc, b, pos| enc.exec(b, pos, seq, path));
     // The new image's stacks are its own: none is sent against one of this image's.
@@ -387,12 +388,17 @@ fn finish() -> bool {
         if state::transition(ACTIVE, FINISHED) {
             return true;
         }
-        if state::state() != EXECUTING || deadline.passed() {
+        // Not the attempt's own thread (a signal handler ending the image from inside it):
+        // that attempt cannot settle while this waits.
+        if state::state() != EXECUTING || deadline.passed() || EXEC_TID.load(Ordering::Relaxed) == ffi::gettid() {
             return false;
         }
         crate::sync::backoff(&mut spins);
     }
 }
+
+/// The thread of the exec attempt under way (state EXECUTING).
+static EXEC_TID: AtomicU32 = AtomicU32::new(0);
 
 /// exec returned: it failed, and this image goes on.
 pub fn exec_failed(prepared: bool) {
