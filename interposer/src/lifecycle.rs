@@ -388,8 +388,8 @@ fn finish() -> bool {
         if state::transition(ACTIVE, FINISHED) {
             return true;
         }
-        // Not the attempt's own thread (a signal handler ending the image from inside it):
-        // that attempt cannot settle while this waits.
+        // No attempt under way, or out of time, or this is the attempt's own thread (a signal
+        // handler ending the image from inside it), whose attempt cannot settle while it waits.
         if state::state() != EXECUTING || deadline.passed() || EXEC_TID.load(Ordering::Relaxed) == ffi::gettid() {
             return false;
         }
