@@ -18,6 +18,13 @@ MODE `lines` (the main thread):
     residue must still see. MODE `nofree` keeps the same buffer without __del__: one block of
     33 bytes in libtail, proving the buffer is tracked at all.
 
+MODE `alternate`: libleaky fx_make_struct (a malloc of 16 bytes and one of 100) called from one
+loop, taking turns between two lines, then through one helper function (dup_from) taking turns
+between two callers. Each call's native stacks are the ones of the call before it, at the same
+depth: only the Python frames tell the four places apart.
+  odd, even               3 calls each: 3 blocks of 16 bytes and 3 of 100 each
+  caller_one, caller_two  2 calls each through dup_from: 2 blocks of 16 bytes and 2 of 100 each
+
 MODE `threads`: two threading.Threads, each calling fx_strdup_names once from its own function
 (thread_a, thread_b): 2 x 10 blocks, each stack with its own thread's Python frames.
 """
@@ -92,13 +99,30 @@ def thread_b(leaky):
     leaky.fx_strdup_names()  # LEAK:thread_b
 
 
+def dup_from(leaky):
+    leaky.fx_make_struct()  # LEAK:dup_from
+
+
+def alternate(leaky):
+    for i in range(6):
+        if i % 2:
+            leaky.fx_make_struct()  # LEAK:odd
+        else:
+            leaky.fx_make_struct()  # LEAK:even
+    for i in range(4):
+        if i % 2:
+            dup_from(leaky)  # LEAK:caller_one
+        else:
+            dup_from(leaky)  # LEAK:caller_two
+
+
 holder = None
 
 
 def main():
     global holder
     if len(sys.argv) != 4:
-        sys.exit("usage: python_lines.py LIBLEAKY LIBTAIL lines|nofree|threads")
+        sys.exit("usage: python_lines.py LIBLEAKY LIBTAIL lines|nofree|alternate|threads")
     leaky, tail, libc = load(sys.argv[1], sys.argv[2])
     mode = sys.argv[3]
     if mode in ("lines", "nofree"):
@@ -108,6 +132,8 @@ def main():
         leak_libc(libc)
         balanced(tail, libc)
         holder = Finalized(tail, libc.free) if mode == "lines" else Kept(tail)
+    elif mode == "alternate":
+        alternate(leaky)  # LEAK:alternate_call
     elif mode == "threads":
         # One after the other: each thread's stack is its own whatever the scheduling.
         for target in (thread_a, thread_b):

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use residue_protocol::{Api, Encoder, Kind, MAX_FRAMES, MAX_SMALL_RECORD};
 use residue_unwind::pages::PageAligned;
 pub use residue_unwind::Entry;
+use residue_unwind::{Kept, KEPT};
 
 use crate::python;
 use crate::state::Thread;
@@ -94,18 +95,58 @@ pub fn module_unloaded() {
 }
 
 /// The seam: return addresses of the current thread, innermost first; from the caller of the
-/// hook entered at `entry` where the hook says where that was.
+/// hook entered at `entry` where the hook says where that was, with what this thread derived
+/// from the same frames before (see [`Derived`]).
 #[inline(always)]
-fn capture(t: &Thread, out: &mut [u64], entry: Option<Entry>) -> usize {
+fn capture(t: &Thread, out: &mut [u64], entry: Option<Entry>) -> (usize, Kept) {
     match entry {
-        Some(e) => residue_unwind::capture_from_in(&t.unwind, out, e),
-        None => residue_unwind::capture_in(&t.unwind, out),
+        Some(e) => residue_unwind::capture_from_kept(&t.unwind, out, e),
+        None => (residue_unwind::capture_in(&t.unwind, out), Kept::default()),
     }
 }
 
-/// A 64-bit hash of a stack. Four independent multiply lanes, so that the work per frame is
-/// not one long chain of dependent multiplies (a stack is hashed on every acquisition); the
-/// lanes are mixed at the end.
+/// What a capture derived from its native frames, kept with the unwinder's record of the walk
+/// ([`residue_unwind::Kept`]): a capture that is the same walk again (a loop's allocation from
+/// the same place, at the same depth) whose other frames (Python's, the foreign function) hash
+/// as they did then has the same stack, and takes its id from here instead of hashing every
+/// frame and looking the hash up. Valid for the stack generation it was kept in.
+#[derive(Clone, Copy)]
+struct Derived {
+    /// Whether our ffi_call hook's frame is among the native frames, where a capture asked (one
+    /// made outside any foreign call does not look).
+    hook: Option<bool>,
+    /// [`hash_rest`] of the other frames of the latest stack these native frames were part of
+    /// (0: not known), and that stack's id.
+    rest: u64,
+    id: u32,
+}
+
+impl Derived {
+    /// Kept words: the generation + 1 first, so that zeros (nothing kept) never match.
+    fn words(&self) -> [u64; KEPT] {
+        let generation = GENERATION.load(Ordering::Relaxed).wrapping_add(1);
+        let hook = match self.hook {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 3,
+        };
+        [generation, self.rest, u64::from(self.id) | hook << 32, 0]
+    }
+
+    #[inline(always)]
+    fn from(w: [u64; KEPT]) -> Option<Derived> {
+        let generation = GENERATION.load(Ordering::Relaxed).wrapping_add(1);
+        (w[0] == generation).then_some(Derived {
+            rest: w[1],
+            id: w[2] as u32,
+            hook: (w[2] >> 32 & 1 != 0).then_some(w[2] >> 33 & 1 != 0),
+        })
+    }
+}
+
+/// A 64-bit hash of a stack (never 0: 0 marks an empty entry of the intern table). Four
+/// independent multiply lanes, so that the work per frame is not one long chain of dependent
+/// multiplies; the lanes are mixed at the end.
 fn hash(frames: &[u64]) -> u64 {
     const K: [u64; 4] = [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f, 0x1656_67b1_9e37_79f9, 0x27d4_eb2f_1656_67c5];
     #[inline(always)]
@@ -126,6 +167,19 @@ fn hash(frames: &[u64]) -> u64 {
     let h = lanes[0] ^ lanes[1].rotate_left(16) ^ lanes[2].rotate_left(32) ^ lanes[3].rotate_left(48);
     let h = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     (h ^ (h >> 32)) | 1
+}
+
+/// The frames after a stack's native ones (its Python frames and foreign function), hashed to
+/// tell whether they are the ones kept (never 0, which stands for not known): one lane, as they
+/// are a few. Two different rests under the same native frames that hash alike would share a
+/// stack id, as two stacks sharing a full hash would (about 1 in 2^64 a pair).
+#[inline(always)]
+fn hash_rest(frames: &[u64]) -> u64 {
+    let mut h = 0x5851_f42d_4c95_7f2d ^ frames.len() as u64;
+    for &f in frames {
+        h = (h.rotate_left(29) ^ f).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    h | 1
 }
 
 /// The stack's id, and whether this call is the first to see it (and so must send it). The
@@ -230,16 +284,22 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
     // SAFETY: recording runs under the thread's guard, and this is its only use of the buffer.
     let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
-    let n = capture(t, &mut buf[..depth + OWN_FRAMES], entry);
+    let (n, kept) = capture(t, &mut buf[..depth + OWN_FRAMES], entry);
     let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
     let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
     let native_end = n.min(skip + depth);
-    let mut end = native_end;
+    let known = if kept.same() { residue_unwind::kept_words(&t.unwind, kept).and_then(Derived::from) } else { None };
     let foreign = t.foreign.get();
     // Inside a foreign call our ffi_call hook's frame is on the stack, below the leading frames
     // of ours that were cut; after a longjmp out of the call (which skips the hook's restore)
     // it is not, and the remembered function (and call) is stale.
-    let in_call = foreign != 0 && buf[skip..native_end].iter().any(|&a| a >= lo && a < hi);
+    let hook = match known.and_then(|d| d.hook) {
+        Some(hook) => Some(hook),
+        None if foreign != 0 => Some(buf[skip..native_end].iter().any(|&a| a >= lo && a < hi)),
+        None => None,
+    };
+    let mut end = native_end;
+    let in_call = foreign != 0 && hook == Some(true);
     let call = if in_call { t.foreign_call.get() } else { 0 };
     end += python::frames(t, &mut buf[end..end + python::MAX_PY_FRAMES], call);
     if in_call {
@@ -247,7 +307,25 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
         end += 1;
     }
     let frames = &buf[skip..end];
-    let (stack, new) = intern(t, frames);
+    let (stack, new) = match known {
+        Some(d) => {
+            // The same native frames: the same stack if the rest hashes as it did.
+            let rest = hash_rest(&buf[native_end..end]);
+            if d.rest == rest && d.hook == hook {
+                (d.id, false)
+            } else {
+                let (stack, new) = intern(t, frames);
+                residue_unwind::keep(&t.unwind, kept, Derived { hook, rest, id: stack }.words());
+                (stack, new)
+            }
+        }
+        None => {
+            // The rest is hashed if the same native frames come again.
+            let (stack, new) = intern(t, frames);
+            residue_unwind::keep(&t.unwind, kept, Derived { hook, rest: 0, id: stack }.words());
+            (stack, new)
+        }
+    };
     if !new {
         emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
         return stack;

@@ -36,7 +36,7 @@ const HOT: [(&str, u64); 6] = [
     ("malloc", 64),
     ("free", 64),
     ("_ZN7residue6stacks11acquired_at17h", 64),
-    ("_ZN14residue_unwind15capture_from_in17h", 64),
+    ("_ZN14residue_unwind17capture_from_kept17h", 64),
     ("_ZN14residue_unwind6x86_646replay17h", 64),
     ("_ZN7residue6python17frames_of_runtime17h", 128),
 ];

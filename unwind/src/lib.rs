@@ -87,7 +87,8 @@ pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = x86_64::Regs::here();
-        or_libgcc(memo::with(0, |bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)), out)
+        let walked = memo::with(0, |bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo));
+        or_libgcc(walked, out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -113,10 +114,9 @@ pub struct Entry {
 pub fn capture_from(out: &mut [u64], entry: Entry) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        or_libgcc(
-            memo::with(entry.sp, |bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)),
-            out,
-        )
+        let start = x86_64::Start::Entry(entry);
+        let walked = memo::with(entry.sp, |bounds, memo| x86_64::walk(out, start, bounds, memo));
+        or_libgcc(walked, out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -132,7 +132,8 @@ pub fn capture_from_in(state: &ThreadState, out: &mut [u64], entry: Entry) -> us
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let start = x86_64::Start::Entry(entry);
-        or_libgcc(memo::with_state(state, entry.sp, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
+        let walked = memo::with_state(state, entry.sp, |bounds, memo| x86_64::walk(out, start, bounds, memo));
+        or_libgcc(walked.map(|(n, _)| n), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -148,13 +149,95 @@ pub fn capture_in(state: &ThreadState, out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let start = x86_64::Start::Here(x86_64::Regs::here());
-        or_libgcc(memo::with_state(state, 0, |bounds, memo| x86_64::walk(out, start, bounds, memo)), out)
+        let walked = memo::with_state(state, 0, |bounds, memo| x86_64::walk(out, start, bounds, memo));
+        or_libgcc(walked.map(|(n, _)| n), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
         let _ = state;
         libgcc_capture(out)
     }
+}
+
+/// What a caller keeps with a walk: a few words stored beside the walk's record in the thread's
+/// memo ([`keep`]), until the record holds another walk. A later capture that is the same walk
+/// (from the same call site at the same stack pointer, every frame replayed from that record to
+/// the same end: the same return addresses) finds them with [`kept_words`], so that what the
+/// caller derived from those frames need not be derived again.
+///
+/// A capture's `Kept` names the capture (the thread's count of walks) and says whether it is
+/// the same walk as the record's: both only hold until the thread's next capture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kept(u64);
+
+impl Kept {
+    #[cfg_attr(not(all(target_arch = "x86_64", target_os = "linux")), allow(dead_code))]
+    pub(crate) fn new(token: u64, same: bool) -> Kept {
+        Kept(token << 1 | u64::from(same))
+    }
+
+    /// The capture is the same walk as one the record kept words for.
+    pub fn same(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// Which capture of its thread this is (0: none, libgcc's, which keeps nothing).
+    #[cfg_attr(not(all(target_arch = "x86_64", target_os = "linux")), allow(dead_code))]
+    pub(crate) fn token(self) -> u64 {
+        self.0 >> 1
+    }
+}
+
+/// Words a caller keeps per walk ([`Kept`]).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub use memo::KEPT;
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub const KEPT: usize = 4;
+
+/// As [`capture_from_in`], also returning the capture's [`Kept`]. A capture that libgcc makes
+/// keeps nothing.
+#[inline(never)]
+pub fn capture_from_kept(state: &ThreadState, out: &mut [u64], entry: Entry) -> (usize, Kept) {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let start = x86_64::Start::Entry(entry);
+        match memo::with_state(state, entry.sp, |bounds, memo| x86_64::walk(out, start, bounds, memo)) {
+            Some(done) => done,
+            None => (libgcc_capture(out), Kept::default()),
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = (state, entry);
+        (libgcc_capture(out), Kept::default())
+    }
+}
+
+/// The words kept with the walk of capture `kept` ([`capture_from_kept`]), if that capture is
+/// the same walk as theirs and no capture of this thread came since.
+#[inline]
+pub fn kept_words(state: &ThreadState, kept: Kept) -> Option<[u64; KEPT]> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        memo::kept_words_in(state, kept)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = (state, kept);
+        None
+    }
+}
+
+/// Keeps `words` with the walk of capture `kept` ([`capture_from_kept`]), if no capture of
+/// this thread came since; otherwise does nothing.
+#[inline(always)]
+pub fn keep(state: &ThreadState, kept: Kept, words: [u64; KEPT]) {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if kept.token() != 0 {
+        memo::keep_in(state, kept, words);
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    let _ = (state, kept, words);
 }
 
 /// A fast walk's result, or libgcc's walk where it could not go. Always inlined into the

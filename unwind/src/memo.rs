@@ -53,13 +53,22 @@ pub(crate) struct Walk {
     /// The walk ended on an END rule right after its last recorded step: a walk in that step's
     /// state ends there too.
     pub ended: bool,
+    /// What the caller keeps with this walk ([`crate::Kept`]), if `kept_valid`: cleared for a
+    /// new record, and for a record rewritten in place by a walk that is not the same walk
+    /// (`Walked`).
+    pub kept: [u64; KEPT],
+    pub kept_valid: bool,
     pub steps: [Step; CAP],
 }
+
+/// Words a caller keeps per walk record.
+pub const KEPT: usize = 4;
 
 #[cfg(test)]
 const EMPTY_STEP: Step = Step { cfa: 0, ra: 0, fp: 0, slot: 0 };
 #[cfg(test)]
-pub(crate) const EMPTY_WALK: Walk = Walk { generation: u64::MAX, len: 0, ended: false, steps: [EMPTY_STEP; CAP] };
+pub(crate) const EMPTY_WALK: Walk =
+    Walk { generation: u64::MAX, len: 0, ended: false, kept: [0; KEPT], kept_valid: false, steps: [EMPTY_STEP; CAP] };
 
 impl Walk {
     /// Whether a walk in state (`cfa`, `ra`, `fp`) is in this walk's state after step `j`, as
@@ -177,6 +186,9 @@ pub(crate) struct Memo {
     /// a scan).
     latest: u8,
     before: u8,
+    /// Walks completed: a [`crate::Kept`]'s token, so that words kept after a capture go to
+    /// that capture's record and to no later one.
+    captures: u64,
 }
 
 /// What the unwinder keeps per thread, a few words: in this crate's own TLS for [`crate::capture`],
@@ -222,12 +234,14 @@ thread_local! {
 /// The walk may instead make the previous walk's record its own (see [`Walked`]).
 pub(crate) type Parts<'a> = (&'a mut Near, &'a mut Walk, &'a mut Walk);
 
-/// A walk's result: how many return addresses it wrote, and whether its record is the previous
-/// walk's, rewritten in place. A walk that replays the previous one from some step to its end,
-/// at the same step numbers, shares that whole tail with it: copying its own few first steps
-/// over the previous record costs less than copying the tail into the other (a ctypes call's
-/// capture: 3 steps instead of 20).
-pub(crate) type Walked = (usize, bool);
+/// A walk's result: how many return addresses it wrote, whether its record is the previous
+/// walk's, rewritten in place, and whether it is the previous walk itself (its starting state
+/// matched the previous walk's and every step after it was replayed to the same end: the same
+/// return addresses, from a record that keeps its caller's words). A walk that replays the
+/// previous one from some step to its end, at the same step numbers, shares that whole tail
+/// with it: copying its own few first steps over the previous record costs less than copying
+/// the tail into the other (a ctypes call's capture: 3 steps instead of 20).
+pub(crate) type Walked = (usize, bool, bool);
 
 /// Runs a walk with this thread's stack range and memo; a successful walk (`Some`) becomes the
 /// newest (its own record, or the previous one it rewrote in place). `None` without calling `walk` (the caller falls back to libgcc) if re-entered (a
@@ -237,7 +251,7 @@ pub(crate) type Walked = (usize, bool);
 /// of the hot loop.
 #[inline(always)]
 pub(crate) fn with(key: u64, walk: impl FnOnce((usize, usize), Parts<'_>) -> Option<Walked>) -> Option<usize> {
-    THREAD.with(|t| with_state(t, key, walk))
+    THREAD.with(|t| with_state(t, key, walk).map(|(n, _)| n))
 }
 
 /// As [`with`], with the calling thread's own `t`. `key` picks the previous walk to replay
@@ -249,7 +263,7 @@ pub(crate) fn with_state(
     t: &ThreadState,
     key: u64,
     walk: impl FnOnce((usize, usize), Parts<'_>) -> Option<Walked>,
-) -> Option<usize> {
+) -> Option<(usize, crate::Kept)> {
     {
         if t.busy.replace(true) {
             return None;
@@ -272,7 +286,8 @@ pub(crate) fn with_state(
             // SAFETY: `m` is this thread's own live memo (allocated above or earlier, freed
             // only by thread_exit, which clears the pointer first), and `busy` makes this the
             // only borrow of it.
-            let Memo { near, walks, sites, sps, slot_walk, spare, victim, latest, before } = unsafe { &mut *m };
+            let Memo { near, walks, sites, sps, slot_walk, spare, victim, latest, before, captures } =
+                unsafe { &mut *m };
             let site = if key >= bounds.0 as u64 && key < bounds.1 as u64 - 8 && key & 7 == 0 {
                 // SAFETY: an aligned word inside this thread's stack, which is mapped.
                 unsafe { std::ptr::read_volatile(key as *const u64) }
@@ -299,7 +314,7 @@ pub(crate) fn with_state(
             let (base, free) = (slot_walk[slot] as usize, *spare as usize);
             let (prev, next) = two(walks, base, free);
             match walk(bounds, (near, prev, next)) {
-                Some((n, in_place)) => {
+                Some((n, in_place, same)) => {
                     // Rewritten in place, the site's record holds this walk already.
                     if !in_place {
                         (slot_walk[slot], *spare) = (free as u8, base as u8);
@@ -307,7 +322,9 @@ pub(crate) fn with_state(
                     if slot != *latest as usize {
                         (*before, *latest) = (*latest, slot as u8);
                     }
-                    Some(n)
+                    *captures = captures.wrapping_add(1);
+                    let same = same && walks[slot_walk[slot] as usize].kept_valid;
+                    Some((n, crate::Kept::new(*captures, same)))
                 }
                 None => None,
             }
@@ -345,6 +362,40 @@ fn allocate() -> *mut Memo {
         memo.spare = SLOTS as u8;
     }
     m
+}
+
+/// Runs `f` on the record of the walk `kept` came from, if that is still the thread's latest
+/// walk (no capture of this thread came between); `None` otherwise.
+#[inline(always)]
+fn with_kept<R>(t: &ThreadState, kept: crate::Kept, f: impl FnOnce(&mut Walk) -> R) -> Option<R> {
+    if t.busy.replace(true) {
+        return None;
+    }
+    let m = t.memo.get();
+    // SAFETY: this thread's own memo, live until thread_exit clears the pointer, and `busy`
+    // makes this the only borrow of it.
+    let r = match unsafe { m.as_mut() } {
+        Some(memo) if kept.token() != 0 && memo.captures == kept.token() => {
+            Some(f(&mut memo.walks[memo.slot_walk[memo.latest as usize % SLOTS] as usize]))
+        }
+        _ => None,
+    };
+    t.busy.set(false);
+    r
+}
+
+/// The words kept with the walk `kept` came from, if it is the same walk as theirs.
+pub(crate) fn kept_words_in(t: &ThreadState, kept: crate::Kept) -> Option<[u64; KEPT]> {
+    if !kept.same() {
+        return None;
+    }
+    with_kept(t, kept, |w| w.kept_valid.then_some(w.kept)).flatten()
+}
+
+/// Keeps `words` with the walk `kept` came from.
+#[inline(never)]
+pub(crate) fn keep_in(t: &ThreadState, kept: crate::Kept, words: [u64; KEPT]) {
+    with_kept(t, kept, |w| (w.kept, w.kept_valid) = (words, true));
 }
 
 /// Rules the calling thread's walks have asked for so far (see [`crate::thread_lookups`]).

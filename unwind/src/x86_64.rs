@@ -228,7 +228,7 @@ pub(crate) fn walk(
         Start::Entry(e) => {
             let ra = read(e.sp, lo, hi)?;
             if ra == 0 {
-                return Some((0, false));
+                return Some((0, false, false));
             }
             out[0] = ra;
             (e.sp + 8, ra, 1)
@@ -239,6 +239,10 @@ pub(crate) fn walk(
     let usable = if prev.generation == generation { prev.len.min(CAP) } else { 0 };
     let steps = &prev.steps[..usable];
     next.generation = generation;
+    next.kept_valid = false;
+    // The walk that passes through the previous walk's starting state and replays the rest of
+    // it is the same walk (`Walked`).
+    let first = n;
     // The starting state is step `n` (step 0 of an entry walk is never matched: no return
     // address is 0).
     next.steps[0] = Step { cfa: entry_sp, ra: 0, fp, slot: 0 };
@@ -350,11 +354,14 @@ pub(crate) fn walk(
         // Steps from `from` on are `prev`'s; before it, this walk's own go in.
         crate::copy_short(&mut prev.steps[..from], &next.steps[..from]);
         own_fp(&mut prev.steps[from..usable], fp);
-        return Some((n, true));
+        // Replayed from the step after its starting state: every return address is `prev`'s.
+        let same = from == first + 1;
+        prev.kept_valid &= same;
+        return Some((n, true, same));
     }
     next.len = (n + 1).min(CAP);
     next.ended = ended && n < CAP;
-    Some((n, false))
+    Some((n, false, false))
 }
 
 /// Takes the leading `steps` (of this thread's previous walk, whose state before the first of
@@ -516,7 +523,7 @@ mod tests {
             let mut out = [0u64; 16];
             let [a, b] = &mut self.walks;
             let (prev, next) = if self.last == 0 { (a, b) } else { (b, a) };
-            let (n, in_place) = walk(&mut out, start, bounds, (&mut self.near, prev, next)).expect("compact rules");
+            let (n, in_place, _) = walk(&mut out, start, bounds, (&mut self.near, prev, next)).expect("compact rules");
             if in_place {
                 self.in_place += 1;
             } else {
