@@ -130,7 +130,7 @@ impl Derived {
             Some(false) => 1,
             Some(true) => 3,
         };
-        [generation, self.rest, u64::from(self.id) | hook << 32, 0]
+        [generation, self.rest, u64::from(self.id) | hook << 32]
     }
 
     #[inline(always)]

@@ -87,8 +87,7 @@ pub fn capture(out: &mut [u64]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = x86_64::Regs::here();
-        let walked = memo::with(0, |bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo));
-        or_libgcc(walked, out)
+        or_libgcc(memo::with(0, |bounds, memo| x86_64::walk(out, x86_64::Start::Here(regs), bounds, memo)), out)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -114,30 +113,14 @@ pub struct Entry {
 pub fn capture_from(out: &mut [u64], entry: Entry) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        let start = x86_64::Start::Entry(entry);
-        let walked = memo::with(entry.sp, |bounds, memo| x86_64::walk(out, start, bounds, memo));
-        or_libgcc(walked, out)
+        or_libgcc(
+            memo::with(entry.sp, |bounds, memo| x86_64::walk(out, x86_64::Start::Entry(entry), bounds, memo)),
+            out,
+        )
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
         let _ = entry;
-        libgcc_capture(out)
-    }
-}
-
-/// As [`capture_from`], with the calling thread's own unwinder state kept by the caller
-/// (see [`ThreadState`]).
-#[inline(never)]
-pub fn capture_from_in(state: &ThreadState, out: &mut [u64], entry: Entry) -> usize {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    {
-        let start = x86_64::Start::Entry(entry);
-        let walked = memo::with_state(state, entry.sp, |bounds, memo| x86_64::walk(out, start, bounds, memo));
-        or_libgcc(walked.map(|(n, _)| n), out)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-    {
-        let _ = (state, entry);
         libgcc_capture(out)
     }
 }
@@ -192,10 +175,11 @@ impl Kept {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use memo::KEPT;
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-pub const KEPT: usize = 4;
+pub const KEPT: usize = 3;
 
-/// As [`capture_from_in`], also returning the capture's [`Kept`]. A capture that libgcc makes
-/// keeps nothing.
+/// As [`capture_from`], with the calling thread's own unwinder state kept by the caller (see
+/// [`ThreadState`]), also returning the capture's [`Kept`]. A capture that libgcc makes keeps
+/// nothing.
 #[inline(never)]
 pub fn capture_from_kept(state: &ThreadState, out: &mut [u64], entry: Entry) -> (usize, Kept) {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

@@ -62,7 +62,7 @@ pub(crate) struct Walk {
 }
 
 /// Words a caller keeps per walk record.
-pub const KEPT: usize = 4;
+pub const KEPT: usize = 3;
 
 #[cfg(test)]
 const EMPTY_STEP: Step = Step { cfa: 0, ra: 0, fp: 0, slot: 0 };
@@ -237,7 +237,7 @@ pub(crate) type Parts<'a> = (&'a mut Near, &'a mut Walk, &'a mut Walk);
 /// A walk's result: how many return addresses it wrote, whether its record is the previous
 /// walk's, rewritten in place, and whether it is the previous walk itself (its starting state
 /// matched the previous walk's and every step after it was replayed to the same end: the same
-/// return addresses, from a record that keeps its caller's words). A walk that replays the
+/// return addresses; what the caller kept with the record holds for it). A walk that replays the
 /// previous one from some step to its end, at the same step numbers, shares that whole tail
 /// with it: copying its own few first steps over the previous record costs less than copying
 /// the tail into the other (a ctypes call's capture: 3 steps instead of 20).

@@ -43,7 +43,7 @@ fn site_b(depth: usize) -> (Vec<u64>, Kept) {
 }
 
 fn words(k: u64) -> [u64; KEPT] {
-    [k, k + 1, k + 2, k + 3]
+    std::array::from_fn(|i| k + i as u64)
 }
 
 fn kept(k: Kept) -> Option<[u64; KEPT]> {
