@@ -1,9 +1,13 @@
 /* bench_w4 [PAIRS]: workload W4 of bench/run: PAIRS (default 10,000,000) malloc/free pairs
  * from four call sites (four functions, four sizes, at different stack depths), a few live
- * blocks at a time. Each new block is used: filled (memset) and up to 48 of its bytes stirred
- * with a little arithmetic, as a program would. Without that a pair is a ~7 ns tcache round
- * trip and the ratio measures nothing but the hook; with it, a plain run takes about as long
- * per pair as issue 6's W4 did (heaptrack 6x here, 8.5x there; ~30x without the work).
+ * blocks at a time. Each new block is used: filled (memset) and up to STIR (48) of its bytes
+ * stirred with a little arithmetic, as a program would. Without that a pair is a ~7 ns tcache
+ * round trip and the ratio measures nothing but the hook.
+ *
+ * STIR is fixed at compile time, so that the default build's code stays the one earlier tables
+ * measured (with the count read at run time the plain run is 10% faster). bench_w4_light is
+ * built with STIR 2: as heavy as issue 6's own W4 by its three rulers (bench/run --w4-light,
+ * bench/README.md).
  * Built by fixtures-c/build.rs into target/<profile>/fixtures/. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +19,15 @@ static void *live[4];
 
 static unsigned long checksum;
 
+#ifndef STIR
+#define STIR 48
+#endif
+
 static void *use(void *p, size_t n, long i) {
     memset(p, (int)i, n);
     unsigned char *b = p;
     unsigned long x = (unsigned long)i;
-    for (size_t k = 0; k < 48 && k < n; k++) {
+    for (size_t k = 0; k < STIR && k < n; k++) {
         x = x * 6364136223846793005UL + 1442695040888963407UL;
         b[k] ^= (unsigned char)(x >> 56);
         checksum += b[k];

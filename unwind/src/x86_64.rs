@@ -237,6 +237,11 @@ pub(crate) fn walk(
     let generation = cache::generation();
     // Rules may have changed since (dlclose): then nothing of an older walk is replayed.
     let usable = if prev.generation == generation { prev.len.min(CAP) } else { 0 };
+    if let Start::Entry(_) = start {
+        if let Some(n) = again(prev, usable, out, (entry_sp, key, fp)) {
+            return Some((n, true, true));
+        }
+    }
     let steps = &prev.steps[..usable];
     next.generation = generation;
     next.kept_valid = false;
@@ -362,6 +367,37 @@ pub(crate) fn walk(
     next.len = (n + 1).min(CAP);
     next.ended = ended && n < CAP;
     Some((n, false, false))
+}
+
+/// The commonest capture, taken without the general walk's bookkeeping: a walk from a hook's
+/// entry (`entry_sp`, its return address `ra` already in `out[0]`, rbp `fp`) whose call site's
+/// previous walk started in this state (rbp aside where it is dead: [`Walk::matches`]) and
+/// ended there, every word it read unchanged. Then this walk is that walk, step for step, and
+/// its record becomes this walk's as the general walk's in-place rewrite would make it: only
+/// rbp changes, where it differs. Returns the frames written, or `None` for the general walk
+/// (which reads the same words again: a miss costs the words read up to the first that
+/// changed, about one step on a Python program's stacks).
+#[inline(always)]
+fn again(prev: &mut Walk, usable: usize, out: &mut [u64], (entry_sp, ra, fp): (u64, u64, u64)) -> Option<usize> {
+    // The general walk's in-place condition: the whole record replayed, with room for one more.
+    if !prev.ended || usable != prev.len || usable < 2 || usable > out.len() {
+        return None;
+    }
+    // A record of a walk from this entry: its starting state, then the hook's return.
+    let s0 = &prev.steps[0];
+    if (s0.cfa ^ entry_sp) | s0.ra | s0.slot | prev.steps[1].slot != 0 || !prev.matches(1, entry_sp + 8, ra, fp) {
+        return None;
+    }
+    let rest = usable - 2;
+    if replay(&prev.steps[2..usable], &mut out[1..1 + rest]) != rest {
+        return None;
+    }
+    if prev.steps[1].fp != fp {
+        prev.steps[0].fp = fp;
+        prev.steps[1].fp = fp;
+        own_fp(&mut prev.steps[2..usable], fp);
+    }
+    Some(1 + rest)
 }
 
 /// Takes the leading `steps` (of this thread's previous walk, whose state before the first of
@@ -503,6 +539,81 @@ mod tests {
         assert_eq!(memo.walk(regs(at(16)), bounds), [k1, k3]);
         assert_eq!(memo.in_place, 2);
         assert_eq!(memo.walk(regs(at(8)), bounds), [k1, k2]);
+    }
+
+    /// A walk from a hook's entry in the very state its call site's previous walk started in is
+    /// that walk, taken whole ([`again`]), for as long as the words it read hold; with another
+    /// rbp, or after a word changed, it is left to the general walk, which reads the new word.
+    #[test]
+    fn a_walk_from_the_same_entry_is_taken_whole_while_its_words_hold() {
+        let _serial = cache::tests::SERIAL.lock().unwrap();
+        let (k0, k1, k2, k3) = (0x10_0000_0051u64, 0x10_0000_0061, 0x10_0000_0071, 0x10_0000_0081);
+        insert_rules(k0, k1, &[k2, k3]);
+        let mut stack = vec![0u64; 64];
+        let base = stack.as_ptr() as u64;
+        let at = |i: usize| base + 8 * i as u64;
+        // The hook's return address (k1) at its entry's stack pointer, word 0; k1's frame, with
+        // rbp at word 8, saved rbp there and its return address (k2, the outermost) above it.
+        stack[0] = k1;
+        stack[8] = 0x1111;
+        stack[9] = k2;
+        let bounds = (base as usize, (base + 8 * 64) as usize);
+        let entry = |fp: u64| Start::Entry(crate::Entry { sp: at(0), fp });
+        let whole = |memo: &mut TestMemo, fp: u64| {
+            let prev = &mut memo.walks[memo.last];
+            let mut out = [0u64; 16];
+            out[0] = k1;
+            again(prev, prev.len, &mut out, (at(0), k1, fp)).map(|n| out[..n].to_vec())
+        };
+        let mut memo = TestMemo::new();
+        assert_eq!(memo.walk(entry(at(8)), bounds), [k1, k2]);
+        assert_eq!(whole(&mut memo, at(8)), Some(vec![k1, k2]));
+        assert_eq!(memo.walk(entry(at(8)), bounds), [k1, k2]);
+        assert_eq!(memo.in_place, 1);
+        // Another rbp: whether the walk uses it is the general walk's to tell.
+        assert_eq!(whole(&mut memo, at(16)), None);
+        // A word the walk read changed: the general walk reads the new return address.
+        stack[9] = k3;
+        assert_eq!(whole(&mut memo, at(8)), None);
+        assert_eq!(memo.walk(entry(at(8)), bounds), [k1, k3]);
+        assert_eq!(whole(&mut memo, at(8)), Some(vec![k1, k3]));
+    }
+
+    /// Where the hook's caller's rbp is dead (the next frame reloads it before anything uses
+    /// it), a walk from the same entry with another rbp is the same walk: taken whole, and the
+    /// record takes its rbp, as the general walk's in-place rewrite does.
+    #[test]
+    fn a_walk_from_the_same_entry_with_a_dead_rbp_is_taken_whole() {
+        let _serial = cache::tests::SERIAL.lock().unwrap();
+        let (k0, k1, k2, k4) = (0x10_0000_0091u64, 0x10_0000_00a1, 0x10_0000_00b1, 0x10_0000_00c1);
+        insert_rules(k0, k1, &[k2]);
+        // CFA = rsp + 16, rbp reloaded from CFA - 16: rbp is dead before this frame.
+        cache::insert::<X86Packing>(
+            k4,
+            VALID | 16 | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT),
+            cache::generation(),
+        );
+        let mut stack = vec![0u64; 64];
+        let base = stack.as_ptr() as u64;
+        let at = |i: usize| base + 8 * i as u64;
+        stack[0] = k4;
+        stack[1] = 0x1111;
+        stack[2] = k2;
+        let bounds = (base as usize, (base + 8 * 64) as usize);
+        let entry = |fp: u64| Start::Entry(crate::Entry { sp: at(0), fp });
+        let mut memo = TestMemo::new();
+        assert_eq!(memo.walk(entry(0x5555), bounds), [k4, k2]);
+        let prev = &mut memo.walks[memo.last];
+        let mut out = [0u64; 16];
+        out[0] = k4;
+        assert_eq!(again(prev, prev.len, &mut out, (at(0), k4, 0x7777)), Some(2));
+        assert_eq!(out[..2], [k4, k2]);
+        assert_eq!([prev.steps[0].fp, prev.steps[1].fp], [0x7777, 0x7777]);
+        // After the reload, the record keeps the reloaded rbp.
+        assert_eq!(prev.steps[2].fp, 0x1111);
+        // And the general walk agrees: in place, the same frames.
+        assert_eq!(memo.walk(entry(0x9999), bounds), [k4, k2]);
+        assert_eq!(memo.in_place, 1);
     }
 
     /// A thread's memo as module `memo` keeps it: the newest walk and room for the next, whose
