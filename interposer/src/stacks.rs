@@ -382,6 +382,14 @@ pub fn acquired_with(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: 
     emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
 }
 
+/// As [`released`], for `free`, the busiest release: a closure of its own, in which the
+/// record's kind and API are constants (the shared one of [`released`] stays out of line and
+/// gets them through memory).
+#[inline(always)]
+pub fn freed(t: &Thread, seq: u64, id: u64) {
+    emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.release(b, pos, seq, Kind::HEAP, Api::FREE, id));
+}
+
 /// Records that `kind` resource `id` was released. Releases need no stack.
 #[inline]
 pub fn released(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64) {

@@ -43,6 +43,19 @@ fn record(buf: &mut [u8], pos: usize, tag: u8, small: bool, body: impl FnOnce(&m
     end
 }
 
+/// The tag and one-byte length of a small record at `pos` whose payload, written first, ends at
+/// `end`; returns `end`. The two hottest records (an acquisition, a release) are written this
+/// way rather than through [`record`]'s closure, which the compiler left out of line: a call,
+/// and the record's kind and API passed through memory instead of as constants.
+#[inline(always)]
+fn small_head(buf: &mut [u8], pos: usize, tag: u8, end: usize) -> usize {
+    let len = end - (pos + 2);
+    debug_assert!(len < 0x80);
+    buf[pos] = tag;
+    buf[pos + 1] = len as u8;
+    end
+}
+
 /// A frame count, then the frames: the first as it is, each next one as a zigzag delta.
 #[inline(always)]
 fn deltas(b: &mut [u8], pos: usize, frames: &[u64]) -> usize {
@@ -99,22 +112,21 @@ impl Encoder {
         stack: u32,
     ) -> usize {
         let malloc = kind == Kind::HEAP && api == Api::MALLOC;
-        record(buf, pos, if malloc { tag::MALLOC } else { tag::ACQUIRE }, true, |b, p| {
-            let p = self.event_head(b, p, seq, (kind, api), malloc);
-            let p = self.id(b, p, id);
-            let p = varint::put(b, p, size);
-            varint::put(b, p, u64::from(stack))
-        })
+        let start = pos + 2;
+        let p = self.event_head(buf, start, seq, (kind, api), malloc);
+        let p = self.id(buf, p, id);
+        let p = varint::put(buf, p, size);
+        let end = varint::put(buf, p, u64::from(stack));
+        small_head(buf, pos, if malloc { tag::MALLOC } else { tag::ACQUIRE }, end)
     }
 
     /// `kind` resource `id` was released through `api`.
-    #[inline]
+    #[inline(always)]
     pub fn release(&mut self, buf: &mut [u8], pos: usize, seq: u64, kind: Kind, api: Api, id: u64) -> usize {
         let free = kind == Kind::HEAP && api == Api::FREE;
-        record(buf, pos, if free { tag::FREE } else { tag::RELEASE }, true, |b, p| {
-            let p = self.event_head(b, p, seq, (kind, api), free);
-            self.id(b, p, id)
-        })
+        let p = self.event_head(buf, pos + 2, seq, (kind, api), free);
+        let end = self.id(buf, p, id);
+        small_head(buf, pos, if free { tag::FREE } else { tag::RELEASE }, end)
     }
 
     /// An event record's sequence number, then its kind and API unless its tag implies them

@@ -74,7 +74,14 @@ entered! {
 fn released(g: &Guard, api: Api, p: *mut c_void) {
     let t = g.thread();
     let seq = seq::next_for(t);
-    if catch_unwind(AssertUnwindSafe(|| stacks::released(t, seq, Kind::HEAP, api, p as u64))).is_err() {
+    let record = || {
+        if api == Api::FREE {
+            stacks::freed(t, seq, p as u64)
+        } else {
+            stacks::released(t, seq, Kind::HEAP, api, p as u64)
+        }
+    };
+    if catch_unwind(AssertUnwindSafe(record)).is_err() {
         state::go_passive();
     }
 }
