@@ -120,7 +120,8 @@ impl Encoder {
         small_head(buf, pos, if malloc { tag::MALLOC } else { tag::ACQUIRE }, end)
     }
 
-    /// `kind` resource `id` was released through `api`.
+    /// `kind` resource `id` was released through `api`. Always inlined, so that free's record
+    /// (the interposer's `stacks::freed`) is encoded with its tag known.
     #[inline(always)]
     pub fn release(&mut self, buf: &mut [u8], pos: usize, seq: u64, kind: Kind, api: Api, id: u64) -> usize {
         let free = kind == Kind::HEAP && api == Api::FREE;

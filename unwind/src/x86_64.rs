@@ -611,7 +611,7 @@ mod tests {
         assert_eq!([prev.steps[0].fp, prev.steps[1].fp], [0x7777, 0x7777]);
         // After the reload, the record keeps the reloaded rbp.
         assert_eq!(prev.steps[2].fp, 0x1111);
-        // And the general walk agrees: in place, the same frames.
+        // A capture through `walk` takes it the same way: in place, the same frames.
         assert_eq!(memo.walk(entry(0x9999), bounds), [k4, k2]);
         assert_eq!(memo.in_place, 1);
     }
