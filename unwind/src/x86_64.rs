@@ -503,6 +503,13 @@ mod tests {
         }
     }
 
+    /// A buffer of 64 words standing for a stack: the buffer, word `i`'s address, its bounds.
+    fn made_up_stack() -> (Vec<u64>, impl Fn(usize) -> u64, (usize, usize)) {
+        let stack = vec![0u64; 64];
+        let base = stack.as_ptr() as u64;
+        (stack, move |i: usize| base + 8 * i as u64, (base as usize, (base + 8 * 64) as usize))
+    }
+
     /// A made-up stack in a buffer, with made-up return addresses whose rules are put in the
     /// cache: walked once to fill a memo, then again in states that equal the memo's except
     /// in rbp, which the next rule uses. The replay must not be taken there.
@@ -512,9 +519,7 @@ mod tests {
         // Keys far from any real code (below MAX_KEY, never a mapped text address here).
         let (k0, k1, k2, k3) = (0x10_0000_0011u64, 0x10_0000_0021, 0x10_0000_0031, 0x10_0000_0041);
         insert_rules(k0, k1, &[k2, k3]);
-        let mut stack = vec![0u64; 64];
-        let base = stack.as_ptr() as u64;
-        let at = |i: usize| base + 8 * i as u64;
+        let (mut stack, at, bounds) = made_up_stack();
         // Frame 0 at word 0: its CFA is word 2, return address (k1) at word 1.
         stack[1] = k1;
         // Two frames for k1, reached through different rbp values: at words 8 and 16.
@@ -522,7 +527,6 @@ mod tests {
         stack[8] = 0x1111; // saved rbp at CFA - 16 = rbp
         stack[17] = k3;
         stack[16] = 0x2222;
-        let bounds = (base as usize, (base + 8 * 64) as usize);
         let mut memo = TestMemo::new();
         let regs = |fp: u64| Start::Here(Regs { pc: k0 - 1, sp: at(0), fp });
         assert_eq!(memo.walk(regs(at(8)), bounds), [k1, k2]);
@@ -549,15 +553,12 @@ mod tests {
         let _serial = cache::tests::SERIAL.lock().unwrap();
         let (k0, k1, k2, k3) = (0x10_0000_0051u64, 0x10_0000_0061, 0x10_0000_0071, 0x10_0000_0081);
         insert_rules(k0, k1, &[k2, k3]);
-        let mut stack = vec![0u64; 64];
-        let base = stack.as_ptr() as u64;
-        let at = |i: usize| base + 8 * i as u64;
+        let (mut stack, at, bounds) = made_up_stack();
         // The hook's return address (k1) at its entry's stack pointer, word 0; k1's frame, with
         // rbp at word 8, saved rbp there and its return address (k2, the outermost) above it.
         stack[0] = k1;
         stack[8] = 0x1111;
         stack[9] = k2;
-        let bounds = (base as usize, (base + 8 * 64) as usize);
         let entry = |fp: u64| Start::Entry(crate::Entry { sp: at(0), fp });
         let whole = |memo: &mut TestMemo, fp: u64| {
             let prev = &mut memo.walks[memo.last];
@@ -593,13 +594,10 @@ mod tests {
             VALID | 16 | RBP_SAVED | (u64::from((-16i16) as u16) << RBP_SHIFT),
             cache::generation(),
         );
-        let mut stack = vec![0u64; 64];
-        let base = stack.as_ptr() as u64;
-        let at = |i: usize| base + 8 * i as u64;
+        let (mut stack, at, bounds) = made_up_stack();
         stack[0] = k4;
         stack[1] = 0x1111;
         stack[2] = k2;
-        let bounds = (base as usize, (base + 8 * 64) as usize);
         let entry = |fp: u64| Start::Entry(crate::Entry { sp: at(0), fp });
         let mut memo = TestMemo::new();
         assert_eq!(memo.walk(entry(0x5555), bounds), [k4, k2]);
@@ -653,15 +651,12 @@ mod tests {
         let _serial = cache::tests::SERIAL.lock().unwrap();
         let (k0, k1, k2) = (0x10_0000_0111u64, 0x10_0000_0121, 0x10_0000_0131);
         insert_rules(k0, k1, &[k2]);
-        let mut stack = vec![0u64; 64];
-        let base = stack.as_ptr() as u64;
-        let at = |i: usize| base + 8 * i as u64;
+        let (mut stack, at, bounds) = made_up_stack();
         // Frame 0's return address (k1) at word 1: after it the stack pointer is word 2.
         stack[1] = k1;
         // With rbp at word 2, k1's frame reads words 2 and 3: at or above it.
         stack[2] = 0x3333;
         stack[3] = k2;
-        let bounds = (base as usize, (base + 8 * 64) as usize);
         let walk_from = |fp: u64| TestMemo::new().walk(Start::Here(Regs { pc: k0 - 1, sp: at(0), fp }), bounds);
         assert_eq!(walk_from(at(2)), [k1, k2]);
         // With rbp at word 0, k1's frame would read words 1 and 0, below its stack pointer
