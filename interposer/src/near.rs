@@ -81,7 +81,34 @@ pub struct PyFrames {
     generation: u64,
     entries: [PyFrame; PY_FRAMES],
     call: CallFrames,
+    chain: [Link; CHAIN],
 }
+
+/// Entries of [`PyFrames`]' table of frames by address. Frames live one after the other in the
+/// thread's frame stack (3.11 on; a generator's elsewhere), each larger than 16 bytes: a frame's
+/// address divided by 16 picks its entry, so the frames of 2 KiB of that stack never share one
+/// (a hash of the address made two of W1's three frames share an entry, and each walk missed
+/// both).
+pub const CHAIN: usize = 128;
+
+/// A frame the thread's walks met, by its address: what it ran, what the code's identifying
+/// fields were, and the value it was recorded as (with its entry mark). A frame's address is its
+/// depth in the thread's frame stack, counted from the outermost, so consecutive walks meet most
+/// of the same frames at the same addresses (only the innermost moved on, or a call or return
+/// changed the top): one that finds the same words there takes the value without the table's
+/// hashed lookup of (code, instruction).
+#[derive(Clone, Copy)]
+pub struct Link {
+    pub frame: u64,
+    pub code: u64,
+    pub instr: u64,
+    /// The frame's entry byte where the layout has one (3.11), else 0.
+    pub entry: u8,
+    pub fields: CodeFields,
+    pub value: u64,
+}
+
+const EMPTY_LINK: Link = Link { frame: 0, code: 0, instr: 0, entry: 0, fields: EMPTY_FIELDS, value: 0 };
 
 /// Python frames a stack holds at most (python.rs asserts it is its own limit).
 pub const CALL_FRAMES: usize = 128;
@@ -113,6 +140,7 @@ impl PyFrames {
         if self.generation != generation {
             self.entries = [EMPTY_FRAME; PY_FRAMES];
             self.call.call = 0;
+            self.chain = [EMPTY_LINK; CHAIN];
             self.generation = generation;
         }
     }
@@ -163,6 +191,23 @@ impl PyFrames {
         } else {
             is(&self.entries[i + 1]).then_some(self.entries[i + 1].value)
         }
+    }
+
+    #[inline(always)]
+    fn link_index(frame: u64) -> usize {
+        (frame >> 4) as usize % CHAIN
+    }
+
+    /// What the thread's walks last met at frame address `frame`, if they kept it.
+    #[inline(always)]
+    pub fn link(&self, frame: u64) -> Option<&Link> {
+        Some(&self.chain[Self::link_index(frame)]).filter(|l| l.frame == frame)
+    }
+
+    /// Keeps `link` for its frame address (in place of whatever shared its entry).
+    #[inline(always)]
+    pub fn set_link(&mut self, link: Link) {
+        self.chain[Self::link_index(link.frame)] = link;
     }
 
     /// Puts `e` first in its set; what was first moves second, and what was second goes.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use residue_protocol::{frame, Encoder};
 
 use crate::level_table::{LevelTable, Slot};
-use crate::near::{CodeFields, NearCaches, PyFrame};
+use crate::near::{CodeFields, Link, NearCaches, PyFrame};
 use crate::state::Thread;
 use crate::transport::emit;
 
@@ -421,6 +421,17 @@ fn walk_frames<const CHECKED: bool, V: Offsets>(t: &Thread, tstate: u64, out: &m
     let limit = out.len().min(MAX_PY_FRAMES);
     let mut n = 0;
     while f != 0 && n < limit {
+        if !CHECKED {
+            // The frame an earlier walk met at this address, unchanged: its value as it was.
+            if let Some(m) = near.as_deref().and_then(|nc| nc.py_frames.link(f)) {
+                if let Some(value) = same_link::<V>(f, m) {
+                    out[n] = value;
+                    n += 1;
+                    f = field::<CHECKED>(f, l.frame_previous)?;
+                    continue;
+                }
+            }
+        }
         if !plausible(f) {
             return None;
         }
@@ -436,10 +447,11 @@ fn walk_frames<const CHECKED: bool, V: Offsets>(t: &Thread, tstate: u64, out: &m
         }
         let code = field::<CHECKED>(f, l.frame_code)?;
         let instr = field::<CHECKED>(f, l.frame_prev_instr)?;
-        let entry = match l.frame_is_entry {
-            Some(off) => field_byte::<CHECKED>(f, off)? != 0,
-            None => false,
+        let entry_byte = match l.frame_is_entry {
+            Some(off) => field_byte::<CHECKED>(f, off)?,
+            None => 0,
         };
+        let entry = entry_byte != 0;
         if !plausible(code) {
             return None;
         }
@@ -455,7 +467,13 @@ fn walk_frames<const CHECKED: bool, V: Offsets>(t: &Thread, tstate: u64, out: &m
             Some(v) => v,
             None => frame_value(t, near.as_deref_mut(), code, instr, &fields, checked)?,
         };
-        out[n] = if entry { value | frame::python(0, 0, true) } else { value };
+        let value = if entry { value | frame::python(0, 0, true) } else { value };
+        out[n] = value;
+        if !CHECKED {
+            if let Some(nc) = near.as_deref_mut() {
+                nc.py_frames.set_link(Link { frame: f, code, instr, entry: entry_byte, fields, value });
+            }
+        }
         n += 1;
         f = field::<CHECKED>(f, l.frame_previous)?;
     }
@@ -463,6 +481,42 @@ fn walk_frames<const CHECKED: bool, V: Offsets>(t: &Thread, tstate: u64, out: &m
         nc.py_frames.keep_call(call, at, &out[..n]);
     }
     Some(n)
+}
+
+/// The value of frame `f` if it is as a walk met it before at the same address (`m`, whose frame
+/// is `f`): not a shim, running the same code object at the same instruction, with the same
+/// entry mark, and the code's identifying fields unchanged (as [`PyFrames::get`] compares them:
+/// a code object freed and replaced at the same address has other fields). Every pointer
+/// followed is one that was plausible when `m` was kept and is the same now.
+///
+/// [`PyFrames::get`]: crate::near::PyFrames::get
+#[inline(always)]
+fn same_link<V: Offsets>(f: u64, m: &Link) -> Option<u64> {
+    let l = V::layout();
+    if let Some(owner) = l.frame_owner {
+        if field_byte::<false>(f, owner)? == OWNED_BY_CSTACK {
+            return None;
+        }
+    }
+    let code = field::<false>(f, l.frame_code)?;
+    let instr = field::<false>(f, l.frame_prev_instr)?;
+    let entry = match l.frame_is_entry {
+        Some(off) => field_byte::<false>(f, off)?,
+        None => 0,
+    };
+    if (code ^ m.code) | (instr ^ m.instr) | u64::from(entry ^ m.entry) != 0 {
+        return None;
+    }
+    let filename = field::<false>(code, l.code_filename)?;
+    let qualname = field::<false>(code, l.code_qualname)?;
+    let first_line = field::<false>(code, l.code_firstlineno & !7)? >> ((l.code_firstlineno % 8) * 8);
+    let c = &m.fields;
+    if (filename ^ c.filename) | (qualname ^ c.qualname) | (first_line ^ c.first_line) != 0 {
+        return None;
+    }
+    let name_len = field::<false>(qualname, l.ascii_length)?;
+    let name_hash = field::<false>(qualname, l.ascii_length + 8)?;
+    ((name_len ^ c.name_len) | (name_hash ^ c.name_hash) == 0).then_some(m.value)
 }
 
 /// A frame's value (code id and line, without the entry mark) from the code object's identity,

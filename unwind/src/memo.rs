@@ -58,8 +58,20 @@ pub(crate) struct Walk {
     /// (`Walked`).
     pub kept: [u64; KEPT],
     pub kept_valid: bool,
+    /// The words a whole replay of steps 2 on reads, as (address, value) pairs in the order it
+    /// reads them, if `words_valid` (module `x86_64`, `again`): checking a flat list costs a
+    /// third of stepping through the steps. Made once a record has been replayed whole, so that
+    /// a record rewritten at every capture never pays for it; cleared wherever steps 2 on may
+    /// change (a new record, a rewrite in place).
+    pub words_valid: bool,
+    pub words_len: usize,
+    pub words: [[u64; 2]; WORDS],
     pub steps: [Step; CAP],
 }
+
+/// Room for a record's [`Walk::words`]: every step after the first two reads its return
+/// address, and rbp's slot where it reloads it.
+pub(crate) const WORDS: usize = 2 * CAP;
 
 /// Words a caller keeps per walk record.
 pub const KEPT: usize = 3;
@@ -67,8 +79,17 @@ pub const KEPT: usize = 3;
 #[cfg(test)]
 const EMPTY_STEP: Step = Step { cfa: 0, ra: 0, fp: 0, slot: 0 };
 #[cfg(test)]
-pub(crate) const EMPTY_WALK: Walk =
-    Walk { generation: u64::MAX, len: 0, ended: false, kept: [0; KEPT], kept_valid: false, steps: [EMPTY_STEP; CAP] };
+pub(crate) const EMPTY_WALK: Walk = Walk {
+    generation: u64::MAX,
+    len: 0,
+    ended: false,
+    kept: [0; KEPT],
+    kept_valid: false,
+    words_valid: false,
+    words_len: 0,
+    words: [[0; 2]; WORDS],
+    steps: [EMPTY_STEP; CAP],
+};
 
 impl Walk {
     /// Whether a walk in state (`cfa`, `ra`, `fp`) is in this walk's state after step `j`, as
