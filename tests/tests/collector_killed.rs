@@ -3,8 +3,8 @@
 //!
 //! The target is residue's child; once residue dies it is reparented. This test makes its own
 //! process a child subreaper (prctl), so the orphan is reparented to it and its real exit
-//! status can be collected with waitpid. It is alone in this file because that attribute is
-//! process-wide.
+//! status can be collected with waitpid. Its tests are alone in this file because that
+//! attribute is process-wide (each reaps only the orphan it waits for).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
@@ -15,6 +15,18 @@ use residue_tests::{fixture, kill, run, TempDir, DEADLINE};
 
 #[test]
 fn target_finishes_with_its_own_status_after_the_collector_is_killed() {
+    collector_killed(false);
+}
+
+/// The collector stopped first (SIGSTOP): the target fills the socket and waits in its write
+/// for the collector to read. Killed then, the collector never will: the target must notice
+/// (the write fails) and run on.
+#[test]
+fn target_waiting_for_a_stopped_collector_finishes_once_it_is_killed() {
+    collector_killed(true);
+}
+
+fn collector_killed(stop_first: bool) {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     assert_eq!(rc, 0, "prctl(PR_SET_CHILD_SUBREAPER)");
@@ -39,12 +51,24 @@ fn target_finishes_with_its_own_status_after_the_collector_is_killed() {
         }
     };
 
-    kill(residue.id() as i32, libc::SIGKILL);
-    let st = residue.wait().expect("waiting for residue");
-    assert!(!st.success(), "residue was killed");
-    // The target holds residue's stdin and stdout pipes; let it go on now.
-    stdin.write_all(b"go\n").expect("writing to the target's stdin");
-    drop(stdin);
+    if stop_first {
+        kill(residue.id() as i32, libc::SIGSTOP);
+        // The target holds residue's stdin and stdout pipes; let it go on now, and fill the
+        // socket to the stopped collector.
+        stdin.write_all(b"go\n").expect("writing to the target's stdin");
+        drop(stdin);
+        thread::sleep(Duration::from_millis(300));
+        kill(residue.id() as i32, libc::SIGKILL);
+        let st = residue.wait().expect("waiting for residue");
+        assert!(!st.success(), "residue was killed");
+    } else {
+        kill(residue.id() as i32, libc::SIGKILL);
+        let st = residue.wait().expect("waiting for residue");
+        assert!(!st.success(), "residue was killed");
+        // The target holds residue's stdin and stdout pipes; let it go on now.
+        stdin.write_all(b"go\n").expect("writing to the target's stdin");
+        drop(stdin);
+    }
 
     // Reap the orphan (now our child, as subreaper), with a deadline against a hang.
     let start = Instant::now();
