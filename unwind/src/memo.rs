@@ -59,8 +59,8 @@ pub(crate) struct Walk {
     pub kept: [u64; KEPT],
     pub kept_valid: bool,
     /// The words a whole replay of steps 2 on reads, as (address, value) pairs in the order it
-    /// reads them, if `words_valid` (module `x86_64`, `again`): checking a flat list costs a
-    /// third of stepping through the steps. Made once a record has been replayed whole, so that
+    /// reads them, if `words_valid` (module `x86_64`, `again`): checking a flat list costs
+    /// less than half of stepping through the steps. Made once a record has been replayed whole, so that
     /// a record rewritten at every capture never pays for it; cleared wherever steps 2 on may
     /// change (a new record, a rewrite in place).
     pub words_valid: bool,

@@ -643,12 +643,7 @@ mod tests {
         stack[8] = 0x1111;
         stack[9] = k2;
         let entry = |fp: u64| Start::Entry(crate::Entry { sp: at(0), fp });
-        let whole = |memo: &mut TestMemo, fp: u64| {
-            let prev = &mut memo.walks[memo.last];
-            let mut out = [0u64; 16];
-            out[0] = k1;
-            again(prev, prev.len, &mut out, (at(0), k1, fp)).map(|n| out[..n].to_vec())
-        };
+        let whole = |memo: &mut TestMemo, fp: u64| memo.whole(at(0), k1, fp);
         let mut memo = TestMemo::new();
         assert_eq!(memo.walk(entry(at(8)), bounds), [k1, k2]);
         assert_eq!(whole(&mut memo, at(8)), Some(vec![k1, k2]));
@@ -716,12 +711,7 @@ mod tests {
             );
         }
         let entry = |at: &dyn Fn(usize) -> u64| Start::Entry(crate::Entry { sp: at(0), fp: 0x5555 });
-        let whole = |memo: &mut TestMemo, at: &dyn Fn(usize) -> u64, ra: u64| {
-            let prev = &mut memo.walks[memo.last];
-            let mut out = [0u64; 16];
-            out[0] = ra;
-            again(prev, prev.len, &mut out, (at(0), ra, 0x5555)).map(|n| out[..n].to_vec())
-        };
+        let whole = |memo: &mut TestMemo, at: &dyn Fn(usize) -> u64, ra: u64| memo.whole(at(0), ra, 0x5555);
 
         // Dead: k4's frame reloads rbp (word 1), k5's reloads it again (word 3) before any use,
         // and the walk ends after k5's frame (k2).
@@ -785,6 +775,15 @@ mod tests {
                 self.last ^= 1;
             }
             out[..n].to_vec()
+        }
+
+        /// [`again`] on the newest record: a walk from a hook's entry at `sp`, whose return
+        /// address `ra` is at `sp`, with rbp `fp`; its frames, or `None` for the general walk.
+        fn whole(&mut self, sp: u64, ra: u64, fp: u64) -> Option<Vec<u64>> {
+            let prev = &mut self.walks[self.last];
+            let mut out = [0u64; 16];
+            out[0] = ra;
+            again(prev, prev.len, &mut out, (sp, ra, fp)).map(|n| out[..n].to_vec())
         }
     }
 
