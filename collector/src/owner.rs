@@ -6,9 +6,11 @@
 /// report asks it of every frame of every stack it looks at, so without `Path`'s component
 /// parsing (a tenth of the time spent resolving a Python program's ~200 summarized stacks); a
 /// module's path names a file, so its last component is never `.`, `..` or empty, where
-/// `Path::file_name` would differ.
+/// `Path::file_name` would differ. A byte loop back from the end: only the file name is
+/// scanned, where `rsplit('/')`'s searcher cost some 260 instructions a call.
 pub fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
+    // `/` is ASCII: the byte after it starts a character.
+    path.as_bytes().iter().rposition(|&b| b == b'/').map_or(path, |i| &path[i + 1..])
 }
 
 /// Modules that allocate on someone else's behalf: the interposer itself, libc, the dynamic
@@ -112,5 +114,10 @@ mod tests {
         assert!(!is_machinery("/home/u/libc.so.6/libfoo.so"), "directory names do not count");
         assert!(!is_machinery("/usr/lib/python3.11/lib-dynload/_ctypes.cpython-311-x86_64-linux-gnu.so"));
         assert!(is_interposer("/x/libresidue.so"));
+        // A bare name is its own file name; a multi-byte character before the file name
+        // does not split it.
+        assert_eq!(file_name("libc.so.6"), "libc.so.6");
+        assert_eq!(file_name("/opt/é/libfoo.so"), "libfoo.so");
+        assert_eq!(file_name("/libé.so"), "libé.so");
     }
 }

@@ -110,9 +110,10 @@ pub struct Symbolizer {
 pub struct SymbolNames {
     /// The file the names are read from.
     bytes: memmap2::Mmap,
-    /// (file address, name's offset in `bytes`, name's length), sorted by address then name.
-    /// Names stay in the file: libpython's table is tens of thousands of symbols, of which a
-    /// report asks for a few dozen.
+    /// (file address, name's offset in `bytes`, name's length), sorted by address, one per
+    /// address: of aliases (`malloc`, `__libc_malloc`), the greatest name. Names stay in the
+    /// file: libpython's table is tens of thousands of symbols, of which a report asks for a
+    /// few dozen.
     syms: Vec<(u64, u32, u32)>,
     /// Answers by file address: a stack's frames repeat across stacks.
     found: std::cell::RefCell<FxMap<u64, Option<Rc<str>>>>,
@@ -151,7 +152,20 @@ impl SymbolNames {
         }
         drop(file);
         let name = |s: &(u64, u32, u32)| &bytes[s.1 as usize..s.1 as usize + s.2 as usize];
-        syms.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| name(a).cmp(name(b))));
+        // By address alone, then one symbol per address: `find` answers with the last of the
+        // symbols at an address, which sorting by address then name made the greatest name, so
+        // the others were never asked for. Half of the C library's symbols share their address
+        // with another (aliases); by address alone, the sort takes a third fewer instructions.
+        syms.sort_unstable_by_key(|s| s.0);
+        syms.dedup_by(|next, kept| {
+            if next.0 != kept.0 {
+                return false;
+            }
+            if name(next) > name(kept) {
+                *kept = *next;
+            }
+            true
+        });
         Some(SymbolNames { bytes, syms, found: Default::default() })
     }
 
@@ -650,5 +664,37 @@ mod tests {
     /// Bytes at a virtual address of a small shared library (text is mapped at offset = vaddr).
     fn file_bytes_at(d: &[u8], vaddr: u64, size: u64) -> &[u8] {
         &d[vaddr as usize..(vaddr + size) as usize]
+    }
+
+    /// One symbol per address, the greatest name of those there: the answers the table gave
+    /// when it kept every alias, sorted by address then name (`find` takes the last at an
+    /// address). libc's symbols have hundreds of aliases.
+    #[test]
+    fn symbol_table_keeps_the_greatest_alias() {
+        use object::{Object, ObjectSymbol, SymbolKind};
+        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("libc present");
+        let names = SymbolNames::load(&module(libc, 0, vec![seg(0, 0x100_0000)])).expect("libc's symbols");
+        let data = std::fs::read(libc).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        // The table `load` reads: `.symtab` if the file kept one.
+        let table = if file.symbols().next().is_some() { file.symbols() } else { file.dynamic_symbols() };
+        let mut all: Vec<(u64, &[u8])> = table
+            .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
+            .map(|s| (s.address(), s.name_bytes().unwrap()))
+            .collect();
+        all.sort_unstable();
+        let last: Vec<(u64, &[u8])> = all
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| all.get(i + 1).is_none_or(|n| n.0 != s.0))
+            .map(|(_, &s)| s)
+            .collect();
+        assert!(last.len() < all.len(), "libc has aliases");
+        let kept: Vec<(u64, &[u8])> =
+            names.syms.iter().map(|&(a, at, len)| (a, &names.bytes[at as usize..(at + len) as usize])).collect();
+        assert_eq!(kept, last);
     }
 }

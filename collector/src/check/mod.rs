@@ -566,7 +566,7 @@ fn summary(c: &CheckOut, r: &Report) -> String {
 
 /// One frame as a line: `function at file:line (module)`.
 pub fn frame_text(f: &report::FrameOut) -> String {
-    let mut s = f.function.clone().unwrap_or_else(|| f.address.clone().unwrap_or_else(|| "?".into()));
+    let mut s = f.function.clone().unwrap_or_else(|| f.address.map_or_else(|| "?".into(), |a| format!("{a:#x}")));
     if let (Some(file), Some(line)) = (&f.file, f.line) {
         let _ = write!(s, " at {file}:{line}");
     }

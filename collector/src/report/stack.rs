@@ -63,7 +63,7 @@ fn module_out(addr: u64, module: Option<&str>) -> FrameOut {
         module: module.map(str::to_owned),
         file: None,
         line: None,
-        address: Some(format!("{addr:#x}")),
+        address: Some(addr),
         offset: None,
         inlined: false,
     }
@@ -76,8 +76,8 @@ fn native_out(f: &Frame) -> FrameOut {
         module: f.module.clone(),
         file: f.file.clone(),
         line: f.line,
-        address: Some(format!("{:#x}", f.address)),
-        offset: f.offset.map(|o| format!("{o:#x}")),
+        address: Some(f.address),
+        offset: f.offset,
         inlined: f.inlined,
     }
 }
@@ -196,7 +196,7 @@ pub fn resolve(img: &Image, modules: &ModuleMap<'_>, sym: &mut Symbolizer, raw: 
             // The outermost of an inline chain is the function itself.
             function: sf.last().and_then(|s| s.function.clone()),
             module: foreign_module(f),
-            address: format!("{f:#x}"),
+            address: f,
         }
     });
     let python: Vec<PythonFrameOut> = pythons

@@ -68,14 +68,19 @@ fn frame_line(i: usize, f: &FrameOut, owner: bool) -> String {
     let mut s = format!("    {}#{i:<2} ", if owner { "→" } else { " " });
     match &f.function {
         Some(func) => s.push_str(func),
-        None => s.push_str(f.address.as_deref().unwrap_or("?")),
+        None => match f.address {
+            Some(a) => {
+                let _ = write!(s, "{a:#x}");
+            }
+            None => s.push('?'),
+        },
     }
     if let (Some(file), Some(line)) = (&f.file, f.line) {
         let _ = write!(s, " at {file}:{line}");
     }
     match (&f.module, &f.offset) {
         (Some(m), Some(o)) if f.function.is_none() => {
-            let _ = write!(s, " ({}+{o})", basename(m));
+            let _ = write!(s, " ({}+{o:#x})", basename(m));
         }
         (Some(m), _) => {
             let _ = write!(s, " ({})", basename(m));
@@ -213,7 +218,10 @@ pub fn render(r: &Report, limits: Limits) -> String {
             }
             if let Some(fc) = &st.foreign_call {
                 let module = fc.module.as_deref().map_or("no module", basename);
-                let _ = writeln!(out, "    foreign call: {} ({module})", fc.function.as_deref().unwrap_or(&fc.address));
+                let _ = match &fc.function {
+                    Some(f) => writeln!(out, "    foreign call: {f} ({module})"),
+                    None => writeln!(out, "    foreign call: {:#x} ({module})", fc.address),
+                };
             }
             // Keep the owner frame in view even when the allocator's own frames are many.
             let start = match st.owner_frame {
