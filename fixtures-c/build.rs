@@ -94,6 +94,7 @@ const ARTIFACTS: &[Artifact] = &[
     },
     Artifact { out: "host_units", kind: Kind::Exe, sources: &["c/host_units.c"], link: &["-lunits"] },
     Artifact { out: "host_spawn", kind: Kind::Exe, sources: &["c/host_spawn.c"], link: &[] },
+    Artifact { out: "host_twins", kind: Kind::Exe, sources: &["c/host_twins.c"], link: &[] },
     Artifact { out: "bench_w4", kind: Kind::BenchExe, sources: &["../bench/w4_pairs.c"], link: &[] },
     // W4 as heavy as issue 6's by its rulers (bench/run --w4-light); -D applies wherever it stands.
     Artifact { out: "bench_w4_light", kind: Kind::BenchExe, sources: &["../bench/w4_pairs.c"], link: &["-DSTIR=2"] },

@@ -303,6 +303,15 @@ pub fn libunits() -> PathBuf {
 }
 
 /// libunits.so's leaks (c/libunits_b.c, c/libunits_c.c).
+/// host_twins.c: one call site, at one stack depth, under two callers.
+pub mod twins {
+    /// Blocks per round under twin_a and twin_b, and their sizes.
+    pub const A_PER_ROUND: u64 = 3;
+    pub const B_PER_ROUND: u64 = 2;
+    pub const A_BYTES: u64 = 24;
+    pub const B_BYTES: u64 = 40;
+}
+
 pub mod units {
     /// units_leak_b's block (malloc in the inlined units_fill).
     pub const B_BYTES: u64 = 48;

@@ -119,6 +119,9 @@ struct Derived {
     /// (0: not known), and that stack's id.
     rest: u64,
     id: u32,
+    /// How many of the leading native frames were our own (cut from the stack): a capture
+    /// that repeats the walk ([`residue_unwind::repeat`]) has no frames to count them in.
+    skip: u16,
 }
 
 impl Derived {
@@ -130,7 +133,7 @@ impl Derived {
             Some(false) => 1,
             Some(true) => 3,
         };
-        [generation, self.rest, u64::from(self.id) | hook << 32]
+        [generation, self.rest, u64::from(self.id) | hook << 32 | u64::from(self.skip) << 40]
     }
 
     #[inline(always)]
@@ -140,6 +143,7 @@ impl Derived {
             rest: w[1],
             id: w[2] as u32,
             hook: (w[2] >> 32 & 1 != 0).then_some(w[2] >> 33 & 1 != 0),
+            skip: (w[2] >> 40) as u16,
         })
     }
 }
@@ -281,21 +285,91 @@ pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) 
 #[inline(never)]
 pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
     const _: () = assert!(OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES < crate::state::FRAME_BUF);
+    // A skip (at most a capture's frames) fits Derived's 16 bits.
+    const _: () = assert!(crate::state::FRAME_BUF <= u16::MAX as usize);
     // SAFETY: recording runs under the thread's guard, and this is its only use of the buffer.
     let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
+    let foreign = t.foreign.get();
+    let mut native = match entry.and_then(|e| repeated(t, e, depth, foreign)) {
+        Some(native) => native,
+        None => captured(t, buf, depth, entry),
+    };
+    loop {
+        if let Some((stack, new, end)) = stack_of(t, buf, depth, foreign, native) {
+            let encode = |enc: &mut Encoder, b: &mut [u8], pos| enc.acquire(b, pos, seq, kind, api, id, size, stack);
+            if new {
+                send_new(t, stack, &buf[native.skip..end], encode);
+            } else {
+                emit(t, MAX_SMALL_RECORD, encode);
+            }
+            return stack;
+        }
+        // The repeated walk's frames were needed and are gone (a signal handler captured in
+        // between): walk them. A walk fills them, so this goes round once.
+        native = captured(t, buf, depth, entry);
+    }
+}
+
+/// The native part of a stack: `n` return addresses, the first `skip` of them our own (the
+/// hook's, when it was not entered through its stub), and what was derived from them before
+/// where the walk is the same as then (`known`). `filled`: they are in the frame buffer; a
+/// repeated walk's are not until they are needed ([`residue_unwind::fill`]).
+#[derive(Clone, Copy)]
+struct Native {
+    n: usize,
+    skip: usize,
+    kept: Kept,
+    known: Option<Derived>,
+    filled: bool,
+}
+
+/// A loop's allocation from the same place at the same depth: the walk is the thread's latest
+/// from there again, and what was derived from its frames then holds (same stack generation),
+/// found without walking or writing a frame (see [`residue_unwind::repeat`]). `None` where it
+/// is not, or where our ffi_call hook's presence among the frames must be looked for and never
+/// was (a capture inside a foreign call whose walk was kept outside any).
+#[inline(always)]
+fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64) -> Option<Native> {
+    let r = residue_unwind::repeat(&t.unwind, e, depth + OWN_FRAMES)?;
+    let d = Derived::from(r.words)?;
+    (foreign == 0 || d.hook.is_some()).then_some(Native {
+        n: r.n,
+        skip: usize::from(d.skip),
+        kept: r.kept,
+        known: Some(d),
+        filled: false,
+    })
+}
+
+/// The native frames walked into `buf`.
+#[inline(always)]
+fn captured(t: &Thread, buf: &mut [u64], depth: usize, entry: Option<Entry>) -> Native {
     let (n, kept) = capture(t, &mut buf[..depth + OWN_FRAMES], entry);
     let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
     let skip = buf[..n].iter().take_while(|&&a| a >= lo && a < hi).count();
-    let native_end = n.min(skip + depth);
     let known = if kept.same() { residue_unwind::kept_words(&t.unwind, kept).and_then(Derived::from) } else { None };
-    let foreign = t.foreign.get();
+    Native { n, skip, kept, known, filled: true }
+}
+
+/// The id of the stack made of `native`'s frames and the Python frames and foreign function
+/// after them, whether this call is the first to see it, and where its frames end in `buf`
+/// (they start at `native.skip`). `None` if `native`'s frames were not filled, were needed,
+/// and could not be ([`residue_unwind::fill`]).
+#[inline(always)]
+fn stack_of(t: &Thread, buf: &mut [u64], depth: usize, foreign: u64, native: Native) -> Option<(u32, bool, usize)> {
+    let Native { n, skip, kept, known, filled } = native;
+    let native_end = n.min(skip + depth);
     // Inside a foreign call our ffi_call hook's frame is on the stack, below the leading frames
     // of ours that were cut; after a longjmp out of the call (which skips the hook's restore)
-    // it is not, and the remembered function (and call) is stale.
+    // it is not, and the remembered function (and call) is stale. Frames not filled come with
+    // the answer known (`repeated`).
     let hook = match known.and_then(|d| d.hook) {
         Some(hook) => Some(hook),
-        None if foreign != 0 => Some(buf[skip..native_end].iter().any(|&a| a >= lo && a < hi)),
+        None if foreign != 0 => {
+            let (lo, hi) = (SELF_START.load(Ordering::Relaxed), SELF_END.load(Ordering::Relaxed));
+            Some(buf[skip..native_end].iter().any(|&a| a >= lo && a < hi))
+        }
         None => None,
     };
     let mut end = native_end;
@@ -306,32 +380,24 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
         buf[end] = residue_protocol::frame::foreign(foreign);
         end += 1;
     }
-    let frames = &buf[skip..end];
-    let (stack, new) = match known {
+    let rest = match known {
         Some(d) => {
             // The same native frames: the same stack if the rest hashes as it did.
             let rest = hash_rest(&buf[native_end..end]);
             if d.rest == rest && d.hook == hook {
-                (d.id, false)
-            } else {
-                let (stack, new) = intern(t, frames);
-                residue_unwind::keep(&t.unwind, kept, Derived { hook, rest, id: stack }.words());
-                (stack, new)
+                return Some((d.id, false, end));
             }
+            rest
         }
-        None => {
-            // The rest is hashed if the same native frames come again.
-            let (stack, new) = intern(t, frames);
-            residue_unwind::keep(&t.unwind, kept, Derived { hook, rest: 0, id: stack }.words());
-            (stack, new)
-        }
+        // The rest is hashed if the same native frames come again.
+        None => 0,
     };
-    if !new {
-        emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
-        return stack;
+    if !filled && !residue_unwind::fill(&t.unwind, kept, &mut buf[..native_end]) {
+        return None;
     }
-    send_new(t, stack, frames, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
-    stack
+    let (stack, new) = intern(t, &buf[skip..end]);
+    residue_unwind::keep(&t.unwind, kept, Derived { hook, rest, id: stack, skip: skip as u16 }.words());
+    Some((stack, new, end))
 }
 
 /// Sends new stack `id` and then, in the same batch, the record `then` encodes (the

@@ -137,3 +137,35 @@ fn a_library_of_several_units_is_named_from_the_units_its_leaks_are_in() {
     ];
     assert_eq!(seen, expected, "{ctx}");
 }
+
+#[test]
+fn one_call_site_at_one_depth_under_two_callers_keeps_two_stacks() {
+    // leak_one's malloc comes from the same place at the same stack pointer under twin_a and
+    // twin_b, in the pattern a a a b b: the third a is the same walk again (the interposer's
+    // fast path takes it without walking), and the b after it is not, though its first frames
+    // and stack pointer are the same. Each block must land under its own twin.
+    use fixtures::twins;
+    let rounds = 50;
+    let o = run([fixture("host_twins").as_os_str(), rounds.to_string().as_ref()]).go();
+    let ctx = o.context();
+    assert_eq!(o.finished.code(), 0, "{ctx}");
+    let mut seen: Vec<(Vec<String>, Amount)> = o
+        .report
+        .stacks("host_twins")
+        .iter()
+        .map(|s| {
+            let names = s.frames.iter().map(|f| f.function.clone().unwrap_or_default());
+            (names.take_while(|n| n != "main").collect(), s.amount)
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    let names = |twin: &str| vec!["leak_one".to_owned(), twin.to_owned()];
+    assert_eq!(
+        seen,
+        [
+            (names("twin_a"), Amount::new(twins::A_PER_ROUND * rounds, twins::A_PER_ROUND * rounds * twins::A_BYTES)),
+            (names("twin_b"), Amount::new(twins::B_PER_ROUND * rounds, twins::B_PER_ROUND * rounds * twins::B_BYTES)),
+        ],
+        "{ctx}"
+    );
+}

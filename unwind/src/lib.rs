@@ -177,6 +177,54 @@ pub use memo::KEPT;
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 pub const KEPT: usize = 3;
 
+/// A capture from a hook's entry that is the thread's latest walk from the same place again,
+/// found by [`repeat`] without walking.
+#[derive(Clone, Copy, Debug)]
+pub struct Repeat {
+    /// How many return addresses the walk has. They are not written anywhere: [`fill`] writes
+    /// them where they are needed.
+    pub n: usize,
+    /// The capture's [`Kept`]: always the same walk as the record's.
+    pub kept: Kept,
+    /// The words the caller kept with the walk ([`keep`]).
+    pub words: [u64; KEPT],
+}
+
+/// The fast path of [`capture_from_kept`] (at most `cap` frames, as into room for `cap`): where
+/// the capture from `entry` is the same walk as the thread's latest from that place, and words
+/// were kept with it, the walk's count and kept words, with the frames left unwritten (a caller
+/// whose kept words answer for the frames never reads them); `None` where it is not, for
+/// [`capture_from_kept`]. Exactly as correct as that function's whole replay: the same checks.
+#[inline(always)]
+pub fn repeat(state: &ThreadState, entry: Entry, cap: usize) -> Option<Repeat> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        memo::repeat_in(state, entry, cap)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = (state, entry, cap);
+        None
+    }
+}
+
+/// Writes the return addresses of the walk [`repeat`] found (`kept` is its [`Repeat::kept`])
+/// into `out`, as many as `out` holds (no more than the walk has). `false`, with `out` left as
+/// it was, if another capture of this thread came since (a signal handler's): the caller then
+/// captures afresh.
+#[inline(never)]
+pub fn fill(state: &ThreadState, kept: Kept, out: &mut [u64]) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        memo::fill_in(state, kept, out)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = (state, kept, out);
+        false
+    }
+}
+
 /// As [`capture_from`], with the calling thread's own unwinder state kept by the caller (see
 /// [`ThreadState`]), also returning the capture's [`Kept`]. A capture that libgcc makes keeps
 /// nothing.

@@ -315,21 +315,14 @@ pub(crate) fn with_state(
             } else {
                 0
             };
-            let (last, other) = (*latest as usize % SLOTS, *before as usize % SLOTS);
-            let slot = if sites[last] == site && sps[last] == key {
-                last
-            } else if sites[other] == site && sps[other] == key {
-                other
-            } else {
-                match (0..SLOTS).position(|k| sites[k] == site && sps[k] == key) {
-                    Some(i) => i,
-                    None => {
-                        let i = *victim as usize % SLOTS;
-                        *victim = victim.wrapping_add(1);
-                        sites[i] = site;
-                        sps[i] = key;
-                        i
-                    }
+            let slot = match find(sites, sps, (*latest, *before), site, key) {
+                Some(i) => i,
+                None => {
+                    let i = *victim as usize % SLOTS;
+                    *victim = victim.wrapping_add(1);
+                    sites[i] = site;
+                    sps[i] = key;
+                    i
                 }
             };
             let (base, free) = (slot_walk[slot] as usize, *spare as usize);
@@ -340,12 +333,9 @@ pub(crate) fn with_state(
                     if !in_place {
                         (slot_walk[slot], *spare) = (free as u8, base as u8);
                     }
-                    if slot != *latest as usize {
-                        (*before, *latest) = (*latest, slot as u8);
-                    }
-                    *captures = captures.wrapping_add(1);
+                    let token = settle(latest, before, captures, slot);
                     let same = same && walks[slot_walk[slot] as usize].kept_valid;
-                    Some((n, crate::Kept::new(*captures, same)))
+                    Some((n, crate::Kept::new(token, same)))
                 }
                 None => None,
             }
@@ -353,6 +343,82 @@ pub(crate) fn with_state(
         t.busy.set(false);
         r
     }
+}
+
+/// The slot of pair (`site`, `key`): the latest walk's or the one before it first (two places
+/// taking turns find theirs without a scan), else a scan of all.
+#[inline(always)]
+fn find(sites: &[u64; SLOTS], sps: &[u64; SLOTS], (latest, before): (u8, u8), site: u64, key: u64) -> Option<usize> {
+    let (last, other) = (latest as usize % SLOTS, before as usize % SLOTS);
+    if sites[last] == site && sps[last] == key {
+        Some(last)
+    } else if sites[other] == site && sps[other] == key {
+        Some(other)
+    } else {
+        (0..SLOTS).position(|k| sites[k] == site && sps[k] == key)
+    }
+}
+
+/// A walk of `slot` completed: it becomes the latest, and the count of captures (its token,
+/// see [`crate::Kept`]) moves on.
+#[inline(always)]
+fn settle(latest: &mut u8, before: &mut u8, captures: &mut u64, slot: usize) -> u64 {
+    if slot != *latest as usize {
+        (*before, *latest) = (*latest, slot as u8);
+    }
+    *captures = captures.wrapping_add(1);
+    *captures
+}
+
+/// The fast path of a capture from a hook's entry (`e`): where the walk is its slot's latest
+/// walk again, with words kept for it, the walk's count and the kept words, without walking
+/// or writing a frame; `None` for the general capture. It checks what the general walk's
+/// whole replay (`again`, module `x86_64`) checks, on a record whose word list is made, and
+/// leaves the memo as that replay would (but for the frames it does not write). At most `cap`
+/// frames, as a general capture into room for `cap`.
+///
+/// The general walk reaches the same answer through the stack's bounds, the choice of a spare
+/// record, the walk's start, and a second visit to the memo for the kept words: on W4 that was
+/// about 250 instructions an allocation, this about 100.
+#[inline(always)]
+pub(crate) fn repeat_in(t: &ThreadState, e: crate::Entry, cap: usize) -> Option<crate::Repeat> {
+    let m = t.memo.get();
+    if m.is_null() || e.sp & 7 != 0 || t.busy.get() {
+        return None;
+    }
+    t.busy.set(true);
+    // SAFETY: `m` is this thread's own live memo (freed only by thread_exit, which clears the
+    // pointer first and leaves it alone while `busy`), and `busy` makes this the only borrow.
+    let Memo { walks, sites, sps, slot_walk, latest, before, captures, .. } = unsafe { &mut *m };
+    // SAFETY: the hook's return address, which its caller's call pushed at `e.sp`: mapped,
+    // and aligned (checked above).
+    let site = unsafe { std::ptr::read_volatile(e.sp as *const u64) };
+    let r = find(sites, sps, (*latest, *before), site, e.sp).and_then(|slot| {
+        let w = &mut walks[slot_walk[slot] as usize];
+        let n = crate::x86_64::repeats(w, cap, (e.sp, site, e.fp))?;
+        let words = w.kept;
+        let token = settle(latest, before, captures, slot);
+        Some(crate::Repeat { n, kept: crate::Kept::new(token, true), words })
+    });
+    t.busy.set(false);
+    r
+}
+
+/// Writes the return addresses of the walk `kept` came from ([`repeat_in`]) into `out`, as
+/// many as it holds (at most the walk's); `false` if that is no longer the thread's latest
+/// walk (a signal handler captured since).
+pub(crate) fn fill_in(t: &ThreadState, kept: crate::Kept, out: &mut [u64]) -> bool {
+    with_kept(t, kept, |w| {
+        let n = w.len.saturating_sub(1).min(CAP - 1);
+        if out.len() > n {
+            return false;
+        }
+        for (o, s) in out.iter_mut().zip(&w.steps[1..]) {
+            *o = s.ra;
+        }
+        true
+    })
+    .unwrap_or(false)
 }
 
 /// Two distinct elements of `walks`, mutably.

@@ -413,6 +413,31 @@ fn again(prev: &mut Walk, usable: usize, out: &mut [u64], (entry_sp, ra, fp): (u
     Some(1 + rest)
 }
 
+/// Whether a walk from a hook's entry at `sp` (return address `ra` there, rbp `fp`) is record
+/// `w`'s whole walk again, as [`again`] finds it on a record whose word list is made and which
+/// has words kept for it ([`crate::Kept`]), with at most `cap` frames: their count if so (the
+/// frames are the record's, not written here). For the memo's fast path (`repeat_in`).
+#[inline(always)]
+pub(crate) fn repeats(w: &mut Walk, cap: usize, (sp, ra, fp): (u64, u64, u64)) -> Option<usize> {
+    let len = w.len;
+    if !(w.words_valid && w.kept_valid && w.ended) || len < 2 || len > cap || w.generation != cache::generation() {
+        return None;
+    }
+    let s0 = &w.steps[0];
+    if (s0.cfa ^ sp) | s0.ra | s0.slot | w.steps[1].slot != 0 || !w.matches(1, sp + 8, ra, fp) {
+        return None;
+    }
+    if !words_hold(&w.words[..w.words_len]) {
+        return None;
+    }
+    if w.steps[1].fp != fp {
+        w.steps[0].fp = fp;
+        w.steps[1].fp = fp;
+        own_fp(&mut w.steps[2..len], fp);
+    }
+    Some(len - 1)
+}
+
 /// Whether every listed stack word still holds its value ([`Walk::words`]): the words
 /// [`replay`] would read (but for dead rbp slots), in its order, so that a word that changed
 /// is found as early, usually the first or second on a Python program's stacks.

@@ -1,11 +1,12 @@
 //! What a caller keeps with a walk (`Kept`): given back to a capture that is the same walk (same
 //! call site, same stack pointer, the same return addresses), never to one whose frames differ,
-//! and never written into a later capture's record.
+//! and never written into a later capture's record. The fast path (`repeat`) finds the same
+//! walk without walking, and only the same walk.
 
 mod common;
 
 use common::*;
-use residue_unwind::{capture_from_kept, keep, kept_words, Entry, Kept, ThreadState, KEPT};
+use residue_unwind::{capture_from_kept, fill, keep, kept_words, repeat, Entry, Kept, Repeat, ThreadState, KEPT};
 use std::cell::RefCell;
 use std::hint::black_box;
 
@@ -13,6 +14,12 @@ thread_local! {
     static STATE: ThreadState = const { ThreadState::new() };
     /// What the latest capture of `hooked` saw: its frames and its `Kept`.
     static LAST: RefCell<(Vec<u64>, Kept)> = RefCell::new((Vec::new(), Kept::default()));
+    /// Whether hooks try [`repeat`] first, and what the latest capture of `hooked` found there
+    /// (its frames then filled in by [`fill`]).
+    static TRY_REPEAT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static REPEATED: RefCell<Option<Repeat>> = const { RefCell::new(None) };
+    /// Room for frames the hook gives a capture.
+    static ROOM: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX) };
 }
 
 /// An interposer-style hook: a naked entry hands its stack pointer and rbp to the body, which
@@ -24,7 +31,17 @@ extern "C" fn hooked() {
 
 extern "C" fn hooked_body(sp: u64, fp: u64) {
     let mut out = [0u64; MAX];
-    let (n, kept) = STATE.with(|s| capture_from_kept(s, &mut out, Entry { sp, fp }));
+    let entry = Entry { sp, fp };
+    let room = ROOM.get();
+    let found = if TRY_REPEAT.get() { STATE.with(|s| repeat(s, entry, room)) } else { None };
+    REPEATED.with(|r| *r.borrow_mut() = found);
+    let (n, kept) = match found {
+        Some(r) => {
+            assert!(STATE.with(|s| fill(s, r.kept, &mut out[..r.n])), "the repeat's frames are there to fill");
+            (r.n, r.kept)
+        }
+        None => STATE.with(|s| capture_from_kept(s, &mut out[..room], entry)),
+    };
     LAST.with(|l| *l.borrow_mut() = (out[..n].to_vec(), kept));
 }
 
@@ -168,6 +185,10 @@ fn outer_a() -> (Vec<u64>, Kept) {
 
 #[inline(never)]
 fn outer_b() -> (Vec<u64>, Kept) {
+    // Code of its own, or the two may be merged into one function (then both walks are the
+    // same walk); a nop takes no stack, so the inner frames stay where they are under outer_a.
+    // SAFETY: an instruction that does nothing.
+    unsafe { core::arch::asm!("nop", options(nomem, nostack, preserves_flags)) };
     black_box(inner_call())
 }
 
@@ -175,4 +196,91 @@ fn outer_b() -> (Vec<u64>, Kept) {
 fn inner_call() -> (Vec<u64>, Kept) {
     hooked();
     black_box(LAST.with(|l| l.borrow().clone()))
+}
+
+/// What the latest capture found through [`repeat`].
+fn repeated() -> Option<Repeat> {
+    REPEATED.with(|r| *r.borrow())
+}
+
+#[test]
+fn a_repeat_is_the_same_walk_with_its_words_and_never_another() {
+    use Site::*;
+    std::thread::spawn(|| {
+        TRY_REPEAT.set(true);
+        // The hook's caller at the same stack pointer under two outer callers: a repeat of one
+        // must not be taken for the other, whose frames differ only further out.
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        run(&[OuterA, OuterA, OuterA, OuterA, OuterB, OuterB, OuterB, OuterB, OuterA], |i, frames, k| {
+            let r = repeated();
+            match i {
+                0 => {
+                    assert!(r.is_none(), "a first walk is no repeat");
+                    keep_now(k, words(50));
+                    a = frames.to_vec();
+                }
+                // Walked whole again (its word list made): no repeat yet, then one.
+                1..=3 => {
+                    assert_eq!(frames, &a[..]);
+                    if let Some(r) = r {
+                        assert_eq!(r.words, words(50), "step {i}: the words kept with the walk");
+                        assert!(r.kept.same());
+                        assert_eq!(kept(r.kept), Some(words(50)));
+                    }
+                    assert!(i < 3 || r.is_some(), "the third walk whole again is a repeat");
+                }
+                4 => {
+                    assert_ne!(frames, &a[..], "another outer caller");
+                    assert!(r.is_none(), "another outer caller: not a repeat of the record");
+                    keep_now(k, words(60));
+                    b = frames.to_vec();
+                }
+                5..=7 => {
+                    assert_eq!(frames, &b[..]);
+                    if let Some(r) = r {
+                        assert_eq!(r.words, words(60), "step {i}: B's words, not A's");
+                    }
+                    assert!(i < 7 || r.is_some(), "B's walk whole again is a repeat");
+                }
+                _ => {
+                    assert!(r.is_none(), "back at A: the record is B's");
+                    assert_eq!(frames, &a[..]);
+                }
+            }
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_repeat_takes_no_more_frames_than_the_room_it_is_given() {
+    std::thread::spawn(|| {
+        TRY_REPEAT.set(true);
+        use Site::*;
+        let mut all = Vec::new();
+        let mut n = 0;
+        // Through one run, as above: the same place at the same depth each time.
+        run(&[OuterA, OuterA, OuterA, OuterA, OuterA, OuterA], |i, frames, k| match i {
+            0..4 => {
+                keep_now(k, words(70));
+                all = frames.to_vec();
+            }
+            4 => {
+                let r = repeated().expect("the walk through outer_a, whole again, is a repeat");
+                assert_eq!(r.n, all.len());
+                n = r.n;
+                // The same place with room for one frame fewer than the walk has.
+                ROOM.set(r.n - 1);
+            }
+            _ => {
+                // No repeat, and the general walk stops at the room's end.
+                assert!(repeated().is_none(), "a repeat would not fit");
+                assert_eq!(frames, &all[..n - 1]);
+            }
+        });
+    })
+    .join()
+    .unwrap();
 }
