@@ -297,11 +297,13 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
     };
     loop {
         if let Some((stack, new, end)) = stack_of(t, buf, depth, foreign, native) {
-            let encode = |enc: &mut Encoder, b: &mut [u8], pos| enc.acquire(b, pos, seq, kind, api, id, size, stack);
+            // A closure each: one shared by both calls is built in memory, field by field.
             if new {
-                send_new(t, stack, &buf[native.skip..end], encode);
+                send_new(t, stack, &buf[native.skip..end], |enc, b, pos| {
+                    enc.acquire(b, pos, seq, kind, api, id, size, stack)
+                });
             } else {
-                emit(t, MAX_SMALL_RECORD, encode);
+                emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire(b, pos, seq, kind, api, id, size, stack));
             }
             return stack;
         }
