@@ -385,9 +385,7 @@ fn again(prev: &mut Walk, usable: usize, out: &mut [u64], (entry_sp, ra, fp): (u
     if !prev.ended || usable != prev.len || usable < 2 || usable > out.len() {
         return None;
     }
-    // A record of a walk from this entry: its starting state, then the hook's return.
-    let s0 = &prev.steps[0];
-    if (s0.cfa ^ entry_sp) | s0.ra | s0.slot | prev.steps[1].slot != 0 || !prev.matches(1, entry_sp + 8, ra, fp) {
+    if !starts_at(prev, (entry_sp, ra, fp)) {
         return None;
     }
     let rest = usable - 2;
@@ -404,13 +402,27 @@ fn again(prev: &mut Walk, usable: usize, out: &mut [u64], (entry_sp, ra, fp): (u
         }
         list_words(prev, usable);
     }
-    // Only the rbp of steps that leave it alone changes below: no listed word.
-    if prev.steps[1].fp != fp {
-        prev.steps[0].fp = fp;
-        prev.steps[1].fp = fp;
-        own_fp(&mut prev.steps[2..usable], fp);
-    }
+    own_start(prev, usable, fp);
     Some(1 + rest)
+}
+
+/// Whether record `w` is of a walk from a hook's entry at `sp` (return address `ra` there, rbp
+/// `fp`): its starting state, then the hook's return (rbp aside where it is dead).
+#[inline(always)]
+fn starts_at(w: &Walk, (sp, ra, fp): (u64, u64, u64)) -> bool {
+    let s0 = &w.steps[0];
+    (s0.cfa ^ sp) | s0.ra | s0.slot | w.steps[1].slot == 0 && w.matches(1, sp + 8, ra, fp)
+}
+
+/// Makes record `w`, taken whole by a walk with rbp `fp`, that walk's: only the rbp of the steps
+/// up to rbp's first reload changes, no listed word.
+#[inline(always)]
+fn own_start(w: &mut Walk, len: usize, fp: u64) {
+    if w.steps[1].fp != fp {
+        w.steps[0].fp = fp;
+        w.steps[1].fp = fp;
+        own_fp(&mut w.steps[2..len], fp);
+    }
 }
 
 /// Whether a walk from a hook's entry at `sp` (return address `ra` there, rbp `fp`) is record
@@ -423,18 +435,10 @@ pub(crate) fn repeats(w: &mut Walk, cap: usize, (sp, ra, fp): (u64, u64, u64)) -
     if !(w.words_valid && w.kept_valid && w.ended) || len < 2 || len > cap || w.generation != cache::generation() {
         return None;
     }
-    let s0 = &w.steps[0];
-    if (s0.cfa ^ sp) | s0.ra | s0.slot | w.steps[1].slot != 0 || !w.matches(1, sp + 8, ra, fp) {
+    if !starts_at(w, (sp, ra, fp)) || !words_hold(&w.words[..w.words_len]) {
         return None;
     }
-    if !words_hold(&w.words[..w.words_len]) {
-        return None;
-    }
-    if w.steps[1].fp != fp {
-        w.steps[0].fp = fp;
-        w.steps[1].fp = fp;
-        own_fp(&mut w.steps[2..len], fp);
-    }
+    own_start(w, len, fp);
     Some(len - 1)
 }
 
