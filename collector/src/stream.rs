@@ -209,7 +209,12 @@ impl StreamState {
                         });
                         return pos;
                     }
-                    Parsed::NotOurs if matches!(buf[pos], tag::ACQUIRE | tag::RELEASE | tag::MALLOC | tag::FREE) => {
+                    Parsed::NotOurs
+                        if matches!(
+                            buf[pos],
+                            tag::ACQUIRE | tag::RELEASE | tag::MALLOC | tag::FREE | tag::MALLOC_NEXT | tag::FREE_NEXT
+                        ) =>
+                    {
                         self.error = Some(DecodeError {
                             offset: self.offset,
                             kind: DecodeErrorKind::Corrupt(
@@ -321,6 +326,9 @@ impl StreamState {
     #[inline(always)]
     fn hot(&mut self, b: &[u8]) -> Hot {
         let t = b[0];
+        if matches!(t, tag::MALLOC_NEXT | tag::FREE_NEXT) {
+            return self.hot_next(t, b);
+        }
         if !matches!(t, tag::MALLOC | tag::FREE | tag::ACQUIRE | tag::RELEASE | tag::BATCH) {
             return Hot::Other;
         }
@@ -367,6 +375,35 @@ impl StreamState {
         match ok {
             Some(e) => Hot::Done(end, e),
             None => Hot::Other,
+        }
+    }
+
+    /// A malloc or free record whose sequence number is the batch's last plus one
+    /// ([`tag::MALLOC_NEXT`], [`tag::FREE_NEXT`]): varints without a length. One that is not
+    /// valid numbers goes to the general decoder, which says why.
+    #[inline(always)]
+    fn hot_next(&mut self, t: u8, b: &[u8]) -> Hot {
+        let mut i = 1;
+        let Some(did) = varint(b, &mut i) else { return self.short_or_other(b, 1) };
+        if t == tag::FREE_NEXT {
+            let (seq, id) = self.advance(2, did);
+            return Hot::Done(i, Event::Release { seq, kind: Kind::HEAP, api: Api::FREE, id });
+        }
+        let Some(size) = varint(b, &mut i) else { return self.short_or_other(b, 3) };
+        let Some(stack) = varint(b, &mut i) else { return self.short_or_other(b, 3) };
+        let Ok(stack) = u32::try_from(stack) else { return Hot::Other };
+        let (seq, id) = self.advance(2, did);
+        Hot::Done(i, Event::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size, stack })
+    }
+
+    /// A varint of a length-less record ran out: more bytes may come if `b` is shorter than
+    /// its `fields` longest encodings, else it is not a valid record.
+    #[inline(always)]
+    fn short_or_other(&self, b: &[u8], fields: usize) -> Hot {
+        if b.len() < 1 + fields * MAX_VARINT {
+            Hot::More
+        } else {
+            Hot::Other
         }
     }
 

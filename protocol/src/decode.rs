@@ -278,6 +278,9 @@ impl Decoder {
             return Ok(Some((Record::Header { version }, HEADER_LEN)));
         }
         let Some(&tag) = buf.first() else { return Ok(None) };
+        if matches!(tag, tag::MALLOC_NEXT | tag::FREE_NEXT) {
+            return self.next_event(tag, buf);
+        }
         let mut pos = 1;
         let Some(len) = varint::get(buf, &mut pos) else {
             return if buf.len() < 1 + crate::varint::MAX_VARINT {
@@ -426,6 +429,37 @@ impl Decoder {
             0 => return Err(p.err("a record has tag 0, which residue never writes")),
             other => Record::Unknown { tag: other },
         })
+    }
+
+    /// A [`tag::MALLOC_NEXT`] or [`tag::FREE_NEXT`] record at the start of `buf`: no length,
+    /// so its end is where its last varint ends.
+    fn next_event(&mut self, t: u8, buf: &[u8]) -> Result<Option<(Record, usize)>, DecodeError> {
+        let fields = if t == tag::MALLOC_NEXT { 3 } else { 1 };
+        let mut pos = 1;
+        let mut v = [0u64; 3];
+        for f in v.iter_mut().take(fields) {
+            match varint::get(buf, &mut pos) {
+                Some(x) => *f = x,
+                // Out of bytes inside a varint: more may come. A varint that runs past its
+                // longest encoding with bytes left is corrupt.
+                None if pos >= buf.len() && buf.len() < 1 + fields * crate::varint::MAX_VARINT => return Ok(None),
+                None => {
+                    return Err(DecodeError::corrupt(self.offset + 1, "a malloc or free record is not valid numbers"))
+                }
+            }
+        }
+        let stack = u32::try_from(v[2])
+            .map_err(|_| DecodeError::corrupt(self.offset + 1, "bad stack id in a malloc record"))?;
+        self.last_seq = self.last_seq.wrapping_add(1);
+        self.last_id = self.last_id.wrapping_add(unzigzag(v[0]) as u64);
+        let (seq, id) = (self.last_seq, self.last_id);
+        let record = if t == tag::MALLOC_NEXT {
+            Record::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size: v[1], stack }
+        } else {
+            Record::Release { seq, kind: Kind::HEAP, api: Api::FREE, id }
+        };
+        self.offset += pos as u64;
+        Ok(Some((record, pos)))
     }
 
     fn seq(&mut self, p: &mut Payload<'_>) -> Result<u64, DecodeError> {

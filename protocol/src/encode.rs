@@ -112,6 +112,13 @@ impl Encoder {
         stack: u32,
     ) -> usize {
         let malloc = kind == Kind::HEAP && api == Api::MALLOC;
+        if malloc && seq == self.last_seq.wrapping_add(1) {
+            self.last_seq = seq;
+            buf[pos] = tag::MALLOC_NEXT;
+            let p = self.id(buf, pos + 1, id);
+            let p = varint::put(buf, p, size);
+            return varint::put(buf, p, u64::from(stack));
+        }
         let start = pos + 2;
         let p = self.event_head(buf, start, seq, (kind, api), malloc);
         let p = self.id(buf, p, id);
@@ -125,6 +132,11 @@ impl Encoder {
     #[inline(always)]
     pub fn release(&mut self, buf: &mut [u8], pos: usize, seq: u64, kind: Kind, api: Api, id: u64) -> usize {
         let free = kind == Kind::HEAP && api == Api::FREE;
+        if free && seq == self.last_seq.wrapping_add(1) {
+            self.last_seq = seq;
+            buf[pos] = tag::FREE_NEXT;
+            return self.id(buf, pos + 1, id);
+        }
         let p = self.event_head(buf, pos + 2, seq, (kind, api), free);
         let end = self.id(buf, p, id);
         small_head(buf, pos, if free { tag::FREE } else { tag::RELEASE }, end)

@@ -2,12 +2,17 @@
 //! without allocating) and the collector (which decodes it, live from a pipe or from a file).
 //!
 //! # Layout
-//! A stream is a 12-byte [header](HEADER_LEN) followed by records. Every record is
+//! A stream is a 12-byte [header](HEADER_LEN) followed by records. Every record but two is
 //! `tag: u8, len: varint, payload: [u8; len]`, so a reader can skip a record it does not know
 //! (a newer interposer) and can tell a truncated record from a corrupt one.
 //!
 //! The commonest events, malloc and free of heap blocks, have records of their own
 //! ([`tag::MALLOC`], [`tag::FREE`]): an acquire or release whose kind and API the tag implies.
+//! Where such an event's sequence number is its batch's previous one plus one (a thread that
+//! allocates alone, most events of most programs), it is written as [`tag::MALLOC_NEXT`] or
+//! [`tag::FREE_NEXT`]: without the sequence number's delta and without a length, its fields
+//! being varints that end themselves. These two are the records a reader cannot skip unread;
+//! a reader of version 2 refuses the stream (its version is 3) rather than meet them.
 //!
 //! Integers are LEB128 varints; deltas are zigzag-encoded. Acquire and release records are
 //! delta-encoded against the previous event of the same [`Record::Batch`]: each batch holds
@@ -32,8 +37,9 @@ pub use names::{Api, Kind};
 pub const MAGIC: [u8; 8] = *b"RESIDUE\0";
 /// The format version this build writes, and the newest it reads. 2 added [`tag::MALLOC`] and
 /// [`tag::FREE`]: a reader of version 1 would skip them as unknown, losing most events
-/// silently, so it refuses the stream instead.
-pub const VERSION: u16 = 2;
+/// silently, so it refuses the stream instead. 3 added [`tag::MALLOC_NEXT`] and
+/// [`tag::FREE_NEXT`], which have no length: a reader of version 2 could not even skip them.
+pub const VERSION: u16 = 3;
 /// Magic, version (u16 little-endian), reserved flags (u16).
 pub const HEADER_LEN: usize = 12;
 
@@ -97,6 +103,13 @@ pub mod tag {
     /// (appended to a saved trace before [`PROCESS_END`], so that `residue report` names the
     /// command the user ran, not the first image's argv: a launcher script's `env bash ...`).
     pub const COMMAND: u8 = 0x14;
+    /// A [`MALLOC`] whose sequence number is the batch's previous one plus one: `id` delta,
+    /// size, stack, as varints, with no length before them and no sequence delta (4 bytes of a
+    /// W4 malloc/free pair's 13, copied out of the target and decoded by the collector).
+    pub const MALLOC_NEXT: u8 = 0x15;
+    /// A [`FREE`] whose sequence number is the batch's previous one plus one: the `id` delta
+    /// alone, with no length.
+    pub const FREE_NEXT: u8 = 0x16;
 }
 
 #[cfg(test)]

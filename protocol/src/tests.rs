@@ -115,11 +115,13 @@ fn foreign_file_and_newer_version_are_named() {
 #[test]
 fn malloc_and_free_records_are_two_bytes_shorter() {
     let mut buf = [0u8; 64];
+    // Sequence numbers that do not follow one another (another thread's events came between):
+    // the records with a length and a sequence delta.
     let mut sizes = |kind: Kind, acquire: Api, release: Api| {
         let mut e = Encoder::default();
-        let a = e.acquire(&mut buf, 0, 1, kind, acquire, 0x5555_2000, 48, 10);
+        let a = e.acquire(&mut buf, 0, 5, kind, acquire, 0x5555_2000, 48, 10);
         assert_eq!(buf[0], if (kind, acquire) == (Kind::HEAP, Api::MALLOC) { tag::MALLOC } else { tag::ACQUIRE });
-        let r = e.release(&mut buf, 0, 2, kind, release, 0x5555_2000);
+        let r = e.release(&mut buf, 0, 7, kind, release, 0x5555_2000);
         assert_eq!(buf[0], if (kind, release) == (Kind::HEAP, Api::FREE) { tag::FREE } else { tag::RELEASE });
         (a, r)
     };
@@ -187,4 +189,85 @@ fn frame_tags_round_trip() {
     );
     assert_eq!(classify(python(7, 42, false)), Frame::Python { code: 7, line: 42, entry: false });
     assert_eq!(classify(foreign(0x7f00_1234_5678)), Frame::Foreign(0x7f00_1234_5678));
+}
+
+/// A malloc or free whose sequence number follows the batch's last goes without its length
+/// and its sequence delta: two bytes shorter again, and decoded to the same records, whether
+/// the decoder gets them whole or a byte at a time.
+#[test]
+fn consecutive_malloc_and_free_records_drop_their_length_and_sequence() {
+    let mut buf = [0u8; 64];
+    // The same two events, the second's sequence number following the first's or not.
+    let mut second = |seq: u64, api: Api| {
+        let mut e = Encoder::default();
+        e.acquire(&mut buf, 0, 5, Kind::HEAP, Api::MALLOC, 0x5555_2000, 48, 10);
+        let n = if api == Api::FREE {
+            e.release(&mut buf, 0, seq, Kind::HEAP, api, 0x5555_2040)
+        } else {
+            e.acquire(&mut buf, 0, seq, Kind::HEAP, api, 0x5555_2040, 48, 10)
+        };
+        (buf[0], n)
+    };
+    let (far, next) = (second(7, Api::MALLOC), second(6, Api::MALLOC));
+    assert_eq!((far.0, next.0, far.1 - next.1), (tag::MALLOC, tag::MALLOC_NEXT, 2));
+    let (far, next) = (second(7, Api::FREE), second(6, Api::FREE));
+    assert_eq!((far.0, next.0, far.1 - next.1), (tag::FREE, tag::FREE_NEXT, 2));
+    // Another API keeps its full record.
+    assert_eq!(second(6, Api::CALLOC).0, tag::ACQUIRE);
+
+    let mut stream = header().to_vec();
+    let mut b = [0u8; 256];
+    let mut e = Encoder::default();
+    let mut p = e.batch(&mut b, 0, 9);
+    p = e.acquire(&mut b, p, 1, Kind::HEAP, Api::MALLOC, 0x7f00_0000_1000, 300, 4);
+    p = e.acquire(&mut b, p, 2, Kind::HEAP, Api::MALLOC, 0x7f00_0000_0800, 1 << 40, 70_000);
+    p = e.release(&mut b, p, 3, Kind::HEAP, Api::FREE, 0x7f00_0000_1000);
+    p = e.release(&mut b, p, 9, Kind::HEAP, Api::FREE, 0x7f00_0000_0800);
+    stream.extend_from_slice(&b[..p]);
+    let want = vec![
+        Record::Header { version: VERSION },
+        Record::Batch { tid: 9 },
+        Record::Acquire { seq: 1, kind: Kind::HEAP, api: Api::MALLOC, id: 0x7f00_0000_1000, size: 300, stack: 4 },
+        Record::Acquire {
+            seq: 2,
+            kind: Kind::HEAP,
+            api: Api::MALLOC,
+            id: 0x7f00_0000_0800,
+            size: 1 << 40,
+            stack: 70_000,
+        },
+        Record::Release { seq: 3, kind: Kind::HEAP, api: Api::FREE, id: 0x7f00_0000_1000 },
+        Record::Release { seq: 9, kind: Kind::HEAP, api: Api::FREE, id: 0x7f00_0000_0800 },
+    ];
+    let (got, _) = decode_all(&stream).unwrap();
+    assert_eq!(got, want);
+    // Fed one byte more at a time: a record cut inside its varints waits for the rest.
+    let mut d = Decoder::new();
+    let (mut at, mut got) = (0, Vec::new());
+    for end in 1..=stream.len() {
+        while let Some((r, n)) = d.next(&stream[at..end]).unwrap() {
+            got.push(r);
+            at += n;
+        }
+    }
+    assert_eq!((got, at), (want, stream.len()));
+}
+
+/// A stream of version 2, which has no length-less records, still decodes.
+#[test]
+fn version_2_streams_still_decode() {
+    let mut stream = header().to_vec();
+    stream[8..10].copy_from_slice(&2u16.to_le_bytes());
+    // A malloc and a free as version 2 wrote them: tag, length, sequence delta, id delta, ...
+    stream.extend_from_slice(&[tag::BATCH, 1, 9, tag::MALLOC, 5, 2, 0x80, 0x01, 48, 3, tag::FREE, 2, 2, 0]);
+    let (got, _) = decode_all(&stream).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Record::Header { version: 2 },
+            Record::Batch { tid: 9 },
+            Record::Acquire { seq: 1, kind: Kind::HEAP, api: Api::MALLOC, id: 64, size: 48, stack: 3 },
+            Record::Release { seq: 2, kind: Kind::HEAP, api: Api::FREE, id: 64 },
+        ]
+    );
 }

@@ -182,9 +182,9 @@ fn corrupt_synthetic_trace_is_an_error() {
     let t = synthetic_trace();
     let recs = records(&t);
     // A record with tag 0, which residue never writes, in place of the first acquire.
-    use residue_protocol::tag::{ACQUIRE, MALLOC};
+    use residue_protocol::tag::{ACQUIRE, MALLOC, MALLOC_NEXT};
     let mut zero = t.clone();
-    let acquire = recs.iter().find(|r| matches!(t[r.0], ACQUIRE | MALLOC)).expect("an acquire");
+    let acquire = recs.iter().find(|r| matches!(t[r.0], ACQUIRE | MALLOC | MALLOC_NEXT)).expect("an acquire");
     zero[acquire.0] = 0;
     assert_rejected(&tmp, "tag-zero.residue", &zero, "corrupt");
     // A record claiming a length far beyond the decoder's limit (and beyond the file).
