@@ -383,16 +383,18 @@ impl StreamState {
     /// valid numbers goes to the general decoder, which says why.
     #[inline(always)]
     fn hot_next(&mut self, t: u8, b: &[u8]) -> Hot {
+        // The sequence delta `advance` takes zigzag-encoded: 2 is +1.
+        const NEXT: u64 = 2;
         let mut i = 1;
         let Some(did) = varint(b, &mut i) else { return self.short_or_other(b, 1) };
         if t == tag::FREE_NEXT {
-            let (seq, id) = self.advance(2, did);
+            let (seq, id) = self.advance(NEXT, did);
             return Hot::Done(i, Event::Release { seq, kind: Kind::HEAP, api: Api::FREE, id });
         }
         let Some(size) = varint(b, &mut i) else { return self.short_or_other(b, 3) };
         let Some(stack) = varint(b, &mut i) else { return self.short_or_other(b, 3) };
         let Ok(stack) = u32::try_from(stack) else { return Hot::Other };
-        let (seq, id) = self.advance(2, did);
+        let (seq, id) = self.advance(NEXT, did);
         Hot::Done(i, Event::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size, stack })
     }
 
