@@ -200,6 +200,14 @@ impl Symbolizer {
         Self::default()
     }
 
+    /// The modules whose symbol tables were read (for tests of what a report needs to read).
+    #[cfg(test)]
+    pub fn names_read(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.names.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// The next process's report starts: its addresses mean other things (an exec'd child has
     /// its own layout). The finished process's answers are dropped.
     pub fn next_process(&mut self) {

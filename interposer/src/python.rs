@@ -303,16 +303,31 @@ const _: () = assert!(MAX_PY_FRAMES == crate::near::CALL_FRAMES);
 #[inline(never)]
 fn frames_of_runtime(t: &Thread, out: &mut [u64], status: u8, call: u64) -> usize {
     let checked = status == UNCHECKED;
-    // SAFETY: the function pointers were resolved from the CPython runtime by detect(); both
-    // functions only read runtime state and are callable without the GIL.
-    let tstate = unsafe {
+    // SAFETY: the function pointer was resolved from the CPython runtime by detect(); the
+    // function only reads runtime state and is callable without the GIL.
+    let running = unsafe {
         let init: IsInitialized = std::mem::transmute(IS_INITIALIZED.load(Ordering::Relaxed));
-        if init() == 0 {
-            // Not yet running, or finalizing: thread states may be gone.
-            return 0;
+        init() != 0
+    };
+    if !running {
+        // Not yet running, or finalizing: thread states may be gone.
+        return 0;
+    }
+    // The thread's state, as looked up earlier in the same foreign call: while the call runs,
+    // the thread keeps its state (the finalization that deletes other threads' states has not
+    // begun: the runtime is still initialized, checked above for this capture). A capture in
+    // the same call takes it from here rather than from the thread-specific slot again.
+    let tstate = match t.py_tstate.get() {
+        (c, tstate) if call != 0 && c == call => tstate,
+        _ => {
+            // SAFETY: as above; PyGILState_GetThisThreadState reads this thread's TSS slot.
+            let tstate = unsafe {
+                let get: GetTstate = std::mem::transmute(GET_TSTATE.load(Ordering::Relaxed));
+                get() as u64
+            };
+            t.py_tstate.set((call, tstate));
+            tstate
         }
-        let get: GetTstate = std::mem::transmute(GET_TSTATE.load(Ordering::Relaxed));
-        get() as u64
     };
     if tstate == 0 {
         return 0;

@@ -93,6 +93,9 @@ pub struct Thread {
     pub foreign_call: Cell<u64>,
     /// Foreign calls this thread has made.
     pub foreign_calls: Cell<u64>,
+    /// The foreign call (0: none) in which the thread's Python state was last looked up, and
+    /// that state: a capture in the same call takes it from here (python.rs).
+    pub py_tstate: Cell<(u64, u64)>,
     /// Scratch space for one stack: reused, so that recording does not clear kilobytes of stack
     /// memory on every allocation.
     frames: UnsafeCell<[u64; FRAME_BUF]>,
@@ -126,6 +129,7 @@ const fn empty() -> Thread {
         foreign: Cell::new(0),
         foreign_call: Cell::new(0),
         foreign_calls: Cell::new(0),
+        py_tstate: Cell::new((0, 0)),
         frames: UnsafeCell::new([0; FRAME_BUF]),
         near: Cell::new(ptr::null_mut()),
         retired: Cell::new(false),
