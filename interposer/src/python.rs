@@ -289,6 +289,12 @@ fn byte(addr: u64, checked: bool) -> Option<u8> {
 /// same for every capture made while its caller's frame is current (near.rs, `CallFrames`).
 /// Inlined as far as the check that the process runs Python at all (every capture of a C
 /// program asks).
+/// No Python runtime to walk: [`frames`] returns 0 whatever it is asked.
+#[inline(always)]
+pub fn off() -> bool {
+    STATUS.load(Ordering::Acquire) == OFF
+}
+
 #[inline(always)]
 pub fn frames(t: &Thread, out: &mut [u64], call: u64) -> usize {
     let status = STATUS.load(Ordering::Acquire);

@@ -179,12 +179,16 @@ fn hash(frames: &[u64]) -> u64 {
 /// stack id, as two stacks sharing a full hash would (about 1 in 2^64 a pair).
 #[inline(always)]
 fn hash_rest(frames: &[u64]) -> u64 {
-    let mut h = 0x5851_f42d_4c95_7f2d ^ frames.len() as u64;
+    let mut h = REST_SEED ^ frames.len() as u64;
     for &f in frames {
         h = (h.rotate_left(29) ^ f).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     h | 1
 }
+
+const REST_SEED: u64 = 0x5851_f42d_4c95_7f2d;
+/// [`hash_rest`] of no frames.
+const EMPTY_REST: u64 = REST_SEED | 1;
 
 /// The stack's id, and whether this call is the first to see it (and so must send it). The
 /// thread's near cache answers for its recent stacks without touching the global table.
@@ -282,8 +286,20 @@ pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) 
 
 /// As [`acquired`], for a hook that knows where it was entered (its stack pointer and rbp at
 /// its first instruction): the stack is walked from its caller on, without the hook's frames.
+/// [`quick`]'s answer is recorded here; the walk is out of line ([`walked`]), so that this
+/// path saves and spills no more than it uses.
 #[inline(never)]
 pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
+    if let Some(stack) = entry.and_then(|e| quick(t, e)) {
+        emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire_inline(b, pos, seq, kind, api, id, size, stack));
+        return stack;
+    }
+    walked(t, entry, seq, kind, api, id, size)
+}
+
+/// [`acquired_at`] where [`quick`] does not answer: the stack is walked, or its walk repeated.
+#[inline(never)]
+fn walked(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
     const _: () = assert!(OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES < crate::state::FRAME_BUF);
     // A skip (at most a capture's frames) fits Derived's 16 bits.
     const _: () = assert!(crate::state::FRAME_BUF <= u16::MAX as usize);
@@ -291,7 +307,8 @@ pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: 
     let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
     let foreign = t.foreign.get();
-    let mut native = match entry.and_then(|e| repeated(t, e, depth, foreign)) {
+    let native_only = foreign == 0 && python::off();
+    let mut native = match entry.and_then(|e| repeated(t, e, depth, foreign, native_only)) {
         Some(native) => native,
         None => captured(t, buf, depth, entry),
     };
@@ -331,9 +348,11 @@ struct Native {
 /// found without walking or writing a frame (see [`residue_unwind::repeat`]). `None` where it
 /// is not, or where our ffi_call hook's presence among the frames must be looked for and never
 /// was (a capture inside a foreign call whose walk was kept outside any).
+///
+/// `native_only` (no foreign call, no Python): the walk is kept for [`quick`].
 #[inline(always)]
-fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64) -> Option<Native> {
-    let r = residue_unwind::repeat(&t.unwind, e, depth + OWN_FRAMES)?;
+fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64, native_only: bool) -> Option<Native> {
+    let r = residue_unwind::repeat(&t.unwind, e, depth + OWN_FRAMES, native_only)?;
     let d = Derived::from(r.words)?;
     (foreign == 0 || d.hook.is_some()).then_some(Native {
         n: r.n,
@@ -342,6 +361,23 @@ fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64) -> Option<Native> 
         known: Some(d),
         filled: false,
     })
+}
+
+/// A C program's loop: the stack of a capture from `e` made outside any foreign call, in a
+/// process without a Python runtime, where the walk is one [`repeated`] kept before
+/// ([`residue_unwind::quick`]) and what was derived from it then still answers. Such a stack
+/// has its native frames only: it is the stack of those frames with no others after them, in
+/// this stack generation, looked for outside any foreign call. Only the walk's kept words are
+/// read, in one place of the memo.
+#[inline(always)]
+fn quick(t: &Thread, e: Entry) -> Option<u32> {
+    // Nothing but native frames: no foreign call under way, no Python runtime to walk.
+    if t.foreign.get() != 0 || !python::off() {
+        return None;
+    }
+    let depth = DEPTH.load(Ordering::Relaxed);
+    let d = Derived::from(residue_unwind::quick(&t.unwind, e, depth + OWN_FRAMES)?)?;
+    (d.hook.is_none() && d.rest == EMPTY_REST).then_some(d.id)
 }
 
 /// The native frames walked into `buf`.

@@ -111,6 +111,24 @@ impl Encoder {
         size: u64,
         stack: u32,
     ) -> usize {
+        self.acquire_inline(buf, pos, seq, kind, api, id, size, stack)
+    }
+
+    /// [`Encoder::acquire`], always inlined: for the one caller on the busiest path (a C
+    /// program's loop), where a call would pass half its arguments through memory.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn acquire_inline(
+        &mut self,
+        buf: &mut [u8],
+        pos: usize,
+        seq: u64,
+        kind: Kind,
+        api: Api,
+        id: u64,
+        size: u64,
+        stack: u32,
+    ) -> usize {
         let malloc = kind == Kind::HEAP && api == Api::MALLOC;
         if malloc && seq == self.last_seq.wrapping_add(1) {
             self.last_seq = seq;

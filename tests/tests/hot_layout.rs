@@ -32,10 +32,11 @@ fn linked_by_lld(file: &object::File<'_>, what: &str) -> bool {
 /// Functions on every recorded allocation's path, by the start of their names (the compiler
 /// adds a hash), that exist as functions of their own in every profile.
 /// With the end of the run of text each must lie in, in KiB from the start of `.text`.
-const HOT: [(&str, u64); 6] = [
+const HOT: [(&str, u64); 7] = [
     ("malloc", 64),
     ("free", 64),
     ("_ZN7residue6stacks11acquired_at17h", 64),
+    ("_ZN7residue6stacks6walked17h", 64),
     ("_ZN14residue_unwind17capture_from_kept17h", 64),
     ("_ZN14residue_unwind6x86_646replay17h", 64),
     ("_ZN7residue6python17frames_of_runtime17h", 128),
@@ -136,17 +137,18 @@ fn a_c_hosts_functions_fit_in_two_runs_of_the_file() {
     );
     // Functions every C host runs that a regenerated list can miss, each before the Python
     // walk: crtbeginS.o's start-up and exit functions (callgrind names them by address only),
-    // the memo's word list (made once per record), what a traced program runs while it waits
-    // for the collector's answer at its exit, and the stream's claim at start-up (both
-    // `residue run` only; callgrind saw neither of the latter). Left to the linker, each kept
-    // another 64 KiB run resident: 64 KiB of W4's peak apiece. Exact names, or the start of a
-    // Rust function's (the compiler adds a hash).
+    // the memo's word list (made once per record) and its quick answers (kept once per call
+    // site), what a traced program runs while it waits for the collector's answer at its exit,
+    // and the stream's claim at start-up (both `residue run` only; callgrind saw neither of the
+    // latter). Left to the linker, each kept another 64 KiB run resident: 64 KiB of W4's peak
+    // apiece. Exact names, or the start of a Rust function's (the compiler adds a hash).
     for name in [
         "frame_dummy",
         "__do_global_dtors_aux",
         "register_tm_clones",
         "deregister_tm_clones",
         "_ZN14residue_unwind6x86_6410list_words17h",
+        "_ZN14residue_unwind4memo12remember_hit17h",
         "_ZN7residue9transport10going_idle17h",
         "poll",
         "_ZN7residue9lifecycle7Decimal2of17h",

@@ -195,11 +195,32 @@ pub struct Repeat {
 /// were kept with it, the walk's count and kept words, with the frames left unwritten (a caller
 /// whose kept words answer for the frames never reads them); `None` where it is not, for
 /// [`capture_from_kept`]. Exactly as correct as that function's whole replay: the same checks.
+///
+/// `remember`: keep the walk found for [`quick`], where it depends on few enough words.
 #[inline(always)]
-pub fn repeat(state: &ThreadState, entry: Entry, cap: usize) -> Option<Repeat> {
+pub fn repeat(state: &ThreadState, entry: Entry, cap: usize, remember: bool) -> Option<Repeat> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        memo::repeat_in(state, entry, cap)
+        memo::repeat_in(state, entry, cap, remember)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = (state, entry, cap, remember);
+        None
+    }
+}
+
+/// The quickest capture from `entry` (at most `cap` frames): where [`repeat`] found the same
+/// walk from the same place before, with `remember`, and every stack word that walk depends on
+/// still holds, the words the caller had kept with it then ([`keep`]), without the frames and
+/// without a change to the thread's records; `None` otherwise. As correct as [`repeat`]: the
+/// same checks, on a copy of what they read. The kept words may be older than the record's
+/// latest: the caller tells from them whether they still answer.
+#[inline(always)]
+pub fn quick(state: &ThreadState, entry: Entry, cap: usize) -> Option<[u64; KEPT]> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        memo::quick_in(state, entry, cap)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {

@@ -103,9 +103,13 @@ impl Walk {
         if s.cfa != cfa || s.ra != ra {
             return false;
         }
-        if s.fp == fp {
-            return true;
-        }
+        s.fp == fp || self.fp_dead_after(j)
+    }
+
+    /// Whether rbp is dead after step `j` ([`Walk::matches`]): the following steps reload it
+    /// before any of them computes a CFA from it, or the walk ends on an END rule first.
+    #[inline(always)]
+    pub fn fp_dead_after(&self, j: usize) -> bool {
         for later in &self.steps[j + 1..self.len] {
             if later.slot & CFA_FROM_RBP != 0 {
                 return false;
@@ -163,6 +167,48 @@ impl Near {
     }
 }
 
+/// Answers kept per thread for [`quick_in`], one per (call site, stack pointer) pair, in sets of
+/// two picked by a hash of the pair: a new pair takes the set's first place and moves the pair
+/// there to the second, so that two pairs of a loop that hash alike do not evict each other.
+const HITS: usize = 32;
+/// Words a walk may depend on to be kept as a [`Hit`] (a multiple of four): a C program's
+/// stacks list a few (W4's, four; a Rust thread's, about ten); a Python program's, some
+/// thirty, are not kept.
+pub(crate) const HIT_WORDS: usize = 16;
+const _: () = assert!(HIT_WORDS.is_multiple_of(4));
+
+/// A walk from a hook's entry that [`repeat_in`] found whole, reduced to what decides it: the
+/// state it starts in, the stack words it depends on, the rule generation, and the words the
+/// caller kept with it at the time. A walk from the same place in the same state, with the same
+/// words on the stack, is the same walk (module comment): [`quick_in`] answers it from here, in
+/// one place of memory, without the record's steps and flags, without the slot scan, and
+/// without touching the records (it changes nothing, so the records stay as the last walk left
+/// them).
+///
+/// Laid out in this order, so that a hit of up to four words reads two cache lines: the first
+/// holds everything but the words. 320 bytes; a thread touches the pages of the hits it uses.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Hit {
+    /// The return address at `sp` (the call site) and `sp`; `sp` is 0 in an empty entry, which
+    /// no aligned stack address in a mapped stack equals.
+    site: u64,
+    sp: u64,
+    /// rbp at the entry, unless `fp_dead`: the walk reloads rbp before any step computes a CFA
+    /// from it (or ends first), so any rbp gives the same walk ([`Walk::matches`]).
+    fp: u64,
+    generation: u64,
+    kept: [u64; KEPT],
+    /// Return addresses the walk has (as [`repeat_in`] counts them).
+    n: u16,
+    /// Fours of words in `words`: the walk's, then as many copies of its first as make the
+    /// last four whole (a word that holds holds again), so that they are checked four at a
+    /// time without a remainder ([`crate::x86_64::fours_hold`]).
+    fours: u8,
+    fp_dead: bool,
+    words: [[u64; 2]; HIT_WORDS],
+}
+
 /// Previous walks kept, one per call site and depth. A walk from a hooked function's entry
 /// replays the latest walk that started from the same return address (the hook's caller) at the
 /// same stack pointer: a slot per (site, stack pointer) pair for sixteen pairs, a new pair
@@ -190,6 +236,7 @@ const SLOTS: usize = 16;
 /// thread's stack (a thread created with a 16 KiB stack would not be created at all).
 /// Allocated on the thread's first capture (see [`allocate`]), freed by [`thread_exit`].
 pub(crate) struct Memo {
+    hits: [Hit; HITS],
     near: Near,
     walks: [Walk; SLOTS + 1],
     /// The call site (return address) each slot's walks started from, and the stack pointer
@@ -307,7 +354,7 @@ pub(crate) fn with_state(
             // SAFETY: `m` is this thread's own live memo (allocated above or earlier, freed
             // only by thread_exit, which clears the pointer first), and `busy` makes this the
             // only borrow of it.
-            let Memo { near, walks, sites, sps, slot_walk, spare, victim, latest, before, captures } =
+            let Memo { near, walks, sites, sps, slot_walk, spare, victim, latest, before, captures, .. } =
                 unsafe { &mut *m };
             let site = if key >= bounds.0 as u64 && key < bounds.1 as u64 - 8 && key & 7 == 0 {
                 // SAFETY: an aligned word inside this thread's stack, which is mapped.
@@ -382,7 +429,7 @@ fn settle(latest: &mut u8, before: &mut u8, captures: &mut u64, slot: usize) -> 
 /// words: on W4 (callgrind) this path takes 106 instructions fewer a malloc/free pair, 873 to
 /// 767.
 #[inline(always)]
-pub(crate) fn repeat_in(t: &ThreadState, e: crate::Entry, cap: usize) -> Option<crate::Repeat> {
+pub(crate) fn repeat_in(t: &ThreadState, e: crate::Entry, cap: usize, remember: bool) -> Option<crate::Repeat> {
     let m = t.memo.get();
     if m.is_null() || e.sp & 7 != 0 || t.busy.get() {
         return None;
@@ -390,19 +437,82 @@ pub(crate) fn repeat_in(t: &ThreadState, e: crate::Entry, cap: usize) -> Option<
     t.busy.set(true);
     // SAFETY: `m` is this thread's own live memo (freed only by thread_exit, which clears the
     // pointer first and leaves it alone while `busy`), and `busy` makes this the only borrow.
-    let Memo { walks, sites, sps, slot_walk, latest, before, captures, .. } = unsafe { &mut *m };
+    let Memo { hits, walks, sites, sps, slot_walk, latest, before, captures, .. } = unsafe { &mut *m };
     // SAFETY: the hook's return address, which its caller's call pushed at `e.sp`: mapped,
     // and aligned (checked above).
     let site = unsafe { std::ptr::read_volatile(e.sp as *const u64) };
     let r = find(sites, sps, (*latest, *before), site, e.sp).and_then(|slot| {
         let w = &mut walks[slot_walk[slot] as usize];
         let n = crate::x86_64::repeats(w, cap, (e.sp, site, e.fp))?;
+        if remember && w.words_len <= HIT_WORDS {
+            remember_hit(hits, w, (e.sp, site, e.fp), n);
+        }
         let words = w.kept;
         let token = settle(latest, before, captures, slot);
         Some(crate::Repeat { n, kept: crate::Kept::new(token, true), words })
     });
     t.busy.set(false);
     r
+}
+
+/// The first of the two places pair (`site`, `sp`) may have in [`Memo::hits`].
+#[inline(always)]
+fn hit_set(site: u64, sp: u64) -> usize {
+    let h = (site ^ sp.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - HITS.trailing_zeros())) as usize & !1
+}
+
+/// Keeps record `w`, which [`crate::x86_64::repeats`] just found whole from (`sp`, `site`, `fp`)
+/// with `n` frames, as that pair's [`Hit`]. `w`'s word list fits (the caller checked).
+#[cold]
+#[inline(never)]
+fn remember_hit(hits: &mut [Hit; HITS], w: &Walk, (sp, site, fp): (u64, u64, u64), n: usize) {
+    let i = hit_set(site, sp);
+    if !(hits[i].site == site && hits[i].sp == sp) {
+        hits[i + 1] = hits[i];
+    }
+    let h = &mut hits[i];
+    (h.site, h.sp, h.fp, h.fp_dead) = (site, sp, fp, w.fp_dead_after(1));
+    let len = w.words_len;
+    let whole = len.div_ceil(4) * 4;
+    (h.fours, h.n, h.generation, h.kept) = ((whole / 4) as u8, n as u16, w.generation, w.kept);
+    h.words[..len].copy_from_slice(&w.words[..len]);
+    if len > 0 {
+        h.words[len..whole].fill(w.words[0]);
+    }
+}
+
+/// The quickest capture from a hook's entry (`e`): where a walk from the same place in the same
+/// state was kept as a [`Hit`] and the words it depends on still hold, the words the caller
+/// kept with it then; `None` otherwise (the caller goes on to [`repeat_in`]). It checks what
+/// [`crate::x86_64::repeats`] checks, on the copies a hit keeps: the start (call site, stack
+/// pointer, rbp unless dead), the rule generation, the depth, and every listed word. It writes
+/// nothing in the memo.
+#[inline(always)]
+pub(crate) fn quick_in(t: &ThreadState, e: crate::Entry, cap: usize) -> Option<[u64; KEPT]> {
+    let m = t.memo.get();
+    if m.is_null() || e.sp & 7 != 0 || t.busy.get() {
+        return None;
+    }
+    // Kept up while reading: a signal handler's capture in between would rewrite the hit.
+    t.busy.set(true);
+    // SAFETY: as in `repeat_in`: this thread's own live memo, and `busy` makes this the only
+    // borrow of it.
+    let hits = unsafe { &(*m).hits };
+    // SAFETY: the hook's return address, which its caller's call pushed at `e.sp`: mapped,
+    // and aligned (checked above).
+    let site = unsafe { std::ptr::read_volatile(e.sp as *const u64) };
+    let i = hit_set(site, e.sp);
+    let h = if hits[i].site == site && hits[i].sp == e.sp { &hits[i] } else { &hits[i + 1] };
+    let found = h.site == site
+        && h.sp == e.sp
+        && (h.fp == e.fp || h.fp_dead)
+        && h.generation == crate::cache::generation()
+        && usize::from(h.n) < cap
+        && crate::x86_64::fours_hold(&h.words[..(usize::from(h.fours) * 4).min(HIT_WORDS)]);
+    let kept = h.kept;
+    t.busy.set(false);
+    found.then_some(kept)
 }
 
 /// Writes the return addresses of the walk `kept` came from ([`repeat_in`]) into `out`, as

@@ -464,13 +464,20 @@ fn differs(&[at, want]: &[u64; 2]) -> u64 {
 }
 
 /// [`words_hold`] for a deep stack (a Python program's native stack lists some 30 words):
-/// four at a time with one test for the four, out of line (inlined into the walk it ran short
-/// of registers and spilled them). 5 instructions a word (20 for four: the loads, the xors, one
-/// test), against 6 with the four tests LLVM makes of one without the asm statement below.
+/// four at a time with one test for the four ([`fours_hold`]), out of line (inlined into the
+/// walk it ran short of registers and spilled them).
 #[inline(never)]
 fn many_words_hold(words: &[[u64; 2]]) -> bool {
-    let mut fours = words.chunks_exact(4);
-    for w in &mut fours {
+    let whole = words.len() / 4 * 4;
+    fours_hold(&words[..whole]) && words[whole..].iter().all(|w| differs(w) == 0)
+}
+
+/// Whether every word of a list of whole fours still holds its value ([`words_hold`]), four at a
+/// time with one test for the four: 5 instructions a word (20 for four: the loads, the xors,
+/// one test), against 6 with the four tests LLVM makes of one without the asm statement below.
+#[inline(always)]
+pub(crate) fn fours_hold(words: &[[u64; 2]]) -> bool {
+    for w in words.chunks_exact(4) {
         let mut changed = differs(&w[0]) | differs(&w[1]) | differs(&w[2]) | differs(&w[3]);
         // SAFETY: an empty asm statement that only claims to change `changed` in its register:
         // without it LLVM splits the one test back into four compares and branches.
@@ -479,7 +486,7 @@ fn many_words_hold(words: &[[u64; 2]]) -> bool {
             return false;
         }
     }
-    fours.remainder().iter().all(|w| differs(w) == 0)
+    true
 }
 
 /// Lists the words a whole replay of `w`'s steps 2 to `usable` depends on ([`Walk::words`]):

@@ -6,7 +6,9 @@
 mod common;
 
 use common::*;
-use residue_unwind::{capture_from_kept, fill, keep, kept_words, repeat, Entry, Kept, Repeat, ThreadState, KEPT};
+use residue_unwind::{
+    capture_from_kept, fill, keep, kept_words, quick, repeat, Entry, Kept, Repeat, ThreadState, KEPT,
+};
 use std::cell::RefCell;
 use std::hint::black_box;
 
@@ -18,6 +20,10 @@ thread_local! {
     /// (its frames then filled in by [`fill`]).
     static TRY_REPEAT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static REPEATED: RefCell<Option<Repeat>> = const { RefCell::new(None) };
+    /// Whether hooks try [`quick`] first (and have [`repeat`] keep what it finds for it), and
+    /// what the latest capture of `hooked` found there. The hook captures anyway, for its frames.
+    static TRY_QUICK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static QUICKED: std::cell::Cell<Option<[u64; KEPT]>> = const { std::cell::Cell::new(None) };
     /// Room for frames the hook gives a capture.
     static ROOM: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX) };
 }
@@ -33,7 +39,8 @@ extern "C" fn hooked_body(sp: u64, fp: u64) {
     let mut out = [0u64; MAX];
     let entry = Entry { sp, fp };
     let room = ROOM.get();
-    let found = if TRY_REPEAT.get() { STATE.with(|s| repeat(s, entry, room)) } else { None };
+    QUICKED.set(if TRY_QUICK.get() { STATE.with(|s| quick(s, entry, room)) } else { None });
+    let found = if TRY_REPEAT.get() { STATE.with(|s| repeat(s, entry, room, TRY_QUICK.get())) } else { None };
     REPEATED.with(|r| *r.borrow_mut() = found);
     let (n, kept) = match found {
         Some(r) => {
@@ -279,6 +286,57 @@ fn a_repeat_takes_no_more_frames_than_the_room_it_is_given() {
                 assert!(repeated().is_none(), "a repeat would not fit");
                 assert_eq!(frames, &all[..n - 1]);
             }
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_quick_answer_is_a_repeated_walk_again_and_never_another() {
+    use Site::*;
+    std::thread::spawn(|| {
+        TRY_REPEAT.set(true);
+        TRY_QUICK.set(true);
+        // The hook's caller at the same stack pointer under two outer callers, as above: the
+        // words a repeat of one kept must never answer a capture under the other.
+        let steps = [OuterA, OuterA, OuterA, OuterA, OuterA, OuterB, OuterB, OuterB, OuterB, OuterB, OuterA, OuterA];
+        let mut answered = [false; 12];
+        run(&steps, |i, _, k| {
+            let q = QUICKED.get();
+            answered[i] = q.is_some();
+            match i {
+                0 => keep_now(k, words(80)),
+                1..=4 => assert!(q.is_none() || q == Some(words(80)), "step {i}: A's words, or none: {q:?}"),
+                5 => {
+                    assert!(q.is_none(), "another outer caller: A's walk does not answer it");
+                    keep_now(k, words(90));
+                }
+                6..=9 => assert!(q.is_none() || q == Some(words(90)), "step {i}: B's words, or none: {q:?}"),
+                // Back at A: the same place's hit is B's walk now.
+                10 => assert!(q.is_none(), "back at A: B's walk does not answer it: {q:?}"),
+                _ => assert!(q.is_none() || q == Some(words(80)), "step {i}: {q:?}"),
+            }
+        });
+        assert!(answered[4] && answered[9], "each walk, repeated, answers quickly: {answered:?}");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_quick_answer_takes_no_more_frames_than_the_room_it_is_given() {
+    std::thread::spawn(|| {
+        TRY_REPEAT.set(true);
+        TRY_QUICK.set(true);
+        use Site::*;
+        run(&[OuterA, OuterA, OuterA, OuterA, OuterA, OuterA], |i, frames, k| match i {
+            0..4 => keep_now(k, words(100)),
+            4 => {
+                assert_eq!(QUICKED.get(), Some(words(100)), "the walk, repeated, answers quickly");
+                ROOM.set(frames.len() - 1);
+            }
+            _ => assert!(QUICKED.get().is_none(), "the walk would not fit"),
         });
     })
     .join()
