@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use residue_protocol::{tag, Api, DecodeError, DecodeErrorKind, Decoder, Kind, Record, MAX_RECORD_LEN};
+use residue_protocol::{tag, Api, DecodeError, DecodeErrorKind, Decoder, Kind, Recent, Record, MAX_RECORD_LEN};
 
 use crate::ledger::Ledger;
 use crate::resolved::{self, Journal, Op, Parsed};
@@ -35,6 +35,7 @@ pub struct StreamState {
     /// lives here).
     last_seq: u64,
     last_id: u64,
+    recent: Recent,
     /// Bytes decoded so far (the protocol decoder only counts the records it decoded).
     offset: u64,
     header_seen: bool,
@@ -212,7 +213,14 @@ impl StreamState {
                     Parsed::NotOurs
                         if matches!(
                             buf[pos],
-                            tag::ACQUIRE | tag::RELEASE | tag::MALLOC | tag::FREE | tag::MALLOC_NEXT | tag::FREE_NEXT
+                            tag::ACQUIRE
+                                | tag::RELEASE
+                                | tag::MALLOC
+                                | tag::FREE
+                                | tag::MALLOC_NEXT
+                                | tag::FREE_NEXT
+                                | tag::MALLOC_SAME
+                                | tag::FREE_RECENT..=tag::FREE_RECENT_LAST
                         ) =>
                     {
                         self.error = Some(DecodeError {
@@ -326,7 +334,8 @@ impl StreamState {
     #[inline(always)]
     fn hot(&mut self, b: &[u8]) -> Hot {
         let t = b[0];
-        if matches!(t, tag::MALLOC_NEXT | tag::FREE_NEXT) {
+        if matches!(t, tag::MALLOC_NEXT | tag::FREE_NEXT | tag::MALLOC_SAME | tag::FREE_RECENT..=tag::FREE_RECENT_LAST)
+        {
             return self.hot_next(t, b);
         }
         if !matches!(t, tag::MALLOC | tag::FREE | tag::ACQUIRE | tag::RELEASE | tag::BATCH) {
@@ -354,6 +363,7 @@ impl StreamState {
                 let stack = u32::try_from(varint(p, &mut i)?).ok()?;
                 (i == p.len()).then_some(())?;
                 let (seq, id) = self.advance(ds, did);
+                self.recent.push(id);
                 Some(Event::Acquire { seq, kind, api, id, size, stack })
             })(),
             tag::RELEASE | tag::FREE => (|| {
@@ -369,6 +379,7 @@ impl StreamState {
                 (i == p.len()).then_some(())?;
                 self.last_seq = 0;
                 self.last_id = 0;
+                self.recent = Recent::default();
                 Some(Event::Batch(tid))
             })(),
         };
@@ -379,14 +390,26 @@ impl StreamState {
     }
 
     /// A malloc or free record whose sequence number is the batch's last plus one
-    /// ([`tag::MALLOC_NEXT`], [`tag::FREE_NEXT`]): varints without a length. One that is not
-    /// valid numbers goes to the general decoder, which says why.
+    /// ([`tag::MALLOC_NEXT`], [`tag::MALLOC_SAME`], [`tag::FREE_NEXT`], [`tag::FREE_RECENT`]):
+    /// varints without a length. One that is not valid numbers goes to the general decoder,
+    /// which says why.
     #[inline(always)]
     fn hot_next(&mut self, t: u8, b: &[u8]) -> Hot {
         // The sequence delta `advance` takes zigzag-encoded: 2 is +1.
         const NEXT: u64 = 2;
+        if t >= tag::FREE_RECENT {
+            let id = self.recent.get(usize::from(t - tag::FREE_RECENT));
+            self.last_seq = self.last_seq.wrapping_add(1);
+            self.last_id = id;
+            return Hot::Done(1, Event::Release { seq: self.last_seq, kind: Kind::HEAP, api: Api::FREE, id });
+        }
         let mut i = 1;
-        let Some(did) = varint(b, &mut i) else { return self.short_or_other(b, 1) };
+        let did = if t == tag::MALLOC_SAME {
+            0
+        } else {
+            let Some(did) = varint(b, &mut i) else { return self.short_or_other(b, 1) };
+            did
+        };
         if t == tag::FREE_NEXT {
             let (seq, id) = self.advance(NEXT, did);
             return Hot::Done(i, Event::Release { seq, kind: Kind::HEAP, api: Api::FREE, id });
@@ -395,6 +418,7 @@ impl StreamState {
         let Some(stack) = varint(b, &mut i) else { return self.short_or_other(b, 3) };
         let Ok(stack) = u32::try_from(stack) else { return Hot::Other };
         let (seq, id) = self.advance(NEXT, did);
+        self.recent.push(id);
         Hot::Done(i, Event::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size, stack })
     }
 
@@ -728,7 +752,7 @@ pub fn spawn_live(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use residue_protocol::{header, Api, Encoder, Kind, HEADER_LEN};
+    use residue_protocol::{header, tag, Api, Encoder, Kind, HEADER_LEN};
     use std::os::fd::FromRawFd;
 
     pub(crate) fn sample_trace() -> Vec<u8> {
@@ -764,6 +788,78 @@ mod tests {
         let live = |s: &StreamState| s.ledger.final_image().unwrap().live().map(|(_, id, _)| id).collect::<Vec<_>>();
         assert_eq!(live(&a), vec![0x1000]);
         assert_eq!(live(&b), vec![0x1000]);
+    }
+
+    /// A loop's frees of recent blocks and mallocs of the block just freed, in their shortest
+    /// records ([`tag::FREE_RECENT`], [`tag::MALLOC_SAME`]), over two batches: the hot decoder
+    /// finds the same blocks as the protocol's decoder, whole or a byte at a time.
+    #[test]
+    fn a_loops_shortest_records_decode_as_the_protocol_decodes_them() {
+        let mut buf = vec![0u8; 1 << 14];
+        buf[..HEADER_LEN].copy_from_slice(&header());
+        let mut e = Encoder::default();
+        let mut pos = HEADER_LEN;
+        let argv: [&[u8]; 1] = [b"loop"];
+        pos = e.image_start(&mut buf, pos, 5, 1, true, false, 0, b"/opt/loop", &argv);
+        pos = e.batch(&mut buf, pos, 5);
+        let blocks = [0x7000_1000u64, 0x7000_2000, 0x7000_3000, 0x7000_4000];
+        let mut seq = 0;
+        // The next event, numbered after the one before.
+        let mut next = |e: &mut Encoder, buf: &mut [u8], pos: usize, api: Api, id: u64| {
+            seq += 1;
+            if api == Api::FREE {
+                e.release(buf, pos, seq, Kind::HEAP, api, id)
+            } else {
+                e.acquire(buf, pos, seq, Kind::HEAP, api, id, 16, 1)
+            }
+        };
+        for &id in &blocks {
+            pos = next(&mut e, &mut buf, pos, Api::MALLOC, id);
+        }
+        for turn in 0..10 {
+            pos = next(&mut e, &mut buf, pos, Api::FREE, blocks[turn % 4]);
+            pos = next(&mut e, &mut buf, pos, Api::MALLOC, blocks[turn % 4]);
+        }
+        // Places moved round by other than whole turns, then a new batch.
+        pos = next(&mut e, &mut buf, pos, Api::CALLOC, 0x7000_5000);
+        pos = e.batch(&mut buf, pos, 6);
+        pos = next(&mut e, &mut buf, pos, Api::MALLOC, 0x7000_6000);
+        pos = next(&mut e, &mut buf, pos, Api::FREE, blocks[0]);
+        pos = next(&mut e, &mut buf, pos, Api::FREE, 0x7000_6000);
+        pos = next(&mut e, &mut buf, pos, Api::FREE, blocks[1]);
+        pos = e.image_exit(&mut buf, pos, 4);
+        buf.truncate(pos);
+        assert!(buf.contains(&tag::MALLOC_SAME) && buf.contains(&tag::FREE_RECENT), "the shortest records are used");
+
+        // The protocol's decoder: what stays live.
+        let mut d = Decoder::new();
+        let mut live = std::collections::BTreeSet::new();
+        let mut at = 0;
+        while let Some((r, n)) = d.next(&buf[at..]).unwrap() {
+            match r {
+                Record::Acquire { id, .. } => assert!(live.insert(id), "{id:#x} acquired twice"),
+                Record::Release { id, .. } => assert!(live.remove(&id), "{id:#x} released while not live"),
+                _ => {}
+            }
+            at += n;
+        }
+        let want: Vec<u64> = live.into_iter().collect();
+        assert_eq!(want, vec![0x7000_3000, 0x7000_4000, 0x7000_5000]);
+
+        let mut whole = StreamState::new();
+        whole.feed(&buf);
+        whole.finish();
+        let mut bytes = StreamState::new();
+        for byte in &buf {
+            bytes.feed(std::slice::from_ref(byte));
+        }
+        bytes.finish();
+        for s in [&whole, &bytes] {
+            assert!(s.error.is_none() && s.ledger.complete(), "{:?}", s.error);
+            let mut got: Vec<u64> = s.ledger.final_image().unwrap().live().map(|(_, id, _)| id).collect();
+            got.sort();
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use crate::varint::{self, unzigzag};
-use crate::{tag, Api, Kind, HEADER_LEN, MAGIC, VERSION};
+use crate::{tag, Api, Kind, Recent, HEADER_LEN, MAGIC, VERSION};
 
 /// Longest record payload the decoder accepts.
 pub const MAX_RECORD_LEN: usize = 1 << 20;
@@ -181,6 +181,7 @@ pub struct Decoder {
     header_seen: bool,
     last_seq: u64,
     last_id: u64,
+    recent: Recent,
 }
 
 /// A cursor over one record's payload; every read is bounds-checked.
@@ -278,7 +279,10 @@ impl Decoder {
             return Ok(Some((Record::Header { version }, HEADER_LEN)));
         }
         let Some(&tag) = buf.first() else { return Ok(None) };
-        if matches!(tag, tag::MALLOC_NEXT | tag::FREE_NEXT) {
+        if matches!(
+            tag,
+            tag::MALLOC_NEXT | tag::FREE_NEXT | tag::MALLOC_SAME | tag::FREE_RECENT..=tag::FREE_RECENT_LAST
+        ) {
             return self.next_event(tag, buf);
         }
         let mut pos = 1;
@@ -323,6 +327,7 @@ impl Decoder {
             tag::BATCH => {
                 self.last_seq = 0;
                 self.last_id = 0;
+                self.recent = Recent::default();
                 Record::Batch { tid: p.u32("bad thread id in a batch record")? }
             }
             tag::MODULE => {
@@ -367,6 +372,7 @@ impl Decoder {
                 let id = self.id(p)?;
                 let size = p.u64("bad size in an acquire record")?;
                 let stack = p.u32("bad stack id in an acquire record")?;
+                self.recent.push(id);
                 Record::Acquire { seq, kind, api, id, size, stack }
             }
             tag::RELEASE => {
@@ -381,6 +387,7 @@ impl Decoder {
                 let id = self.id(p)?;
                 let size = p.u64("bad size in a malloc record")?;
                 let stack = p.u32("bad stack id in a malloc record")?;
+                self.recent.push(id);
                 Record::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size, stack }
             }
             tag::FREE => {
@@ -431,10 +438,17 @@ impl Decoder {
         })
     }
 
-    /// A [`tag::MALLOC_NEXT`] or [`tag::FREE_NEXT`] record at the start of `buf`: no length,
-    /// so its end is where its last varint ends.
+    /// A record without a length at the start of `buf` ([`tag::MALLOC_NEXT`],
+    /// [`tag::MALLOC_SAME`], [`tag::FREE_NEXT`], [`tag::FREE_RECENT`]): its end is where its
+    /// last varint ends.
     fn next_event(&mut self, t: u8, buf: &[u8]) -> Result<Option<(Record, usize)>, DecodeError> {
-        let fields = if t == tag::MALLOC_NEXT { 3 } else { 1 };
+        // The varints each carries: the id delta (but where the id is implied), size, stack.
+        let (malloc, fields) = match t {
+            tag::MALLOC_NEXT => (true, 3),
+            tag::MALLOC_SAME => (true, 2),
+            tag::FREE_NEXT => (false, 1),
+            _ => (false, 0),
+        };
         let mut pos = 1;
         let mut v = [0u64; 3];
         for f in v.iter_mut().take(fields) {
@@ -448,13 +462,23 @@ impl Decoder {
                 }
             }
         }
-        let stack = u32::try_from(v[2])
+        // The id delta first where there is one.
+        let (delta, size, stack) = match t {
+            tag::MALLOC_NEXT => (v[0], v[1], v[2]),
+            tag::MALLOC_SAME => (0, v[0], v[1]),
+            _ => (v[0], 0, 0),
+        };
+        let stack = u32::try_from(stack)
             .map_err(|_| DecodeError::corrupt(self.offset + 1, "bad stack id in a malloc record"))?;
         self.last_seq = self.last_seq.wrapping_add(1);
-        self.last_id = self.last_id.wrapping_add(unzigzag(v[0]) as u64);
+        self.last_id = match t {
+            tag::FREE_RECENT..=tag::FREE_RECENT_LAST => self.recent.get(usize::from(t - tag::FREE_RECENT)),
+            _ => self.last_id.wrapping_add(unzigzag(delta) as u64),
+        };
         let (seq, id) = (self.last_seq, self.last_id);
-        let record = if t == tag::MALLOC_NEXT {
-            Record::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size: v[1], stack }
+        let record = if malloc {
+            self.recent.push(id);
+            Record::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size, stack }
         } else {
             Record::Release { seq, kind: Kind::HEAP, api: Api::FREE, id }
         };

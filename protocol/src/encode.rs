@@ -20,6 +20,43 @@ pub const MAX_FRAMES: usize = 256;
 pub struct Encoder {
     last_seq: u64,
     last_id: u64,
+    /// The batch's latest acquisitions (see [`Recent`]).
+    recent: Recent,
+}
+
+/// The ids of a batch's latest [`RECENT`] acquisitions, of any kind, each in the place its
+/// number in the batch (modulo [`RECENT`]) gives it; zero where none was yet. A free of one of
+/// them is written as [`tag::FREE_RECENT`] plus its place: a block freed soon after it was
+/// allocated (a loop's, an interpreter's short-lived objects) costs one byte instead of a
+/// delta from wherever the previous event was. Encoder and decoder keep the same places.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recent {
+    ids: [u64; RECENT],
+    next: usize,
+}
+
+/// Acquisitions a batch's [`Recent`] holds.
+pub const RECENT: usize = 4;
+
+impl Recent {
+    /// `id` was acquired.
+    #[inline(always)]
+    pub fn push(&mut self, id: u64) {
+        self.ids[self.next % RECENT] = id;
+        self.next = self.next.wrapping_add(1);
+    }
+
+    /// The place of `id` among the latest acquisitions, if it is there.
+    #[inline(always)]
+    pub fn place(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|&r| r == id)
+    }
+
+    /// The id in `place` (less than [`RECENT`]).
+    #[inline(always)]
+    pub fn get(&self, place: usize) -> u64 {
+        self.ids[place % RECENT]
+    }
 }
 
 /// Writes `tag`, a length and the payload `body` writes. Small records (payload < 128 bytes)
@@ -130,10 +167,18 @@ impl Encoder {
         stack: u32,
     ) -> usize {
         let malloc = kind == Kind::HEAP && api == Api::MALLOC;
+        self.recent.push(id);
         if malloc && seq == self.last_seq.wrapping_add(1) {
             self.last_seq = seq;
-            buf[pos] = tag::MALLOC_NEXT;
-            let p = self.id(buf, pos + 1, id);
+            // The block the previous event named, handed straight back (a free, then a malloc
+            // of the same size): no id delta.
+            let p = if id == self.last_id {
+                buf[pos] = tag::MALLOC_SAME;
+                pos + 1
+            } else {
+                buf[pos] = tag::MALLOC_NEXT;
+                self.id(buf, pos + 1, id)
+            };
             let p = varint::put(buf, p, size);
             return varint::put(buf, p, u64::from(stack));
         }
@@ -152,6 +197,11 @@ impl Encoder {
         let free = kind == Kind::HEAP && api == Api::FREE;
         if free && seq == self.last_seq.wrapping_add(1) {
             self.last_seq = seq;
+            if let Some(place) = self.recent.place(id) {
+                self.last_id = id;
+                buf[pos] = tag::FREE_RECENT + place as u8;
+                return pos + 1;
+            }
             buf[pos] = tag::FREE_NEXT;
             return self.id(buf, pos + 1, id);
         }

@@ -11,8 +11,10 @@
 //! Where such an event's sequence number is its batch's previous one plus one (a thread that
 //! allocates alone, most events of most programs), it is written as [`tag::MALLOC_NEXT`] or
 //! [`tag::FREE_NEXT`]: without the sequence number's delta and without a length, its fields
-//! being varints that end themselves. These two are the records a reader cannot skip unread;
-//! a reader of version 2 refuses the stream (its version is 3) rather than meet them.
+//! being varints that end themselves; shorter still, a malloc of the block the previous event
+//! freed ([`tag::MALLOC_SAME`]: no id) and a free of one of the batch's four latest
+//! acquisitions ([`tag::FREE_RECENT`]: the tag alone). These are the records a reader cannot
+//! skip unread; an older reader refuses the stream (by its version) rather than meet them.
 //!
 //! Integers are LEB128 varints; deltas are zigzag-encoded. Acquire and release records are
 //! delta-encoded against the previous event of the same [`Record::Batch`]: each batch holds
@@ -30,7 +32,7 @@ mod names;
 mod varint;
 
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, Segment, MAX_RECORD_LEN};
-pub use encode::{Encoder, MAX_FRAMES, MAX_SMALL_RECORD};
+pub use encode::{Encoder, Recent, MAX_FRAMES, MAX_SMALL_RECORD, RECENT};
 pub use names::{Api, Kind};
 
 /// First eight bytes of every stream and trace file.
@@ -39,7 +41,8 @@ pub const MAGIC: [u8; 8] = *b"RESIDUE\0";
 /// [`tag::FREE`]: a reader of version 1 would skip them as unknown, losing most events
 /// silently, so it refuses the stream instead. 3 added [`tag::MALLOC_NEXT`] and
 /// [`tag::FREE_NEXT`], which have no length: a reader of version 2 could not even skip them.
-pub const VERSION: u16 = 3;
+/// 4 added [`tag::MALLOC_SAME`] and [`tag::FREE_RECENT`], as short and as unskippable.
+pub const VERSION: u16 = 4;
 /// Magic, version (u16 little-endian), reserved flags (u16).
 pub const HEADER_LEN: usize = 12;
 
@@ -110,6 +113,14 @@ pub mod tag {
     /// A [`FREE`] whose sequence number is the batch's previous one plus one: the `id` delta
     /// alone, with no length.
     pub const FREE_NEXT: u8 = 0x16;
+    /// A [`MALLOC_NEXT`] whose id is the previous event's (a block freed and handed straight
+    /// back): size and stack, as varints, with no length.
+    pub const MALLOC_SAME: u8 = 0x17;
+    /// `FREE_RECENT + place` (place below [`crate::RECENT`]): a [`FREE_NEXT`] of the block in
+    /// that place of the batch's latest acquisitions ([`crate::Recent`]). The tag alone.
+    pub const FREE_RECENT: u8 = 0x18;
+    /// The last of the [`FREE_RECENT`] tags.
+    pub const FREE_RECENT_LAST: u8 = FREE_RECENT + crate::RECENT as u8 - 1;
 }
 
 #[cfg(test)]

@@ -271,3 +271,78 @@ fn version_2_streams_still_decode() {
         ]
     );
 }
+
+/// A loop's pairs, as a C program makes them (each place frees its block of the turn before,
+/// and malloc hands the same block straight back): a free of one of the batch's four latest
+/// acquisitions is its tag alone, a malloc of the block just freed has no id; both decode to
+/// the same records, whole or a byte at a time, and a new batch forgets the latest
+/// acquisitions of the one before.
+#[test]
+fn a_loops_frees_and_mallocs_of_recent_blocks_are_a_byte_or_two() {
+    let blocks = [0x5555_0000_1000u64, 0x5555_0000_2040, 0x5555_0000_0470, 0x5555_0000_9990];
+    let mut b = vec![0u8; 4096];
+    let mut e = Encoder::default();
+    let mut want = vec![Record::Header { version: VERSION }, Record::Batch { tid: 3 }];
+    let mut p = e.batch(&mut b, 0, 3);
+    let mut seq = 0;
+    // Where each record starts.
+    let mut tags = Vec::new();
+    for (k, &id) in blocks.iter().enumerate() {
+        seq += 1;
+        tags.push(p);
+        p = e.acquire(&mut b, p, seq, Kind::HEAP, Api::MALLOC, id, 16 + k as u64, 7);
+        want.push(Record::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size: 16 + k as u64, stack: 7 });
+    }
+    let start = p;
+    for turn in 0..8 {
+        let id = blocks[turn % 4];
+        seq += 1;
+        tags.push(p);
+        p = e.release(&mut b, p, seq, Kind::HEAP, Api::FREE, id);
+        want.push(Record::Release { seq, kind: Kind::HEAP, api: Api::FREE, id });
+        seq += 1;
+        tags.push(p);
+        p = e.acquire(&mut b, p, seq, Kind::HEAP, Api::MALLOC, id, 16, 7);
+        want.push(Record::Acquire { seq, kind: Kind::HEAP, api: Api::MALLOC, id, size: 16, stack: 7 });
+    }
+    // Each pair: the free's tag, the malloc's tag, its size and stack.
+    let tags: Vec<u8> = tags.iter().map(|&at| b[at]).collect();
+    assert_eq!(p - start, 8 * 4, "tags: {tags:x?}");
+    assert!(tags[4..].iter().step_by(2).all(|&t| (tag::FREE_RECENT..=tag::FREE_RECENT_LAST).contains(&t)));
+    assert!(tags[5..].iter().step_by(2).all(|&t| t == tag::MALLOC_SAME), "tags: {tags:x?}");
+    // One acquisition more (of another API: a full record), so that the places of the batch's
+    // latest acquisitions have moved round by other than whole turns.
+    seq += 1;
+    p = e.acquire(&mut b, p, seq, Kind::HEAP, Api::CALLOC, 0x5555_0000_5000, 64, 7);
+    want.push(Record::Acquire { seq, kind: Kind::HEAP, api: Api::CALLOC, id: 0x5555_0000_5000, size: 64, stack: 7 });
+    // A new batch: the block acquired before it is freed with its id delta, one acquired in
+    // it by its place; a free out of sequence keeps its full record.
+    p = e.batch(&mut b, p, 4);
+    want.push(Record::Batch { tid: 4 });
+    let fresh = 0x5555_0000_3000;
+    p = e.acquire(&mut b, p, seq + 1, Kind::HEAP, Api::MALLOC, fresh, 32, 8);
+    want.push(Record::Acquire { seq: seq + 1, kind: Kind::HEAP, api: Api::MALLOC, id: fresh, size: 32, stack: 8 });
+    let old_at = p;
+    p = e.release(&mut b, p, seq + 2, Kind::HEAP, Api::FREE, blocks[0]);
+    want.push(Record::Release { seq: seq + 2, kind: Kind::HEAP, api: Api::FREE, id: blocks[0] });
+    assert_eq!(b[old_at], tag::FREE_NEXT, "a free of a block of the batch before is a delta");
+    p = e.release(&mut b, p, seq + 3, Kind::HEAP, Api::FREE, fresh);
+    want.push(Record::Release { seq: seq + 3, kind: Kind::HEAP, api: Api::FREE, id: fresh });
+    assert_eq!(b[p - 1], tag::FREE_RECENT + 0, "the batch's first acquisition, in place 0");
+    p = e.release(&mut b, p, seq + 9, Kind::HEAP, Api::FREE, blocks[1]);
+    want.push(Record::Release { seq: seq + 9, kind: Kind::HEAP, api: Api::FREE, id: blocks[1] });
+
+    let mut stream = header().to_vec();
+    stream.extend_from_slice(&b[..p]);
+    let (got, _) = decode_all(&stream).unwrap();
+    assert_eq!(got, want);
+    let mut d = Decoder::new();
+    let (mut at, mut got) = (0, Vec::new());
+    for end in 1..=stream.len() {
+        while let Some((r, n)) = d.next(&stream[at..end]).unwrap() {
+            got.push(r);
+            at += n;
+        }
+    }
+    assert_eq!((got, at), (want, stream.len()));
+}
