@@ -328,7 +328,7 @@ fn a_loops_frees_and_mallocs_of_recent_blocks_are_a_byte_or_two() {
     assert_eq!(b[old_at], tag::FREE_NEXT, "a free of a block of the batch before is a delta");
     p = e.release(&mut b, p, seq + 3, Kind::HEAP, Api::FREE, fresh);
     want.push(Record::Release { seq: seq + 3, kind: Kind::HEAP, api: Api::FREE, id: fresh });
-    assert_eq!(b[p - 1], tag::FREE_RECENT + 0, "the batch's first acquisition, in place 0");
+    assert_eq!(b[p - 1], tag::FREE_RECENT, "the batch's first acquisition, in place 0");
     p = e.release(&mut b, p, seq + 9, Kind::HEAP, Api::FREE, blocks[1]);
     want.push(Record::Release { seq: seq + 9, kind: Kind::HEAP, api: Api::FREE, id: blocks[1] });
 
