@@ -281,23 +281,26 @@ fn probe(level: &[Interned], h: u64, insert: bool) -> Probe {
 /// further acquisitions made by the same call ([`acquired_with`]).
 #[inline]
 pub fn acquired(t: &Thread, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
-    acquired_at(t, None, seq, kind, api, id, size)
+    walked(t, None, seq, kind, api, id, size)
 }
 
-/// As [`acquired`], for a hook that knows where it was entered (its stack pointer and rbp at
-/// its first instruction): the stack is walked from its caller on, without the hook's frames.
+/// As [`acquired`], for a heap block from a hook that knows where it was entered (its stack
+/// pointer `sp` and rbp `fp` at its first instruction; `sp` 0: it does not): the stack is
+/// walked from its caller on, without the hook's frames. The sequence number is taken here.
 /// [`quick`]'s answer is recorded here; the walk is out of line ([`walked`]), so that this
-/// path saves and spills no more than it uses.
+/// path saves and spills no more than it uses, and every argument comes in a register.
 #[inline(never)]
-pub fn acquired_at(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
+pub fn heap_acquired_at(t: &Thread, sp: u64, fp: u64, api: Api, id: u64, size: u64) -> u32 {
+    let seq = crate::seq::next_for(t);
+    let entry = (sp != 0).then_some(Entry { sp, fp });
     if let Some(stack) = entry.and_then(|e| quick(t, e)) {
-        emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire_inline(b, pos, seq, kind, api, id, size, stack));
+        emit(t, MAX_SMALL_RECORD, |enc, b, pos| enc.acquire_inline(b, pos, seq, Kind::HEAP, api, id, size, stack));
         return stack;
     }
-    walked(t, entry, seq, kind, api, id, size)
+    walked(t, entry, seq, Kind::HEAP, api, id, size)
 }
 
-/// [`acquired_at`] where [`quick`] does not answer: the stack is walked, or its walk repeated.
+/// [`heap_acquired_at`] where [`quick`] does not answer: the stack is walked, or its walk repeated.
 #[inline(never)]
 fn walked(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: u64, size: u64) -> u32 {
     const _: () = assert!(OWN_FRAMES + MAX_FRAMES + python::MAX_PY_FRAMES < crate::state::FRAME_BUF);

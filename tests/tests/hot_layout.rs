@@ -35,7 +35,7 @@ fn linked_by_lld(file: &object::File<'_>, what: &str) -> bool {
 const HOT: [(&str, u64); 7] = [
     ("malloc", 64),
     ("free", 64),
-    ("_ZN7residue6stacks11acquired_at17h", 64),
+    ("_ZN7residue6stacks16heap_acquired_at17h", 64),
     ("_ZN7residue6stacks6walked17h", 64),
     ("_ZN14residue_unwind17capture_from_kept17h", 64),
     ("_ZN14residue_unwind6x86_646replay17h", 64),

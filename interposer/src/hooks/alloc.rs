@@ -29,8 +29,8 @@ fn acquired_at(g: &Guard, entry: Option<Entry>, api: Api, p: *mut c_void, size: 
         return;
     }
     let t = g.thread();
-    let seq = seq::next_for(t);
-    let record = || stacks::acquired_at(t, entry, seq, Kind::HEAP, api, p as u64, size as u64);
+    let (sp, fp) = entry.map_or((0, 0), |e| (e.sp, e.fp));
+    let record = || stacks::heap_acquired_at(t, sp, fp, api, p as u64, size as u64);
     if catch_unwind(AssertUnwindSafe(record)).is_err() {
         state::go_passive();
     }

@@ -279,7 +279,7 @@ unsafe fn foreign_call(
     // routine, whose context accessors are our own copy of libgcc's (residue_unwind's libgcc
     // module), not the one that made the context. A call left by an exception or a longjmp
     // keeps its function here, stale: recording sees that this frame is gone from the stack
-    // (stacks::acquired_at). What it cannot see is an exception from a nested call caught by
+    // (stacks::walked). What it cannot see is an exception from a nested call caught by
     // the outer foreign function: until the outer call returns, its allocations are attributed
     // to the inner function.
     t.foreign.set(outer);
