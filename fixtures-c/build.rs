@@ -92,6 +92,13 @@ const ARTIFACTS: &[Artifact] = &[
         sources: &["c/libunits_a.c", "c/libunits_b.c", "c/libunits_c.c"],
         link: &[],
     },
+    // The same with its debug sections compressed, as distributions ship debug files.
+    Artifact {
+        out: "libunits_z.so",
+        kind: Kind::Lib,
+        sources: &["c/libunits_a.c", "c/libunits_b.c", "c/libunits_c.c"],
+        link: &["-gz=zlib"],
+    },
     Artifact { out: "host_units", kind: Kind::Exe, sources: &["c/host_units.c"], link: &["-lunits"] },
     Artifact { out: "host_spawn", kind: Kind::Exe, sources: &["c/host_spawn.c"], link: &[] },
     Artifact { out: "host_twins", kind: Kind::Exe, sources: &["c/host_twins.c"], link: &[] },

@@ -294,14 +294,15 @@ impl Symbolizer {
             let end = i + todo[i..].iter().take_while(|t| t.0 == path).count();
             self.close();
             let module = work[todo[i].3].modules.find(todo[i].2.wrapping_sub(1));
-            let mut sections =
-                module.and_then(|m| candidate_files(m).into_iter().next()).and_then(|f| dwarf::Sections::load(&f));
+            // Only the units these addresses are in are read and parsed.
+            let probes: Vec<u64> = todo[i..end]
+                .iter()
+                .filter_map(|&(_, _, a, k)| Self::place(work[k].modules, a).map(|(_, probe, _)| probe))
+                .collect();
+            let mut sections = module
+                .and_then(|m| candidate_files(m).into_iter().next())
+                .and_then(|f| dwarf::Sections::load(&f, &probes));
             if let Some(sections) = sections.as_mut() {
-                // Only the units these addresses are in are parsed.
-                let probes: Vec<u64> = todo[i..end]
-                    .iter()
-                    .filter_map(|&(_, _, a, k)| Self::place(work[k].modules, a).map(|(_, probe, _)| probe))
-                    .collect();
                 sections.keep_units_for(&probes);
             }
             let parsed = sections.as_ref().and_then(dwarf::Sections::parse);

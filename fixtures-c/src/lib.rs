@@ -302,6 +302,11 @@ pub fn libunits() -> PathBuf {
     path("libunits.so")
 }
 
+/// libunits.so built with its debug sections compressed (zlib).
+pub fn libunits_z() -> PathBuf {
+    path("libunits_z.so")
+}
+
 /// libunits.so's leaks (c/libunits_b.c, c/libunits_c.c).
 /// host_twins.c: one call site, at one stack depth, under two callers.
 pub mod twins {
