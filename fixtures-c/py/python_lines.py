@@ -19,11 +19,12 @@ MODE `lines` (the main thread):
     33 bytes in libtail, proving the buffer is tracked at all.
 
 MODE `alternate`: libleaky fx_make_struct (a malloc of 16 bytes and one of 100) called from one
-loop, taking turns between two lines, then through one helper function (dup_from) taking turns
-between two callers. Each call's native stacks are the ones of the call before it, at the same
-depth: only the Python frames tell the four places apart.
-  odd, even               3 calls each: 3 blocks of 16 bytes and 3 of 100 each
-  caller_one, caller_two  2 calls each through dup_from: 2 blocks of 16 bytes and 2 of 100 each
+loop, taking turns between two lines two calls at a time, then through one helper function
+(dup_from) taking turns between two callers. Each call's native stacks are the ones of the call before it, at the same
+depth: only the Python frames tell the four places apart. Enough calls that the interposer
+answers later ones from what it kept for earlier ones (stacks.rs, `quick`).
+  odd, even               8 calls each: 8 blocks of 16 bytes and 8 of 100 each
+  caller_one, caller_two  6 calls each through dup_from: 6 blocks of 16 bytes and 6 of 100 each
 
 MODE `threads`: two threading.Threads, each calling fx_strdup_names once from its own function
 (thread_a, thread_b): 2 x 10 blocks, each stack with its own thread's Python frames.
@@ -104,12 +105,12 @@ def dup_from(leaky):
 
 
 def alternate(leaky):
-    for i in range(6):
-        if i % 2:
+    for i in range(16):
+        if i % 4 < 2:
             leaky.fx_make_struct()  # LEAK:odd
         else:
             leaky.fx_make_struct()  # LEAK:even
-    for i in range(4):
+    for i in range(12):
         if i % 2:
             dup_from(leaky)  # LEAK:caller_one
         else:

@@ -310,8 +310,10 @@ fn walked(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: 
     let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
     let foreign = t.foreign.get();
-    let native_only = foreign == 0 && python::off();
-    let mut native = match entry.and_then(|e| repeated(t, e, depth, foreign, native_only)) {
+    // Walks [`quick`] may answer next time: outside foreign calls in a C program, and inside
+    // them.
+    let remember = foreign != 0 || python::off();
+    let mut native = match entry.and_then(|e| repeated(t, e, depth, foreign, remember)) {
         Some(native) => native,
         None => captured(t, buf, depth, entry),
     };
@@ -352,10 +354,10 @@ struct Native {
 /// is not, or where our ffi_call hook's presence among the frames must be looked for and never
 /// was (a capture inside a foreign call whose walk was kept outside any).
 ///
-/// `native_only` (no foreign call, no Python): the walk is kept for [`quick`].
+/// `remember`: the walk is kept for [`quick`].
 #[inline(always)]
-fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64, native_only: bool) -> Option<Native> {
-    let r = residue_unwind::repeat(&t.unwind, e, depth + OWN_FRAMES, native_only)?;
+fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64, remember: bool) -> Option<Native> {
+    let r = residue_unwind::repeat(&t.unwind, e, depth + OWN_FRAMES, remember)?;
     let d = Derived::from(r.words)?;
     (foreign == 0 || d.hook.is_some()).then_some(Native {
         n: r.n,
@@ -366,21 +368,38 @@ fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64, native_only: bool)
     })
 }
 
-/// A C program's loop: the stack of a capture from `e` made outside any foreign call, in a
-/// process without a Python runtime, where the walk is one [`repeated`] kept before
-/// ([`residue_unwind::quick`]) and what was derived from it then still answers. Such a stack
-/// has its native frames only: it is the stack of those frames with no others after them, in
-/// this stack generation, looked for outside any foreign call. Only the walk's kept words are
-/// read, in one place of the memo.
+/// The stack of a capture from `e` whose walk is one [`repeated`] kept before
+/// ([`residue_unwind::quick`]), where what was derived from it then still answers, found from
+/// the walk's kept words alone (one place of the memo), in two cases:
+/// - a C program's loop: outside any foreign call, in a process without a Python runtime. The
+///   stack has its native frames only: it is the stack of those frames with no others after
+///   them, looked for outside any foreign call;
+/// - the second and later allocations of one foreign call (a ctypes function that allocates
+///   twice): the frames after the native ones (Python's, the foreign function) are the same
+///   for every capture made in the call, and the first capture hashed them
+///   ([`Thread::call_rest`]). The stack is that of the native frames, with our ffi_call hook's
+///   among them, and those frames after them.
+///
+/// Either way, in this stack generation (the kept words say which).
 #[inline(always)]
 fn quick(t: &Thread, e: Entry) -> Option<u32> {
-    // Nothing but native frames: no foreign call under way, no Python runtime to walk.
-    if t.foreign.get() != 0 || !python::off() {
-        return None;
-    }
+    let (hook, rest) = if t.foreign.get() == 0 {
+        // Nothing but native frames: no foreign call under way, no Python runtime to walk.
+        if !python::off() {
+            return None;
+        }
+        (None, EMPTY_REST)
+    } else {
+        // Inside a foreign call whose other frames an earlier capture hashed.
+        let (call, rest) = t.call_rest.get();
+        if call == 0 || call != t.foreign_call.get() {
+            return None;
+        }
+        (Some(true), rest)
+    };
     let depth = DEPTH.load(Ordering::Relaxed);
     let d = Derived::from(residue_unwind::quick(&t.unwind, e, depth + OWN_FRAMES)?)?;
-    (d.hook.is_none() && d.rest == EMPTY_REST).then_some(d.id)
+    (d.hook == hook && d.rest == rest).then_some(d.id)
 }
 
 /// The native frames walked into `buf`.
@@ -421,18 +440,19 @@ fn stack_of(t: &Thread, buf: &mut [u64], depth: usize, foreign: u64, native: Nat
         buf[end] = residue_protocol::frame::foreign(foreign);
         end += 1;
     }
-    let rest = match known {
-        Some(d) => {
-            // The same native frames: the same stack if the rest hashes as it did.
-            let rest = hash_rest(&buf[native_end..end]);
-            if d.rest == rest && d.hook == hook {
-                return Some((d.id, false, end));
-            }
-            rest
+    // Hashed where it may be compared: with what was kept for the same native frames, or by a
+    // later capture in the same foreign call ([`quick`]). Elsewhere it is hashed if the same
+    // native frames come again.
+    let rest = if known.is_some() || in_call { hash_rest(&buf[native_end..end]) } else { 0 };
+    if in_call {
+        t.call_rest.set((call, rest));
+    }
+    if let Some(d) = known {
+        // The same native frames: the same stack if the rest hashes as it did.
+        if d.rest == rest && d.hook == hook {
+            return Some((d.id, false, end));
         }
-        // The rest is hashed if the same native frames come again.
-        None => 0,
-    };
+    }
     if !filled && !residue_unwind::fill(&t.unwind, kept, &mut buf[..native_end]) {
         return None;
     }

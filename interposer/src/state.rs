@@ -96,6 +96,10 @@ pub struct Thread {
     /// The foreign call (0: none) in which the thread's Python state was last looked up, and
     /// that state: a capture in the same call takes it from here (python.rs).
     pub py_tstate: Cell<(u64, u64)>,
+    /// The foreign call (0: none) a capture last hashed the frames after the native ones of
+    /// (its Python frames and the foreign function, the same for every capture made in the
+    /// call), and that hash: a later capture in the same call compares it (stacks.rs, `quick`).
+    pub call_rest: Cell<(u64, u64)>,
     /// Scratch space for one stack: reused, so that recording does not clear kilobytes of stack
     /// memory on every allocation.
     frames: UnsafeCell<[u64; FRAME_BUF]>,
@@ -130,6 +134,7 @@ const fn empty() -> Thread {
         foreign_call: Cell::new(0),
         foreign_calls: Cell::new(0),
         py_tstate: Cell::new((0, 0)),
+        call_rest: Cell::new((0, 0)),
         frames: UnsafeCell::new([0; FRAME_BUF]),
         near: Cell::new(ptr::null_mut()),
         retired: Cell::new(false),

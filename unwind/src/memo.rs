@@ -64,6 +64,10 @@ pub(crate) struct Walk {
     /// a record rewritten at every capture never pays for it; cleared wherever steps 2 on may
     /// change (a new record, a rewrite in place).
     pub words_valid: bool,
+    /// The walk's [`Hit`] was made from this record as it is (its words and kept words): a
+    /// repeat need not make it again while its pair still holds it. Cleared with
+    /// `words_valid`, and where the kept words change.
+    pub hit_made: bool,
     pub words_len: usize,
     pub words: [[u64; 2]; WORDS],
     pub steps: [Step; CAP],
@@ -86,6 +90,7 @@ pub(crate) const EMPTY_WALK: Walk = Walk {
     kept: [0; KEPT],
     kept_valid: false,
     words_valid: false,
+    hit_made: false,
     words_len: 0,
     words: [[0; 2]; WORDS],
     steps: [EMPTY_STEP; CAP],
@@ -172,9 +177,9 @@ impl Near {
 /// there to the second, so that two pairs of a loop that hash alike do not evict each other.
 const HITS: usize = 32;
 /// Words a walk may depend on to be kept as a [`Hit`] (a multiple of four): a C program's
-/// stacks list a few (W4's, four; a Rust thread's, about ten); a Python program's, some
-/// thirty, are not kept.
-pub(crate) const HIT_WORDS: usize = 16;
+/// stacks list a few (W4's, four; a Rust thread's, about ten), a ctypes call's native stack
+/// under CPython's evaluation loop some thirty (W3's, 27). Deeper walks are not kept.
+pub(crate) const HIT_WORDS: usize = 32;
 const _: () = assert!(HIT_WORDS.is_multiple_of(4));
 
 /// A walk from a hook's entry that [`repeat_in`] found whole, reduced to what decides it: the
@@ -186,7 +191,8 @@ const _: () = assert!(HIT_WORDS.is_multiple_of(4));
 /// them).
 ///
 /// Laid out in this order, so that a hit of up to four words reads two cache lines: the first
-/// holds everything but the words. 320 bytes; a thread touches the pages of the hits it uses.
+/// holds everything but the words. 576 bytes, 18 KiB for all: a thread makes resident only the
+/// pages of the hits it uses.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct Hit {
@@ -444,8 +450,9 @@ pub(crate) fn repeat_in(t: &ThreadState, e: crate::Entry, cap: usize, remember: 
     let r = find(sites, sps, (*latest, *before), site, e.sp).and_then(|slot| {
         let w = &mut walks[slot_walk[slot] as usize];
         let n = crate::x86_64::repeats(w, cap, (e.sp, site, e.fp))?;
-        if remember && w.words_len <= HIT_WORDS {
+        if remember && w.words_len <= HIT_WORDS && !(w.hit_made && holds(hits, site, e.sp)) {
             remember_hit(hits, w, (e.sp, site, e.fp), n);
+            w.hit_made = true;
         }
         let words = w.kept;
         let token = settle(latest, before, captures, slot);
@@ -460,6 +467,13 @@ pub(crate) fn repeat_in(t: &ThreadState, e: crate::Entry, cap: usize, remember: 
 fn hit_set(site: u64, sp: u64) -> usize {
     let h = (site ^ sp.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> (64 - HITS.trailing_zeros())) as usize & !1
+}
+
+/// Whether one of the places of pair (`site`, `sp`) in `hits` holds that pair's hit.
+#[inline(always)]
+fn holds(hits: &[Hit; HITS], site: u64, sp: u64) -> bool {
+    let i = hit_set(site, sp);
+    hits[i..i + 2].iter().any(|h| h.site == site && h.sp == sp)
 }
 
 /// Keeps record `w`, which [`crate::x86_64::repeats`] just found whole from (`sp`, `site`, `fp`)
@@ -593,7 +607,7 @@ pub(crate) fn kept_words_in(t: &ThreadState, kept: crate::Kept) -> Option<[u64; 
 /// Keeps `words` with the walk `kept` came from.
 #[inline(never)]
 pub(crate) fn keep_in(t: &ThreadState, kept: crate::Kept, words: [u64; KEPT]) {
-    with_kept(t, kept, |w| (w.kept, w.kept_valid) = (words, true));
+    with_kept(t, kept, |w| (w.kept, w.kept_valid, w.hit_made) = (words, true, false));
 }
 
 /// Rules the calling thread's walks have asked for so far (see [`crate::thread_lookups`]).

@@ -246,6 +246,7 @@ pub(crate) fn walk(
     next.generation = generation;
     next.kept_valid = false;
     next.words_valid = false;
+    next.hit_made = false;
     // The walk that passes through the previous walk's starting state and replays the rest of
     // it is the same walk (`Walked`).
     let first = n;
@@ -361,6 +362,7 @@ pub(crate) fn walk(
         crate::copy_short(&mut prev.steps[..from], &next.steps[..from]);
         own_fp(&mut prev.steps[from..usable], fp);
         prev.words_valid = false;
+        prev.hit_made = false;
         // Replayed from the step after its starting state: every return address is `prev`'s.
         let same = from == first + 1;
         prev.kept_valid &= same;
@@ -522,6 +524,7 @@ fn list_words(w: &mut Walk, usable: usize) {
     }
     w.words_len = n;
     w.words_valid = true;
+    w.hit_made = false;
 }
 
 /// Takes the leading `steps` (of this thread's previous walk, whose state before the first of
