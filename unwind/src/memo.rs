@@ -43,6 +43,9 @@ impl Step {
     }
 }
 
+/// Laid out in this order, so that a short walk (a C program's few frames) touches one or two
+/// pages of its record: the flags, then the first steps, then the first words.
+#[repr(C)]
 pub(crate) struct Walk {
     /// The rule cache's generation the walk ran under.
     pub generation: u64,
@@ -69,8 +72,8 @@ pub(crate) struct Walk {
     /// `words_valid`, and where the kept words change.
     pub hit_made: bool,
     pub words_len: usize,
-    pub words: [[u64; 2]; WORDS],
     pub steps: [Step; CAP],
+    pub words: [[u64; 2]; WORDS],
 }
 
 /// Room for a record's [`Walk::words`]: every step after the first two reads its return
@@ -175,7 +178,7 @@ impl Near {
 /// Answers kept per thread for [`quick_in`], one per (call site, stack pointer) pair, in sets of
 /// two picked by a hash of the pair: a new pair takes the set's first place and moves the pair
 /// there to the second, so that two pairs of a loop that hash alike do not evict each other.
-const HITS: usize = 32;
+const HITS: usize = 16;
 /// Words a walk may depend on to be kept as a [`Hit`] (a multiple of four): a C program's
 /// stacks list a few (W4's, four; a Rust thread's, about ten), a ctypes call's native stack
 /// under CPython's evaluation loop some thirty (W3's, 27). Deeper walks are not kept.
@@ -191,7 +194,7 @@ const _: () = assert!(HIT_WORDS.is_multiple_of(4));
 /// them).
 ///
 /// Laid out in this order, so that a hit of up to four words reads two cache lines: the first
-/// holds everything but the words. 576 bytes, 18 KiB for all: a thread makes resident only the
+/// holds everything but the words. 576 bytes, 9 KiB for all: a thread makes resident only the
 /// pages of the hits it uses.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -238,13 +241,14 @@ pub(crate) struct Hit {
 const SLOTS: usize = 16;
 
 /// What a thread keeps between captures. In pages of its own (module `pages`), not in TLS:
-/// about 48 KiB, which in the static TLS block of a preloaded library would come out of every
+/// about 100 KiB, which in the static TLS block of a preloaded library would come out of every
 /// thread's stack (a thread created with a 16 KiB stack would not be created at all).
 /// Allocated on the thread's first capture (see [`allocate`]), freed by [`thread_exit`].
+///
+/// Laid out in this order: what every capture reads first, then the tables, each touched only
+/// where it is used (pages of their own: see `allocate`).
+#[repr(C)]
 pub(crate) struct Memo {
-    hits: [Hit; HITS],
-    near: Near,
-    walks: [Walk; SLOTS + 1],
     /// The call site (return address) each slot's walks started from, and the stack pointer
     /// they started at (the address of that return address); 0 for none yet.
     sites: [u64; SLOTS],
@@ -263,6 +267,9 @@ pub(crate) struct Memo {
     /// Walks completed: a [`crate::Kept`]'s token, so that words kept after a capture go to
     /// that capture's record and to no later one.
     captures: u64,
+    near: Near,
+    hits: [Hit; HITS],
+    walks: [Walk; SLOTS + 1],
 }
 
 /// What the unwinder keeps per thread, a few words: in this crate's own TLS for [`crate::capture`],
@@ -562,7 +569,7 @@ fn two(walks: &mut [Walk; SLOTS + 1], a: usize, b: usize) -> (&mut Walk, &mut Wa
 /// A new thread's memo: zeroed (no walks: generation 0 is the cache's first, and a record of
 /// length 0 replays nothing), each slot with a record of its own and the last one spare. In
 /// pages of its own (module `pages`): a thread that meets a few call sites makes resident only
-/// the records and rules it uses, not all 48 KiB.
+/// the records and rules it uses, not all 100 KiB.
 fn allocate() -> *mut Memo {
     let m = crate::pages::zeroed::<Memo>();
     // SAFETY: null or a fresh zeroed block, which is a valid Memo but for the slots' records,
@@ -665,7 +672,7 @@ mod tests {
     }
 
     /// A thread's memo makes resident only the pages its walks write: a thread that captures
-    /// from one place leaves most of the 48 KiB untouched (a zeroed heap block would be resident
+    /// from one place leaves most of the 100 KiB untouched (a zeroed heap block would be resident
     /// whole, and is not page-aligned, so `mincore` would refuse it).
     #[test]
     fn a_thread_capturing_from_one_place_leaves_most_of_its_memo_unresident() {

@@ -1,7 +1,7 @@
 //! Per-thread tables in anonymous pages of their own, for this crate's memo and the
 //! interposer's per-thread caches and event chunks.
 //!
-//! Why not the heap: these tables are sized for the busiest thread (the memo is ~48 KiB), and
+//! Why not the heap: these tables are sized for the busiest thread (the memo is ~100 KiB), and
 //! a zeroed heap block is zeroed by writing it, which makes every page of it resident at once,
 //! on every thread that records anything, used or not. Fresh anonymous pages read as zero and
 //! become resident only when first written, so a thread that meets four call sites pays for
