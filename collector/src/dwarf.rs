@@ -220,23 +220,7 @@ impl Sections {
     /// Every unit of `.debug_info` (offset, length with its length field), and the offsets of
     /// the compilation units `probes` are in, sorted; `None` where units must not be covered.
     fn units_for(&self, probes: &[u64]) -> Option<(Vec<UnitSpan>, Vec<usize>)> {
-        let aranges = gimli::DebugAranges::new(self.bytes(SectionId::DebugAranges), self.endian);
-        let mut ranges: Vec<(u64, u64, usize)> = Vec::new();
-        let mut listed: Vec<usize> = Vec::new();
-        let mut headers = aranges.headers();
-        while let Some(h) = headers.next().ok()? {
-            let unit = h.debug_info_offset().0;
-            listed.push(unit);
-            let mut entries = h.entries();
-            while let Some(e) = entries.next().ok()? {
-                let r = e.range();
-                if r.end > r.begin {
-                    ranges.push((r.begin, r.end, unit));
-                }
-            }
-        }
-        listed.sort_unstable();
-        ranges.sort_unstable();
+        let aranges = Aranges::read(self.bytes(SectionId::DebugAranges), self.endian)?;
         let info = gimli::DebugInfo::new(self.bytes(SectionId::DebugInfo), self.endian);
         let mut units = Vec::new();
         let mut headers = info.units();
@@ -244,18 +228,12 @@ impl Sections {
             let at = h.debug_info_offset()?.0;
             // A unit addr2line takes ranges from without aranges: a probe may be in it.
             let ranged = matches!(h.type_(), gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_));
-            if ranged && listed.binary_search(&at).is_err() {
+            if ranged && aranges.listed.binary_search(&at).is_err() {
                 return None;
             }
             units.push((at, h.length_including_self()));
         }
-        let mut keep: Vec<usize> = probes
-            .iter()
-            .filter_map(|&p| {
-                let below = ranges.partition_point(|r| r.0 <= p);
-                ranges[..below].iter().rev().find(|r| p < r.1).map(|r| r.2)
-            })
-            .collect();
+        let mut keep: Vec<usize> = probes.iter().filter_map(|&p| aranges.unit_of(p)).collect();
         keep.sort_unstable();
         keep.dedup();
         let abbrev = self.bytes(SectionId::DebugAbbrev);
@@ -360,25 +338,49 @@ fn refers_across(abbrev: &[u8], offset: usize, endian: RunTimeEndian) -> bool {
 /// of `probes` in; `None` where one of them is in none of its ranges (it may then be in a unit
 /// the aranges do not list: everything is read), or where there are no probes.
 fn last_unit(aranges: &[u8], probes: &[u64], endian: RunTimeEndian) -> Option<usize> {
-    let aranges = gimli::DebugAranges::new(aranges, endian);
-    let mut ranges: Vec<(u64, u64, usize)> = Vec::new();
-    let mut headers = aranges.headers();
-    while let Some(h) = headers.next().ok()? {
-        let unit = h.debug_info_offset().0;
-        let mut entries = h.entries();
-        while let Some(e) = entries.next().ok()? {
-            let r = e.range();
-            if r.end > r.begin {
-                ranges.push((r.begin, r.end, unit));
-            }
-        }
-    }
-    ranges.sort_unstable();
+    let aranges = Aranges::read(aranges, endian)?;
     probes.iter().try_fold(None, |last: Option<usize>, &p| {
-        let below = ranges.partition_point(|r| r.0 <= p);
-        let unit = ranges[..below].iter().rev().find(|r| p < r.1)?.2;
+        let unit = aranges.unit_of(p)?;
         Some(Some(last.map_or(unit, |l| l.max(unit))))
     })?
+}
+
+/// `.debug_aranges` read: which compilation unit each address range is in.
+struct Aranges {
+    /// (start, end, unit offset in `.debug_info`), sorted.
+    ranges: Vec<(u64, u64, usize)>,
+    /// The units that have aranges, sorted.
+    listed: Vec<usize>,
+}
+
+impl Aranges {
+    /// `None` if the section cannot be read.
+    fn read(bytes: &[u8], endian: RunTimeEndian) -> Option<Aranges> {
+        let aranges = gimli::DebugAranges::new(bytes, endian);
+        let (mut ranges, mut listed) = (Vec::new(), Vec::new());
+        let mut headers = aranges.headers();
+        while let Some(h) = headers.next().ok()? {
+            let unit = h.debug_info_offset().0;
+            listed.push(unit);
+            let mut entries = h.entries();
+            while let Some(e) = entries.next().ok()? {
+                let r = e.range();
+                if r.end > r.begin {
+                    ranges.push((r.begin, r.end, unit));
+                }
+            }
+        }
+        listed.sort_unstable();
+        ranges.sort_unstable();
+        Some(Aranges { ranges, listed })
+    }
+
+    /// The unit file address `probe` is in, by the latest range that starts at or before it
+    /// and holds it.
+    fn unit_of(&self, probe: u64) -> Option<usize> {
+        let below = self.ranges.partition_point(|r| r.0 <= probe);
+        self.ranges[..below].iter().rev().find(|r| probe < r.1).map(|r| r.2)
+    }
 }
 
 /// Bytes of the unit whose header starts `b`, its initial length included; `None` if `b` is too

@@ -81,6 +81,20 @@ fn decode_all(buf: &[u8]) -> Result<(Vec<Record>, usize), DecodeError> {
     Ok((out, pos))
 }
 
+/// As [`decode_all`], with the decoder given one byte more at a time: a record cut inside its
+/// varints waits for the rest.
+fn decode_byte_by_byte(stream: &[u8]) -> (Vec<Record>, usize) {
+    let mut d = Decoder::new();
+    let (mut at, mut got) = (0, Vec::new());
+    for end in 1..=stream.len() {
+        while let Some((r, n)) = d.next(&stream[at..end]).unwrap() {
+            got.push(r);
+            at += n;
+        }
+    }
+    (got, at)
+}
+
 #[test]
 fn round_trip() {
     let (buf, expected) = sample();
@@ -241,16 +255,8 @@ fn consecutive_malloc_and_free_records_drop_their_length_and_sequence() {
     ];
     let (got, _) = decode_all(&stream).unwrap();
     assert_eq!(got, want);
-    // Fed one byte more at a time: a record cut inside its varints waits for the rest.
-    let mut d = Decoder::new();
-    let (mut at, mut got) = (0, Vec::new());
-    for end in 1..=stream.len() {
-        while let Some((r, n)) = d.next(&stream[at..end]).unwrap() {
-            got.push(r);
-            at += n;
-        }
-    }
-    assert_eq!((got, at), (want, stream.len()));
+    // Fed one byte more at a time.
+    assert_eq!(decode_byte_by_byte(&stream), (want, stream.len()));
 }
 
 /// A stream of version 2, which has no length-less records, still decodes.
@@ -336,13 +342,5 @@ fn a_loops_frees_and_mallocs_of_recent_blocks_are_a_byte_or_two() {
     stream.extend_from_slice(&b[..p]);
     let (got, _) = decode_all(&stream).unwrap();
     assert_eq!(got, want);
-    let mut d = Decoder::new();
-    let (mut at, mut got) = (0, Vec::new());
-    for end in 1..=stream.len() {
-        while let Some((r, n)) = d.next(&stream[at..end]).unwrap() {
-            got.push(r);
-            at += n;
-        }
-    }
-    assert_eq!((got, at), (want, stream.len()));
+    assert_eq!(decode_byte_by_byte(&stream), (want, stream.len()));
 }
