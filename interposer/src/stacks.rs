@@ -374,32 +374,52 @@ fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64, remember: bool) ->
 /// - a C program's loop: outside any foreign call, in a process without a Python runtime. The
 ///   stack has its native frames only: it is the stack of those frames with no others after
 ///   them, looked for outside any foreign call;
-/// - the second and later allocations of one foreign call (a ctypes function that allocates
-///   twice): the frames after the native ones (Python's, the foreign function) are the same
-///   for every capture made in the call, and the first capture hashed them
-///   ([`Thread::call_rest`]). The stack is that of the native frames, with our ffi_call hook's
-///   among them, and those frames after them.
+/// - an allocation inside a foreign call (a ctypes function's): the frames after the native
+///   ones (Python's, the foreign function) are the same for every capture made in the call,
+///   and are walked and hashed once per call ([`call_rest`], kept in [`Thread::call_rest`]).
+///   The stack is that of the native frames, with our ffi_call hook's among them, and those
+///   frames after them: the kept answer holds if they hash as they did when it was kept.
 ///
 /// Either way, in this stack generation (the kept words say which).
 #[inline(always)]
 fn quick(t: &Thread, e: Entry) -> Option<u32> {
-    let (hook, rest) = if t.foreign.get() == 0 {
-        // Nothing but native frames: no foreign call under way, no Python runtime to walk.
-        if !python::off() {
-            return None;
-        }
-        (None, EMPTY_REST)
-    } else {
-        // Inside a foreign call whose other frames an earlier capture hashed.
-        let (call, rest) = t.call_rest.get();
-        if call == 0 || call != t.foreign_call.get() {
-            return None;
-        }
-        (Some(true), rest)
-    };
+    let foreign = t.foreign.get();
+    // Nothing but native frames: no foreign call under way, no Python runtime to walk.
+    if foreign == 0 && !python::off() {
+        return None;
+    }
     let depth = DEPTH.load(Ordering::Relaxed);
     let d = Derived::from(residue_unwind::quick(&t.unwind, e, depth + OWN_FRAMES)?)?;
-    (d.hook == hook && d.rest == rest).then_some(d.id)
+    if foreign == 0 {
+        return (d.hook.is_none() && d.rest == EMPTY_REST).then_some(d.id);
+    }
+    // Inside a foreign call, with our ffi_call hook's frame among the native ones: the frames
+    // after them are the call's, hashed by its first capture.
+    if d.hook != Some(true) {
+        return None;
+    }
+    let call = t.foreign_call.get();
+    let rest = match t.call_rest.get() {
+        (c, rest) if c == call && call != 0 => rest,
+        _ => call_rest(t, foreign, call),
+    };
+    (d.rest == rest).then_some(d.id)
+}
+
+/// The hash of the frames after the native ones in foreign call `call` (of function
+/// `foreign`): the thread's Python frames and the function, as [`stack_of`] hashes them, kept
+/// for the call's later captures ([`Thread::call_rest`]).
+#[inline(never)]
+fn call_rest(t: &Thread, foreign: u64, call: u64) -> u64 {
+    const _: () = assert!(python::MAX_PY_FRAMES < crate::state::FRAME_BUF);
+    // SAFETY: recording runs under the thread's guard, and this is its only use of the buffer.
+    let buf = unsafe { t.frame_buf() };
+    let mut end = python::frames(t, &mut buf[..python::MAX_PY_FRAMES], call);
+    buf[end] = residue_protocol::frame::foreign(foreign);
+    end += 1;
+    let rest = hash_rest(&buf[..end]);
+    t.call_rest.set((call, rest));
+    rest
 }
 
 /// The native frames walked into `buf`.
