@@ -200,6 +200,12 @@ impl Decimal {
         }
         Decimal(out)
     }
+
+    /// The digits, without the NUL after them.
+    fn digits(&self) -> &[u8] {
+        let n = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..n]
+    }
 }
 
 /// Connects to the collector's socket for children (`RESIDUE_SOCKET`, set unless it was asked
@@ -261,13 +267,37 @@ fn follow_forked_child() {
 }
 
 fn image_start(pid: u32, root: bool) {
-    let args: Vec<&[u8]> = ARGS.get().map(|a| a.iter().map(|a| &a[..]).collect()).unwrap_or_default();
+    let all: Vec<&[u8]> = ARGS.get().map(|a| a.iter().map(|a| &a[..]).collect()).unwrap_or_default();
     let exe = std::fs::read_link("/proc/self/exe").map(|p| p.into_os_string().into_encoded_bytes()).unwrap_or_default();
     // SAFETY: getppid cannot fail.
     let ppid = unsafe { libc::getppid() } as u32;
     let now = crate::clock::realtime_ns();
+    let mut note = Vec::new();
+    let args = fitting_args(&exe, &all, &mut note);
     let need = Encoder::image_start_len_bound(&exe, &args);
     transport::emit(thread(), need, |enc, b, pos| enc.image_start(b, pos, pid, ppid, root, !root, now, &exe, &args));
+}
+
+/// The arguments an image-start record carries: all of them, or, for a command line longer than
+/// a record may be ([`transport::MAX_RECORD`]), the first ones and then `note`, which says how
+/// many were left out. Without the cut the record was not sent at all, and the image went
+/// unnamed (pid 0, no executable) without a word.
+fn fitting_args<'a>(exe: &[u8], all: &[&'a [u8]], note: &'a mut Vec<u8>) -> Vec<&'a [u8]> {
+    /// Room kept for the note.
+    const NOTE_ROOM: usize = 64;
+    let mut args = all.to_vec();
+    if Encoder::image_start_len_bound(exe, &args) <= transport::MAX_RECORD {
+        return args;
+    }
+    while !args.is_empty() && Encoder::image_start_len_bound(exe, &args) + NOTE_ROOM > transport::MAX_RECORD {
+        args.pop();
+    }
+    let left_out = Decimal::of(u32::try_from(all.len() - args.len()).unwrap_or(u32::MAX));
+    note.extend_from_slice(b"[residue: ");
+    note.extend_from_slice(left_out.digits());
+    note.extend_from_slice(b" more arguments, too long to record]");
+    args.push(note);
+    args
 }
 
 extern "C" fn fini() {

@@ -56,6 +56,9 @@ use crate::{modules, sync::SpinLock};
 
 /// Bytes of events in one chunk.
 pub const CHUNK_DATA: usize = 64 * 1024 - 64;
+/// The largest record sent: a larger one is not written (`emit`), so records whose size the
+/// program decides (an image start's command line) are cut to fit first.
+pub const MAX_RECORD: usize = CHUNK_DATA / 2;
 /// Chunks in flight between the threads and the writer: 4 MiB at most.
 const CHANNEL_DEPTH: usize = 64;
 /// Free chunks kept for reuse.
@@ -622,7 +625,7 @@ pub fn write_raw(bytes: &[u8]) {
 /// encoder, the chunk's bytes and the position to write at, and returns the new position.
 #[inline(always)]
 pub fn emit(t: &Thread, need: usize, f: impl FnOnce(&mut Encoder, &mut [u8], usize) -> usize) {
-    if need > CHUNK_DATA / 2 {
+    if need > MAX_RECORD {
         return;
     }
     let Some(slot) = slot_of(t) else { return };
