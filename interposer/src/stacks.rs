@@ -310,9 +310,7 @@ fn walked(t: &Thread, entry: Option<Entry>, seq: u64, kind: Kind, api: Api, id: 
     let buf = unsafe { t.frame_buf() };
     let depth = DEPTH.load(Ordering::Relaxed);
     let foreign = t.foreign.get();
-    // Walks [`quick`] may answer next time: outside foreign calls in a C program, and inside
-    // them.
-    let remember = foreign != 0 || python::off();
+    let remember = quick_may_answer(foreign);
     let mut native = match entry.and_then(|e| repeated(t, e, depth, foreign, remember)) {
         Some(native) => native,
         None => captured(t, buf, depth, entry),
@@ -384,8 +382,7 @@ fn repeated(t: &Thread, e: Entry, depth: usize, foreign: u64, remember: bool) ->
 #[inline(always)]
 fn quick(t: &Thread, e: Entry) -> Option<u32> {
     let foreign = t.foreign.get();
-    // Nothing but native frames: no foreign call under way, no Python runtime to walk.
-    if foreign == 0 && !python::off() {
+    if !quick_may_answer(foreign) {
         return None;
     }
     let depth = DEPTH.load(Ordering::Relaxed);
@@ -404,6 +401,14 @@ fn quick(t: &Thread, e: Entry) -> Option<u32> {
         _ => call_rest(t, foreign, call),
     };
     (d.rest == rest).then_some(d.id)
+}
+
+/// Whether [`quick`] may answer a capture made in foreign call `foreign` (0: none), and so
+/// whether a walk is worth keeping for it: inside a foreign call, or outside any where no
+/// Python runtime adds frames after the native ones (a C program).
+#[inline(always)]
+fn quick_may_answer(foreign: u64) -> bool {
+    foreign != 0 || python::off()
 }
 
 /// The hash of the frames after the native ones in foreign call `call` (of function
