@@ -54,20 +54,58 @@ pub(crate) enum Miss {
 /// Loaded segments remembered per module (ELF files have a handful).
 const MAX_LOADS: usize = 16;
 
-/// Exact extents of one module's unwind tables and loaded segments, from its program headers.
-struct Tables {
+/// Exact extents of one module's unwind tables and loaded segments, from its program headers,
+/// and what reading them from the module's file takes (module `file_tables`).
+pub(crate) struct Tables {
     /// `.eh_frame_hdr`: the PT_GNU_EH_FRAME segment.
-    hdr: usize,
-    hdr_len: usize,
-    /// File-backed extents `[start, end)` of the PT_LOAD segments.
-    loads: [(usize, usize); MAX_LOADS],
+    pub hdr: usize,
+    pub hdr_len: usize,
+    /// File-backed extents `[start, end)` of the PT_LOAD segments, and where each starts in
+    /// the file.
+    loads: [(usize, usize, u64); MAX_LOADS],
     nloads: usize,
+    /// The program header table in memory, and its entry count.
+    pub phdrs: (usize, usize),
+    /// The load bias: a virtual address in the module's headers plus this is its address.
+    pub bias: usize,
+    /// The module's name as the loader keeps it (`l_name`): its path, empty for the main
+    /// program.
+    name: *const libc::c_char,
 }
 
 impl Tables {
     /// End of the loaded segment containing `addr`.
     fn segment_end(&self, addr: usize) -> Option<usize> {
-        self.loads[..self.nloads].iter().find(|&&(lo, hi)| lo <= addr && addr < hi).map(|&(_, hi)| hi)
+        self.loads[..self.nloads].iter().find(|&&(lo, hi, _)| lo <= addr && addr < hi).map(|&(_, hi, _)| hi)
+    }
+
+    /// Where in the file the loaded bytes at `addr` come from, and how many bytes from there
+    /// on the same segment holds.
+    pub fn file_offset_from(&self, addr: usize) -> Option<(u64, usize)> {
+        let &(lo, hi, offset) = self.loads[..self.nloads].iter().find(|&&(lo, hi, _)| lo <= addr && addr < hi)?;
+        Some((offset + (addr - lo) as u64, hi - addr))
+    }
+
+    /// Where in the file the `len` loaded bytes at `addr` come from, if one segment holds them
+    /// all.
+    pub fn file_offset(&self, addr: usize, len: usize) -> Option<u64> {
+        let (offset, room) = self.file_offset_from(addr)?;
+        (len <= room).then_some(offset)
+    }
+
+    /// The path to open for the module's file: the main program's through /proc (the file it
+    /// was started from, even if renamed since); a library's own path if absolute. None for
+    /// the vdso (no file) and for libraries loaded by a relative path (relative to a working
+    /// directory that may have changed).
+    pub fn path(&self) -> Option<&std::ffi::CStr> {
+        // SAFETY: `l_name` of a loaded module is a NUL-terminated string the loader keeps for
+        // as long as the module stays loaded (see `with_row`).
+        let name = unsafe { std::ffi::CStr::from_ptr(self.name) };
+        match name.to_bytes().first() {
+            None => Some(c"/proc/self/exe"),
+            Some(b'/') => Some(name),
+            Some(_) => None,
+        }
     }
 }
 
@@ -119,10 +157,17 @@ fn tables(dlfo: &DlFindObject) -> Option<Tables> {
     }
     let (phdrs, phnum) = program_headers(dlfo)?;
     let phent = std::mem::size_of::<libc::Elf64_Phdr>();
-    // SAFETY: `l_addr` (the load bias) is the first field of the public `struct link_map`, and
-    // `dlfo_link_map` points at the live link map of this (loaded) module.
-    let bias = unsafe { *(dlfo.dlfo_link_map as *const usize) };
-    let mut t = Tables { hdr, hdr_len: 0, loads: [(0, 0); MAX_LOADS], nloads: 0 };
+    // SAFETY: `l_addr` (the load bias) and `l_name` are the first two fields of the public
+    // `struct link_map`, and `dlfo_link_map` points at the live link map of this (loaded)
+    // module.
+    let (bias, name) = unsafe {
+        let map = dlfo.dlfo_link_map as *const usize;
+        (*map, *map.add(1) as *const libc::c_char)
+    };
+    if name.is_null() {
+        return None;
+    }
+    let mut t = Tables { hdr, hdr_len: 0, loads: [(0, 0, 0); MAX_LOADS], nloads: 0, phdrs: (phdrs, phnum), bias, name };
     for i in 0..phnum {
         // SAFETY: inside the program header table found above (a library's first page, or the
         // main program's table the kernel mapped), read unaligned.
@@ -133,7 +178,7 @@ fn tables(dlfo: &DlFindObject) -> Option<Tables> {
             libc::PT_GNU_EH_FRAME if lo == hdr => t.hdr_len = hi - lo,
             // The file-backed part only: the tables never live in the zero-filled tail.
             libc::PT_LOAD if t.nloads < MAX_LOADS => {
-                t.loads[t.nloads] = (lo, lo.wrapping_add(ph.p_filesz as usize));
+                t.loads[t.nloads] = (lo, lo.wrapping_add(ph.p_filesz as usize), ph.p_offset);
                 t.nloads += 1;
             }
             _ => {}
@@ -145,14 +190,33 @@ fn tables(dlfo: &DlFindObject) -> Option<Tables> {
     Some(t)
 }
 
-/// Evaluate the CFI row in effect at `pc` and hand it to `convert`, with the FDE's CIE.
+/// Evaluate the CFI row in effect at `pc` and hand it to `convert`, with the FDE's CIE: read
+/// from the module's file where it can be, for a process's first misses (module
+/// `file_tables`), else from its mapping.
 ///
 /// `pc` must be an address inside a module that stays loaded during the call: the interposer
 /// only passes addresses taken from the current thread's stack, whose modules cannot be
 /// unloaded under it.
 #[inline(never)]
 #[cold]
-pub(crate) fn with_row<T>(pc: u64, convert: impl FnOnce(&Row, &Cie<'_>) -> T) -> Result<T, Miss> {
+pub(crate) fn with_row<T>(pc: u64, convert: impl Fn(&Row, &Cie<'_>) -> T) -> Result<T, Miss> {
+    with_row_from(pc, Source::Either, convert)
+}
+
+/// Where [`with_row_from`] reads the tables.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Source {
+    /// The file if it can answer and this miss may read it, else the mapping.
+    Either,
+    /// The mapping only (tests compare the two).
+    #[cfg(test)]
+    Mapping,
+    /// The file only: `NoFde` where it cannot answer.
+    #[cfg(test)]
+    File,
+}
+
+pub(crate) fn with_row_from<T>(pc: u64, source: Source, convert: impl Fn(&Row, &Cie<'_>) -> T) -> Result<T, Miss> {
     // SAFETY: `_dl_find_object` only writes the result struct, which is plain data.
     let mut dlfo: DlFindObject = unsafe { std::mem::zeroed() };
     // SAFETY: `_dl_find_object` accepts any address and a valid out-pointer.
@@ -160,6 +224,18 @@ pub(crate) fn with_row<T>(pc: u64, convert: impl FnOnce(&Row, &Cie<'_>) -> T) ->
         return Err(Miss::NoModule);
     }
     let t = tables(&dlfo).ok_or(Miss::NoFde)?;
+    match source {
+        Source::Either if crate::file_tables::take_turn() => {
+            if let Some(out) = crate::file_tables::row(&t, pc, &convert) {
+                return Ok(out);
+            }
+        }
+        Source::Either => {}
+        #[cfg(test)]
+        Source::File => return crate::file_tables::row(&t, pc, &convert).ok_or(Miss::NoFde),
+        #[cfg(test)]
+        Source::Mapping => {}
+    }
     // SAFETY: the PT_GNU_EH_FRAME segment, inside a loaded PT_LOAD segment of a module that
     // stays loaded (see above).
     let hdr_bytes = unsafe { std::slice::from_raw_parts(t.hdr as *const u8, t.hdr_len) };
@@ -214,5 +290,68 @@ mod tests {
         assert!(found >= 2, "libc and libgcc_s at least");
         // An address no module holds.
         assert_eq!(with_row(8, |_, _| ()).unwrap_err(), Miss::NoModule);
+    }
+
+    /// What a row says, for comparing two reads of it. A DWARF expression is named by where it
+    /// lies in the section read, which differs between the two: its length stands for it.
+    fn described(row: &Row, cie: &Cie<'_>) -> String {
+        let mut s = format!(
+            "{row:?} ra={:?} code={} data={}",
+            cie.return_address_register(),
+            cie.code_alignment_factor(),
+            cie.data_alignment_factor()
+        );
+        while let Some(at) = s.find("UnwindExpression { offset: ") {
+            let end = at + s[at..].find(',').expect("a length follows");
+            s.replace_range(at..=end, "UnwindExpression {");
+        }
+        s
+    }
+
+    /// Reading the tables from the file gives the rows reading the mapping gives, at addresses
+    /// all through real modules (every FDE of the test program, libc and libgcc_s, their
+    /// gaps and their data), and the file answers nearly all of them itself: only FDEs longer
+    /// than its buffer are left to the mapping.
+    #[test]
+    fn the_file_gives_the_rows_the_mapping_gives() {
+        let anchors = [
+            the_file_gives_the_rows_the_mapping_gives as *const () as usize,
+            libc::qsort as *const () as usize,
+            // SAFETY: as above, a plain dlopen/dlsym, the handle kept open.
+            unsafe {
+                let h = libc::dlopen(c"libgcc_s.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                assert!(!h.is_null());
+                libc::dlsym(h, c"_Unwind_Backtrace".as_ptr()) as usize
+            },
+        ];
+        for anchor in anchors {
+            // SAFETY: as in `with_row`.
+            let mut dlfo: DlFindObject = unsafe { std::mem::zeroed() };
+            // SAFETY: as in `with_row`.
+            assert_eq!(unsafe { _dl_find_object(anchor as *mut libc::c_void, &mut dlfo) }, 0);
+            let (start, end) = (dlfo.dlfo_map_start as u64, dlfo.dlfo_map_end as u64);
+            let (mut rows, mut from_file, mut left) = (0, 0, Vec::new());
+            for pc in (start..end).step_by(61) {
+                let mapped = with_row_from(pc, Source::Mapping, described);
+                let filed = with_row_from(pc, Source::File, described);
+                match (&mapped, &filed) {
+                    (Ok(m), Ok(f)) => {
+                        assert_eq!(m, f, "at {pc:#x}");
+                        from_file += 1;
+                    }
+                    (Ok(_), Err(_)) => left.push(pc),
+                    (Err(_), Ok(f)) => panic!("at {pc:#x}: only the file has a row: {f}"),
+                    (Err(_), Err(_)) => {}
+                }
+                rows += usize::from(mapped.is_ok());
+            }
+            assert!(rows > 100, "{anchor:#x}: {rows} rows");
+            assert!(
+                left.len() * 100 <= rows,
+                "{anchor:#x}: {} of {rows} rows not read from the file: {left:x?}",
+                left.len()
+            );
+            eprintln!("{anchor:#x}: {rows} rows, {from_file} from the file");
+        }
     }
 }

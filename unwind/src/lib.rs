@@ -38,6 +38,8 @@
 mod cache;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod eh;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod file_tables;
 mod libgcc;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod memo;
@@ -60,11 +62,15 @@ pub struct Stats {
     pub fallbacks: u64,
     /// Calls to [`invalidate`].
     pub invalidations: u64,
+    /// Misses whose rule was derived from tables read from the module's file rather than
+    /// through its mapping (module `file_tables`).
+    pub file_rows: u64,
 }
 
 static MISSES: AtomicU64 = AtomicU64::new(0);
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
+static FILE_ROWS: AtomicU64 = AtomicU64::new(0);
 
 /// Snapshot of the slow-path counters since process start.
 pub fn stats() -> Stats {
@@ -72,6 +78,7 @@ pub fn stats() -> Stats {
         misses: MISSES.load(Ordering::Relaxed),
         fallbacks: FALLBACKS.load(Ordering::Relaxed),
         invalidations: INVALIDATIONS.load(Ordering::Relaxed),
+        file_rows: FILE_ROWS.load(Ordering::Relaxed),
     }
 }
 
