@@ -172,11 +172,20 @@ fn one_call_site_at_one_depth_under_two_callers_keeps_two_stacks() {
 
 #[test]
 fn a_command_line_too_long_for_a_record_is_cut_with_a_note() {
-    // 40,000 bytes of arguments, more than one record of the stream holds (half a chunk): the
-    // image is still recorded and named, with its first arguments and a note of how many were
-    // left out. Before, its record was not sent, and the image had no pid and no executable.
-    let long = "y".repeat(20_000);
-    let o = run([fixture("host_leaky").as_os_str(), "1".as_ref(), long.as_ref(), long.as_ref()]).go();
+    // 40,000 bytes of arguments, more than one record of the stream holds (half a chunk, 16
+    // KiB): the image is still recorded and named, with its first arguments and a note of how
+    // many were left out. Before, its record was not sent, and the image had no pid and no
+    // executable.
+    let long = "y".repeat(10_000);
+    let o = run([
+        fixture("host_leaky").as_os_str(),
+        "1".as_ref(),
+        long.as_ref(),
+        long.as_ref(),
+        long.as_ref(),
+        long.as_ref(),
+    ])
+    .go();
     let ctx = o.context();
     assert_eq!(o.finished.code(), 0, "{ctx}");
     assert_eq!(o.report.complete(), Some(true), "{ctx}");
@@ -189,7 +198,7 @@ fn a_command_line_too_long_for_a_record_is_cut_with_a_note() {
     let head = fixture("host_leaky");
     assert_eq!(
         argv,
-        [head.to_str().unwrap(), "1", long.as_str(), "[residue: 1 more arguments, too long to record]"],
+        [head.to_str().unwrap(), "1", long.as_str(), "[residue: 3 more arguments, too long to record]"],
         "{}",
         &ctx[..ctx.len().min(2000)]
     );
