@@ -56,9 +56,10 @@ use crate::{modules, sync::SpinLock};
 
 /// Bytes a chunk takes, its header included: 32 KiB. Every page of a busy thread's chunk is
 /// resident, and 64 KiB chunks cost a C program 28 KiB more of its peak (W4, medians of 25:
-/// 1,816 against 1,788 KiB) for no time measured: twice the writes of half the size (W4 at
-/// the weight under `residue run`, medians of 11: 456 ms with 64 KiB chunks, 455
-/// with 32). The 64 KiB chunk also spilled 8 bytes onto a 17th page.
+/// 1,816 against 1,788 KiB), for 5 ms less on W4 at the weight under `residue run`
+/// (418 against 423 ms, medians of 15: half the writes; it was 12 ms before the collector's
+/// reader paused between reads, when every write woke it). The 64 KiB chunk also spilled 8
+/// bytes onto a 17th page.
 const CHUNK_BYTES: usize = 32 * 1024;
 /// Bytes of events in one chunk: what its header leaves.
 pub const CHUNK_DATA: usize = CHUNK_BYTES - 128;
