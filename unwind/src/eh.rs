@@ -216,6 +216,7 @@ pub(crate) enum Source {
     File,
 }
 
+/// [`with_row`], reading the tables where `source` says.
 pub(crate) fn with_row_from<T>(pc: u64, source: Source, convert: impl Fn(&Row, &Cie<'_>) -> T) -> Result<T, Miss> {
     // SAFETY: `_dl_find_object` only writes the result struct, which is plain data.
     let mut dlfo: DlFindObject = unsafe { std::mem::zeroed() };
@@ -308,10 +309,10 @@ mod tests {
         s
     }
 
-    /// Reading the tables from the file gives the rows reading the mapping gives, at addresses
-    /// all through real modules (every FDE of the test program, libc and libgcc_s, their
-    /// gaps and their data), and the file answers nearly all of them itself: only FDEs longer
-    /// than its buffer are left to the mapping.
+    /// Reading the tables from the file gives the rows reading the mapping gives, at every 61st
+    /// address all through three real modules (the test program, libc and libgcc_s: their
+    /// code, its gaps and their data), and the file answers nearly all of them itself (here,
+    /// all): only FDEs longer than its buffer are left to the mapping.
     #[test]
     fn the_file_gives_the_rows_the_mapping_gives() {
         let anchors = [

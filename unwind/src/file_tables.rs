@@ -5,7 +5,7 @@
 //! the resident pages around it too (fault-around, 64 KiB at a time). One binary search in
 //! libc's `.eh_frame_hdr` and the two FDEs a C program's outermost frames need kept 64 KiB of
 //! libc's read-only data resident in every traced C program, pages the program itself never
-//! reads: W4's peak under `residue run` went from 1,876 to 1,812 KiB (README.md, Performance).
+//! reads: W4's peak under `residue run` went from 1,880 to 1,816 KiB (medians of 25 runs).
 //! `pread` copies the few hundred bytes a lookup needs from the page cache and maps nothing.
 //!
 //! What is read: the `.eh_frame_hdr` header, an entry of its sorted table per halving of the
